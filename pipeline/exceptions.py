@@ -1,0 +1,74 @@
+"""Every error this package raises on purpose.
+
+    PipelineError                       base of everything below
+    ├── InvalidArgumentError(ValueError)   a wrong argument or argument combination, raised before any work
+    │   └── ConfigError                    a YAML pipeline that does not validate (names the key and line)
+    ├── NotFoundError(KeyError)            an id, task id or file that does not exist (names it)
+    ├── FormatError(ValueError)            a malformed file: project folder, annotation JSON, image, video
+    ├── CheckpointError(ValueError)        a file that is not a loadable checkpoint (or would run code)
+    ├── ModelLoadError                     a checkpoint or pretrained model that could not be built
+    ├── DeploymentError                    replicas that could not start, or asked for a device the cluster lacks
+    ├── UploadError                        an upload that could not be written
+    └── RunError                           an error that ended a whole prediction run
+
+Each message says what was wrong and what to change, e.g.
+"upload='append' needs platform items (project_id, dataset_id or image_ids); got a directory".
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PipelineError",
+    "InvalidArgumentError",
+    "ConfigError",
+    "NotFoundError",
+    "FormatError",
+    "CheckpointError",
+    "ModelLoadError",
+    "DeploymentError",
+    "UploadError",
+    "RunError",
+]
+
+
+class PipelineError(Exception):
+    """Base class of every error raised on purpose by this package."""
+
+
+class InvalidArgumentError(PipelineError, ValueError):
+    """A wrong argument or argument combination; raised before any work starts."""
+
+
+class ConfigError(InvalidArgumentError):
+    """A pipeline config that does not load or validate."""
+
+
+class NotFoundError(PipelineError, KeyError):
+    """An id (project, dataset, image, video, task) or a file that does not exist."""
+
+    def __str__(self) -> str:  # KeyError would wrap the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class FormatError(PipelineError, ValueError):
+    """A malformed input file: project folder, annotation JSON, image or video."""
+
+
+class CheckpointError(PipelineError, ValueError):
+    """A file that is not a loadable pipeline checkpoint."""
+
+
+class ModelLoadError(PipelineError):
+    """A model that could not be built from its checkpoint or pretrained weights."""
+
+
+class DeploymentError(PipelineError):
+    """Replicas that could not be started or reached."""
+
+
+class UploadError(PipelineError):
+    """An upload to the platform that could not be written."""
+
+
+class RunError(PipelineError):
+    """An error that ended a whole prediction run (not a single item's error)."""

@@ -1,0 +1,310 @@
+"""`api.nn`: deploy models as GPU-pinned replica actors, connect to them by task id, list and stop them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pipeline.exceptions import (
+    DeploymentError,
+    InvalidArgumentError,
+    ModelLoadError,
+    NotFoundError,
+)
+
+if TYPE_CHECKING:
+    from pipeline.api import Api
+    from pipeline.session import PredictionSession
+
+__all__ = ["NnApi", "Model", "resolve_device", "plan_replicas"]
+
+# How long deploy() waits for every replica to load its model. Generous: a cold node may first pull torch and
+# the weights; a replica that cannot be placed at all is caught before waiting (see plan_replicas).
+DEPLOY_TIMEOUT_S = float(os.environ.get("PIPELINE_DEPLOY_TIMEOUT_S", "600"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure decisions (table-tested in tests/pipeline/test_nn_plan.py)
+
+
+def resolve_device(device: str | None, cluster_gpus: float) -> str:
+    """`None` -> "cuda" when the cluster has GPUs, else "cpu". Asking for CUDA without GPUs is an error."""
+    if device is None:
+        return "cuda" if cluster_gpus > 0 else "cpu"
+    d = str(device).lower()
+    if d in ("gpu", "cuda") or d.startswith("cuda:"):
+        if cluster_gpus <= 0:
+            raise DeploymentError(
+                f"device={device!r} but the Ray cluster has no GPUs; use device='cpu' (or None to choose "
+                "automatically), or attach to a cluster with GPU nodes"
+            )
+        return "cuda"
+    if d == "cpu":
+        return "cpu"
+    raise InvalidArgumentError(f"device must be None, 'cpu' or 'cuda'; got {device!r}")
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    replicas: int
+    options: dict[str, Any]  # ray actor options besides name/namespace/lifetime
+    threads: int | None  # torch threads per replica (CPU replicas)
+
+
+def plan_replicas(
+    device: str,
+    replicas: int | None,
+    gpus_per_replica: float,
+    cluster_cpus: float,
+    cluster_gpus: float,
+    max_node_cpus: float,
+) -> ReplicaPlan:
+    """How many replicas and with which Ray resources.
+
+    GPU: one replica per `gpus_per_replica` GPUs of the cluster by default; each holds `num_gpus` and one CPU.
+    CPU: one replica by default. A CPU replica reserves one CPU only when that leaves at least one CPU for the
+    loading tasks (otherwise loading could never be scheduled); its torch uses its share of a node's cores.
+    """
+    if replicas is not None and (not isinstance(replicas, int) or replicas < 1):
+        raise InvalidArgumentError(f"replicas must be a positive int or None; got {replicas!r}")
+    if not (isinstance(gpus_per_replica, int | float)) or gpus_per_replica <= 0:
+        raise InvalidArgumentError(f"gpus_per_replica must be > 0; got {gpus_per_replica!r}")
+    # Restarts: a crashed replica comes back (-1: always); a call that was running on it is retried on the
+    # restarted actor (twice), after which its batch's items fail with the error instead of looping forever.
+    base = {"max_restarts": -1, "max_task_retries": 2}
+    if device == "cuda":
+        fit = int(cluster_gpus // gpus_per_replica + 1e-9)
+        n = replicas if replicas is not None else max(1, fit)
+        if n * gpus_per_replica > cluster_gpus + 1e-9:
+            raise DeploymentError(
+                f"{n} replicas x {gpus_per_replica} GPU need {n * gpus_per_replica:g} GPUs; the cluster has "
+                f"{cluster_gpus:g}. Lower replicas or gpus_per_replica."
+            )
+        return ReplicaPlan(n, {**base, "num_gpus": gpus_per_replica, "num_cpus": 1}, None)
+    n = replicas if replicas is not None else 1
+    reserve = 1 if cluster_cpus - n >= 1 else 0
+    threads = max(1, int(max_node_cpus // n)) if max_node_cpus else None
+    return ReplicaPlan(n, {**base, "num_cpus": reserve, "scheduling_strategy": "SPREAD"}, threads)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _resolve_model(model: str | os.PathLike) -> tuple[Any, bytes | None]:
+    """A model argument -> (ModelSpec, checkpoint bytes or None for pretrained)."""
+    from workers.models import get_adapter
+    from workers.models.base import ModelSpec
+    from workers.models.checkpoint import parse_checkpoint, read_bytes
+
+    text = os.fspath(model) if not isinstance(model, str) else model
+    looks_pretrained = (
+        "/" in text
+        and "://" not in text
+        and text.count("/") == 1
+        and not text.startswith((".", "/", "~"))
+        and not os.path.exists(text)
+        and not text.endswith((".pth", ".pt", ".ckpt", ".bin"))
+    )
+    if looks_pretrained:
+        framework, name = text.split("/", 1)
+        spec = get_adapter(framework).resolve_pretrained(name)
+        return spec, None
+    data = read_bytes(text)
+    ckpt = parse_checkpoint(data, text)
+    spec = ModelSpec(
+        framework=ckpt.framework,
+        architecture=ckpt.architecture,
+        task_type=ckpt.task_type,
+        classes=ckpt.classes,
+        img_size=ckpt.img_size,
+        arch_kwargs=ckpt.arch_kwargs,
+        source="checkpoint",
+        name=text,
+        identity=f"sha256:{ckpt.sha256}",
+    )
+    get_adapter(spec.framework).validate_spec(spec)
+    return spec, data
+
+
+def _creation_error(exc: Exception) -> str:
+    """The message of the exception a replica's __init__ raised, out of Ray's wrapping."""
+    text = str(exc)
+    for marker in ("ModelLoadError: ", "CheckpointError: ", "RuntimeError: "):
+        if marker in text:
+            tail = text.rsplit(marker, 1)[1]
+            return marker.rstrip(": ") + ": " + tail.strip().splitlines()[0]
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+class NnApi:
+    """`api.nn`: deploy / connect / list."""
+
+    def __init__(self, api: Api):
+        self._api = api
+
+    def _ray(self):
+        from pipeline._ray import ensure_ray
+
+        ensure_ray(self._api.ray_address)
+        from pipeline._registry import get_registry
+
+        return get_registry()
+
+    def deploy(
+        self,
+        model: str | os.PathLike,
+        device: str | None = None,
+        replicas: int | None = None,
+        gpus_per_replica: float = 1.0,
+        reuse: bool = False,
+        timeout: float | None = None,
+    ) -> Model:
+        """Deploy a checkpoint (path, file:// or pyarrow.fs URI) or a pretrained "<framework>/<name>".
+
+        Everything about the model (framework, architecture, task type, classes, input size) is read from the
+        checkpoint. `device=None` picks "cuda" when the Ray cluster has GPUs, else "cpu"; `replicas=None` is one
+        replica per GPU (one on CPU); each replica is a Ray actor with `num_gpus=gpus_per_replica`. With
+        `reuse=True` a running deployment of the same model (same checkpoint content or pretrained name) on the
+        same device is returned instead of starting another. Waits until every replica has loaded the model.
+        """
+        import ray
+
+        spec, weights = _resolve_model(model)
+        registry = self._ray()
+        res = ray.cluster_resources()
+        from pipeline._ray import node_cpu_counts
+
+        dev = resolve_device(device, res.get("GPU", 0.0))
+        plan = plan_replicas(
+            dev, replicas, gpus_per_replica, res.get("CPU", 0.0), res.get("GPU", 0.0), max(node_cpu_counts() or [0])
+        )
+        if reuse:
+            rec = ray.get(registry.find.remote(spec.identity, dev))
+            if rec is not None:
+                return Model(self._api, rec)
+        weights_arg = [ray.put(weights)] if weights is not None else []
+        rec = ray.get(registry.deploy.remote(spec.to_dict(), weights_arg, dev, plan.replicas, plan.options, plan.threads))
+        handle = Model(self._api, rec)
+        try:
+            infos = ray.get([h.ready.remote() for h in handle._replicas()], timeout=timeout or DEPLOY_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            ray.get(registry.remove.remote(rec["task_id"]))
+            raise DeploymentError(
+                f"the replicas of {spec.name} did not start within {timeout or DEPLOY_TIMEOUT_S:g}s (resources "
+                f"{plan.options}); is the cluster able to place them?"
+            ) from None
+        except Exception as exc:
+            ray.get(registry.remove.remote(rec["task_id"]))
+            raise ModelLoadError(f"could not start {spec.name}: {_creation_error(exc)}") from None
+        ray.get(registry.set_status.remote(rec["task_id"], "running", infos))
+        handle._record = ray.get(registry.get.remote(rec["task_id"]))
+        return handle
+
+    def connect(self, task_id: int) -> Model:
+        """The running deployment with this task id (from any driver attached to the same cluster)."""
+        import ray
+
+        registry = self._ray()
+        rec = ray.get(registry.get.remote(int(task_id)))
+        if rec is None:
+            running = [r["task_id"] for r in ray.get(registry.list.remote())]
+            raise NotFoundError(
+                f"no running deployment with task id {task_id} (it was never started or has been stopped); "
+                f"running: {running or 'none'}"
+            )
+        return Model(self._api, rec)
+
+    def list(self) -> list[dict[str, Any]]:
+        """Running deployments: task_id, model, framework, task_type, classes, device, replicas, status."""
+        import ray
+
+        registry = self._ray()
+        return [Model(self._api, rec).info() for rec in ray.get(registry.list.remote())]
+
+    def stop(self, task_id: int) -> None:
+        self.connect(task_id).shutdown()
+
+
+class Model:
+    """A handle on one deployment. Cheap: any number of handles may point at the same deployment."""
+
+    def __init__(self, api: Api, record: dict[str, Any]):
+        from workers.models.base import ModelSpec
+
+        self._api = api
+        self._record = record
+        self.spec = ModelSpec.from_dict(record["spec"])
+        self._handles: list | None = None
+
+    @property
+    def task_id(self) -> int:
+        return int(self._record["task_id"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.spec.classes)
+
+    @property
+    def device(self) -> str:
+        return self._record["device"]
+
+    def _replicas(self) -> list:
+        import ray
+
+        from pipeline._ray import NAMESPACE
+
+        if self._handles is None:
+            handles = []
+            for name in self._record["replica_names"]:
+                try:
+                    handles.append(ray.get_actor(name, namespace=NAMESPACE))
+                except ValueError:
+                    continue  # killed for good; the others carry on
+            if not handles:
+                raise DeploymentError(f"deployment {self.task_id} has no live replicas; deploy it again")
+            self._handles = handles
+        return self._handles
+
+    def info(self) -> dict[str, Any]:
+        s = self.spec
+        return {
+            "task_id": self.task_id,
+            "model": s.name,
+            "framework": s.framework,
+            "architecture": s.architecture,
+            "task_type": s.task_type,
+            "classes": list(s.classes),
+            "img_size": s.img_size,
+            "device": self.device,
+            "replicas": len(self._record["replica_names"]),
+            "status": self._record.get("status", "unknown"),
+            "created_at": self._record.get("created_at"),
+            "replicas_info": self._record.get("replicas_info", []),
+        }
+
+    def shutdown(self) -> None:
+        """Stop the replicas and forget the deployment; its task id is never reused."""
+        import ray
+
+        from pipeline._registry import get_registry
+
+        ray.get(get_registry().remove.remote(self.task_id))
+        self._handles = None
+        self._record = {**self._record, "status": "stopped"}
+
+    def predict(self, input: Any = None, **kwargs: Any) -> list:  # noqa: A002 - the draft API's name
+        """Predict and collect: see `predict_detached` for the arguments. Returns a list in input order."""
+        from pipeline.session import run_predict
+
+        return run_predict(self, input=input, **kwargs)
+
+    def predict_detached(self, input: Any = None, **kwargs: Any) -> PredictionSession:  # noqa: A002
+        """Start a prediction run and return its `PredictionSession` at once."""
+        from pipeline.session import start_session
+
+        return start_session(self, input=input, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Model(task_id={self.task_id}, model={self.spec.name!r}, device={self.device!r})"

@@ -1,0 +1,84 @@
+"""The small typed records that travel between the stages and the actors.
+
+Each is a plain dataclass of numpy arrays and builtins, so Ray serialises it with pickle-5 out-of-band buffers:
+arrays move through the object store without copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class LoadRequest:
+    """One item for the loading stage: where its pixels come from.
+
+    Exactly one of `path`, `url`, `array` (HWC RGB uint8, already converted) or `video` is set.
+    `video` is `(path, frame_idx)`: decoded by the video loader.
+    """
+
+    index: int
+    path: str | None = None
+    url: str | None = None
+    array: np.ndarray | None = None
+    frame_idx: int | None = None
+
+
+@dataclass
+class LoadedBatch:
+    """The output of one loading task: a batch ready for a replica.
+
+    `images[i]` is HWC RGB uint8 at the model's input size (or the original size when no size is set), `None` for
+    an item that failed; `orig_sizes[i]` is the original `(height, width)` in pixels; `errors[i]` says why an item
+    failed. `indices[i]` is the item's position in the run.
+    """
+
+    indices: list[int]
+    images: list[np.ndarray | None]
+    orig_sizes: list[tuple[int, int] | None]
+    errors: list[str | None]
+    decode_seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass
+class ModelOutput:
+    """One image's raw predictions, in original-image pixels.
+
+    boxes: (N, 4) float32 xyxy; scores: (N,) float32; class_ids: (N,) int64 indices into the model's classes;
+    masks: (N, H, W) bool at the original size, or None for box-only models.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    masks: np.ndarray | None = None
+    error: str | None = None
+
+    @classmethod
+    def empty(cls, error: str | None = None, with_masks: bool = False, size: tuple[int, int] = (0, 0)) -> ModelOutput:
+        masks = np.zeros((0, *size), dtype=bool) if with_masks else None
+        return cls(
+            boxes=np.zeros((0, 4), np.float32),
+            scores=np.zeros((0,), np.float32),
+            class_ids=np.zeros((0,), np.int64),
+            masks=masks,
+            error=error,
+        )
+
+
+@dataclass
+class BatchResult:
+    """A replica's answer for one `LoadedBatch`: one `ModelOutput` per item, aligned with `indices`."""
+
+    indices: list[int]
+    outputs: list[ModelOutput]
+    orig_sizes: list[tuple[int, int] | None]
+    compute_seconds: float = 0.0
+    replica: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)

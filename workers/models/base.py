@@ -1,0 +1,172 @@
+"""The model-adapter contract and the registry of frameworks.
+
+An adapter maps a framework to code. It implements `load` and `predict`; `preprocess` and `postprocess` have
+defaults that suit most image models. A new framework plugs in with::
+
+    @register_adapter("myframework")
+    class MyAdapter(ModelAdapter):
+        def load(self, state_dict): ...
+        def predict(self, batch, settings): ...
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pipeline.exceptions import ModelLoadError
+from workers.messages import ModelOutput
+
+__all__ = ["ModelSpec", "ModelAdapter", "register_adapter", "get_adapter", "list_frameworks", "DEFAULT_SETTINGS"]
+
+# conf 0.25 / iou 0.5 / max_det 100: the usual detector defaults (YOLO, Supervisely serving apps); a model may
+# override them in its adapter.
+DEFAULT_SETTINGS: dict[str, Any] = {"conf": 0.25, "iou": 0.5, "max_det": 100}
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to build a model, without its weights. Plain data: it travels to the replicas.
+
+    `source` is "checkpoint" (weights come with the deployment) or "pretrained" (the adapter fetches its
+    framework's published weights). `identity` is what `reuse=True` compares: the checkpoint's sha256 or the
+    pretrained name.
+    """
+
+    framework: str
+    architecture: str
+    task_type: str
+    classes: list[str]
+    img_size: int | tuple[int, int] | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    source: str = "checkpoint"
+    name: str = ""
+    identity: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        return cls(**data)
+
+
+class ModelAdapter(abc.ABC):
+    """One framework's glue: builds the model, turns uint8 images into predictions in original pixels.
+
+    Lifecycle inside a replica: `__init__(spec, device)` -> `load(state_dict)` once -> `run(...)` per batch.
+    """
+
+    framework: ClassVar[str] = ""
+    default_settings: ClassVar[dict[str, Any]] = DEFAULT_SETTINGS
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu"):
+        self.spec = spec
+        self.device = device
+        self.input_resized = False
+
+    # -- driver side ---------------------------------------------------------------------------------------
+    @classmethod
+    def resolve_pretrained(cls, name: str) -> ModelSpec:
+        """The spec of a pretrained model `"<framework>/<name>"`, without downloading weights."""
+        raise ModelLoadError(f"framework {cls.framework!r} has no pretrained models")
+
+    @classmethod
+    def validate_spec(cls, spec: ModelSpec) -> None:
+        """Raise `ModelLoadError` when the spec names something this adapter cannot build."""
+
+    # -- replica side --------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def load(self, state_dict: dict[str, Any] | None) -> None:
+        """Build the model on `self.device`; `state_dict=None` means the pretrained weights."""
+
+    def preprocess(self, images: list[np.ndarray]) -> Any:
+        """uint8 HWC RGB images -> the model's input. Default: a list of float CHW tensors in [0, 1]."""
+        import torch
+
+        out = []
+        for img in images:
+            t = torch.from_numpy(np.ascontiguousarray(img)).to(self.device, non_blocking=True)
+            out.append(t.permute(2, 0, 1).float().div_(255.0))
+        return out
+
+    @abc.abstractmethod
+    def predict(self, batch: Any, settings: dict[str, Any]) -> Any:
+        """Run the model on a preprocessed batch; returns whatever `postprocess` understands."""
+
+    @abc.abstractmethod
+    def postprocess(
+        self,
+        raw: Any,
+        input_sizes: list[tuple[int, int]],
+        orig_sizes: list[tuple[int, int]],
+        settings: dict[str, Any],
+    ) -> list[ModelOutput]:
+        """Raw outputs -> one `ModelOutput` per image, boxes and masks mapped from input to original pixels."""
+
+    def settings_with_defaults(self, settings: dict[str, Any] | None) -> dict[str, Any]:
+        merged = dict(self.default_settings)
+        merged.update(settings or {})
+        return merged
+
+    def run(
+        self,
+        images: list[np.ndarray],
+        orig_sizes: list[tuple[int, int]],
+        settings: dict[str, Any] | None = None,
+        input_resized: bool = False,
+    ) -> tuple[list[ModelOutput], float]:
+        """preprocess -> predict -> postprocess under `torch.inference_mode()`; returns outputs and seconds.
+
+        `input_resized`: the loading stage already brought the images to the requested input size, so the model
+        must not resize them again (`self.input_resized` tells `predict`).
+        """
+        import torch
+
+        s = self.settings_with_defaults(settings)
+        self.input_resized = input_resized
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            batch = self.preprocess(images)
+            raw = self.predict(batch, s)
+            outputs = self.postprocess(raw, [tuple(img.shape[:2]) for img in images], list(orig_sizes), s)
+        return outputs, time.perf_counter() - t0
+
+
+_ADAPTERS: dict[str, type[ModelAdapter]] = {}
+
+
+def register_adapter(framework: str):
+    """Class decorator: make `cls` the adapter of `framework`."""
+
+    def deco(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+        cls.framework = framework
+        _ADAPTERS[framework] = cls
+        return cls
+
+    return deco
+
+
+def _ensure_builtin_adapters() -> None:
+    # The built-in adapters register themselves on import; import lazily so `workers.models` stays light.
+    from workers.models import torchvision as _tv  # noqa: F401
+
+
+def get_adapter(framework: str) -> type[ModelAdapter]:
+    _ensure_builtin_adapters()
+    try:
+        return _ADAPTERS[framework]
+    except KeyError:
+        raise ModelLoadError(
+            f"unknown framework {framework!r}; known frameworks: {sorted(_ADAPTERS)} "
+            "(register another with workers.models.register_adapter)"
+        ) from None
+
+
+def list_frameworks() -> list[str]:
+    _ensure_builtin_adapters()
+    return sorted(_ADAPTERS)

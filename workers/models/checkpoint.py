@@ -1,0 +1,200 @@
+"""The self-describing checkpoint file.
+
+A checkpoint is one `torch.save`d dict that says what it is::
+
+    {"format": "pipeline-checkpoint/1", "framework": "torchvision", "architecture": "maskrcnn_resnet50_fpn",
+     "task_type": "instance_segmentation", "classes": ["circle", ...], "img_size": [256, 256] | 256 | None,
+     "arch_kwargs": {...}, "state_dict": {...}}
+
+It is always read with `torch.load(weights_only=True)`, so a checkpoint can never run code: a pickle that would
+call a function is refused by the unpickler before anything runs. Files are read through `pyarrow.fs`, so local
+paths, `file://` and any URI pyarrow understands (`s3://`, `gs://`, `hdfs://`) work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.exceptions import CheckpointError, NotFoundError
+
+FORMAT = "pipeline-checkpoint/1"
+TASK_TYPES = ("detection", "instance_segmentation", "semantic_segmentation")
+REQUIRED_KEYS = ("format", "framework", "architecture", "task_type", "classes", "state_dict")
+
+__all__ = ["FORMAT", "TASK_TYPES", "Checkpoint", "read_bytes", "load_checkpoint", "parse_checkpoint", "save_checkpoint"]
+
+
+@dataclass
+class Checkpoint:
+    """A parsed checkpoint. `state_dict` tensors are float32 whatever precision they were stored in."""
+
+    framework: str
+    architecture: str
+    task_type: str
+    classes: list[str]
+    img_size: int | tuple[int, int] | None
+    arch_kwargs: dict[str, Any]
+    state_dict: dict[str, Any] = field(repr=False)
+    sha256: str = ""
+    uri: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """Everything but the weights: what a driver needs to know about the model."""
+        return {
+            "framework": self.framework,
+            "architecture": self.architecture,
+            "task_type": self.task_type,
+            "classes": list(self.classes),
+            "img_size": self.img_size,
+            "arch_kwargs": dict(self.arch_kwargs),
+            "sha256": self.sha256,
+            "uri": self.uri,
+        }
+
+
+def _filesystem_and_path(uri: str):
+    import pyarrow.fs as pafs
+
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as exc:  # pyarrow raises ArrowInvalid / ArrowNotImplementedError for unknown schemes
+        raise CheckpointError(f"cannot open checkpoint URI {uri!r}: {exc}") from exc
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes:
+    """The bytes of a local path, `file://` URI or any `pyarrow.fs` URI. Missing -> `NotFoundError`."""
+    uri = os.fspath(uri)
+    fs, path = _filesystem_and_path(uri)
+    import pyarrow.fs as pafs
+
+    try:
+        info = fs.get_file_info(path)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {uri!r}: {exc}") from exc
+    if info.type == pafs.FileType.NotFound:
+        raise NotFoundError(f"checkpoint {uri!r} does not exist")
+    if info.type != pafs.FileType.File:
+        raise CheckpointError(f"checkpoint {uri!r} is not a file")
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def _normalise_img_size(value: Any) -> int | tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and value > 0:
+        return value
+    if isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
+        return (int(value[0]), int(value[1]))
+    raise CheckpointError(f"checkpoint img_size must be a positive int, [h, w] or null; got {value!r}")
+
+
+def parse_checkpoint(data: bytes, uri: str = "<bytes>") -> Checkpoint:
+    """Parse checkpoint bytes with `torch.load(weights_only=True)`; raise `CheckpointError` naming the problem."""
+    import torch
+
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{uri} was refused: it is not a plain-weights checkpoint (loading it would need to run code, "
+            f"which is never allowed). Unpickler said: {first}"
+        ) from None
+    except Exception as exc:
+        raise CheckpointError(f"{uri} is not a PyTorch checkpoint file: {type(exc).__name__}: {exc}") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        found = f"format={obj.get('format')!r}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        raise CheckpointError(
+            f"{uri} is not a pipeline checkpoint (expected format {FORMAT!r}, found {found}); "
+            "save one with workers.models.save_checkpoint(...)"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in obj]
+    if missing:
+        raise CheckpointError(f"{uri} lacks the keys {missing}")
+    if obj["task_type"] not in TASK_TYPES:
+        raise CheckpointError(f"{uri}: unknown task_type {obj['task_type']!r}; expected one of {list(TASK_TYPES)}")
+    classes = obj["classes"]
+    if not isinstance(classes, list | tuple) or not all(isinstance(c, str) for c in classes) or not classes:
+        raise CheckpointError(f"{uri}: classes must be a non-empty list of strings")
+    state_dict = obj["state_dict"]
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{uri}: state_dict must be a dict of tensors")
+    state_dict = {
+        k: (v.float() if isinstance(v, torch.Tensor) and v.dtype in (torch.float16, torch.bfloat16) else v)
+        for k, v in state_dict.items()
+    }
+    return Checkpoint(
+        framework=str(obj["framework"]),
+        architecture=str(obj["architecture"]),
+        task_type=str(obj["task_type"]),
+        classes=[str(c) for c in classes],
+        img_size=_normalise_img_size(obj.get("img_size")),
+        arch_kwargs=dict(obj.get("arch_kwargs") or {}),
+        state_dict=state_dict,
+        sha256=hashlib.sha256(data).hexdigest(),
+        uri=uri,
+    )
+
+
+def load_checkpoint(uri: str | os.PathLike) -> Checkpoint:
+    """Read and parse a checkpoint from a path or URI."""
+    uri = os.fspath(uri)
+    return parse_checkpoint(read_bytes(uri), uri)
+
+
+def save_checkpoint(
+    model: Any,
+    path: str | os.PathLike,
+    *,
+    framework: str,
+    architecture: str,
+    task_type: str,
+    classes: list[str],
+    img_size: int | tuple[int, int] | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    half: bool = False,
+) -> str:
+    """Write `model` (a `torch.nn.Module` or a state dict) as a self-describing checkpoint.
+
+    Args:
+        half: store floating-point weights as float16 (half the file); they load back as float32.
+    Returns:
+        the sha256 of the file written.
+    """
+    import torch
+
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"task_type must be one of {list(TASK_TYPES)}; got {task_type!r}")
+    state_dict = model.state_dict() if hasattr(model, "state_dict") else dict(model)
+    state_dict = {
+        k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+        for k, v in state_dict.items()
+    }
+    payload = {
+        "format": FORMAT,
+        "framework": framework,
+        "architecture": architecture,
+        "task_type": task_type,
+        "classes": list(classes),
+        "img_size": list(img_size) if isinstance(img_size, tuple | list) else img_size,
+        "arch_kwargs": dict(arch_kwargs or {}),
+        "state_dict": state_dict,
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    path = os.fspath(path)
+    fs, fpath = _filesystem_and_path(path)
+    if "://" not in path:
+        os.makedirs(os.path.dirname(fpath) or ".", exist_ok=True)
+    with fs.open_output_stream(fpath) as f:
+        f.write(data)
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,302 @@
+"""The `torchvision` adapter: detection, instance segmentation and semantic segmentation models.
+
+Label conventions (those of torchvision): a detection model's label `i >= 1` is `classes[i - 1]` and 0 is the
+background; a semantic-segmentation model's output channel `i >= 1` is `classes[i - 1]` and channel 0 the
+background. A checkpoint's `classes` never lists the background; the model is built with `len(classes) + 1`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from pipeline.exceptions import ModelLoadError
+from workers.messages import ModelOutput
+from workers.models.base import ModelAdapter, ModelSpec, register_adapter
+
+# ImageNet statistics: what torchvision's segmentation weights were trained with (their `transforms()`).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_TASK_BY_PREFIX = (
+    ("maskrcnn_", "instance_segmentation"),
+    ("fasterrcnn_", "detection"),
+    ("retinanet_", "detection"),
+    ("fcos_", "detection"),
+    ("ssd300_", "detection"),
+    ("ssdlite", "detection"),
+    ("deeplabv3_", "semantic_segmentation"),
+    ("fcn_", "semantic_segmentation"),
+    ("lraspp_", "semantic_segmentation"),
+)
+
+_patch_lock = threading.Lock()
+
+
+def _small_architectures() -> dict[str, Any]:
+    try:
+        from workers.models._small_archs import SMALL_ARCHITECTURES
+    except ImportError:  # pragma: no cover - the module ships with the package
+        return {}
+    return SMALL_ARCHITECTURES
+
+
+def builtin_architectures() -> dict[str, str]:
+    """torchvision's builder names this adapter supports -> task type."""
+    from torchvision.models import list_models
+
+    out = {}
+    for name in list_models():
+        for prefix, task in _TASK_BY_PREFIX:
+            if name.startswith(prefix):
+                out[name] = task
+    return out
+
+
+def task_type_of(architecture: str) -> str | None:
+    for prefix, task in _TASK_BY_PREFIX:
+        if architecture.startswith(prefix):
+            return task
+    return None
+
+
+def weights_cache_path(url: str) -> str:
+    """Where torch's hub cache keeps the file of `url`: `$TORCH_HOME/hub/checkpoints/<file name>`."""
+    import torch.hub
+
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
+
+
+@contextlib.contextmanager
+def _weights_only_downloads():
+    """Make torchvision read cached pretrained weights with `weights_only=True` (its default would unpickle)."""
+    import torchvision.models._api as api
+
+    with _patch_lock:
+        original = api.load_state_dict_from_url
+
+        def safe(url, *args, **kwargs):
+            kwargs["weights_only"] = True
+            return original(url, *args, **kwargs)
+
+        api.load_state_dict_from_url = safe
+        try:
+            yield
+        finally:
+            api.load_state_dict_from_url = original
+
+
+@register_adapter("torchvision")
+class TorchvisionAdapter(ModelAdapter):
+    """torchvision detection (Faster R-CNN, RetinaNet, FCOS, SSD, SSDlite), Mask R-CNN and DeepLabV3/FCN/LRASPP."""
+
+    # -- driver side ---------------------------------------------------------------------------------------
+    @classmethod
+    def resolve_pretrained(cls, name: str) -> ModelSpec:
+        from torchvision.models import get_model_weights
+
+        archs = builtin_architectures()
+        if name not in archs:
+            raise ModelLoadError(
+                f"unknown torchvision model {name!r}; supported: {', '.join(sorted(archs))}"
+            )
+        weights = get_model_weights(name).DEFAULT
+        categories = list(weights.meta["categories"])
+        return ModelSpec(
+            framework="torchvision",
+            architecture=name,
+            task_type=archs[name],
+            classes=categories[1:],  # [0] is "__background__"
+            img_size=None,  # the model's own transform sizes its input
+            arch_kwargs={},
+            source="pretrained",
+            name=f"torchvision/{name}",
+            identity=f"torchvision/{name}:{weights.url}",
+        )
+
+    @classmethod
+    def validate_spec(cls, spec: ModelSpec) -> None:
+        small = _small_architectures()
+        if spec.architecture in small:
+            return
+        expected = builtin_architectures().get(spec.architecture)
+        if expected is None:
+            known = sorted(builtin_architectures()) + sorted(small)
+            raise ModelLoadError(
+                f"unknown torchvision architecture {spec.architecture!r}; known: {', '.join(known)}"
+            )
+        if expected != spec.task_type:
+            raise ModelLoadError(
+                f"architecture {spec.architecture!r} is a {expected} model, but the checkpoint says "
+                f"task_type={spec.task_type!r}"
+            )
+
+    # -- replica side --------------------------------------------------------------------------------------
+    def _build(self, state_dict: dict[str, Any] | None):
+        from torchvision.models import get_model, get_model_weights
+
+        spec = self.spec
+        self.validate_spec(spec)
+        small = _small_architectures()
+        if state_dict is None:  # pretrained by name
+            weights = get_model_weights(spec.architecture).DEFAULT
+            path = weights_cache_path(weights.url)
+            try:
+                with _weights_only_downloads():
+                    return get_model(spec.architecture, weights=weights)
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"could not load the pretrained weights of torchvision/{spec.architecture}: "
+                    f"{type(exc).__name__}: {exc}. Without network access, download {weights.url} on a machine "
+                    f"that has it and put the file at {path} on every node (the torch hub cache; set TORCH_HOME "
+                    "to move it), or deploy a checkpoint file instead."
+                ) from None
+        num_classes = len(spec.classes) + 1
+        try:
+            if spec.architecture in small:
+                model = small[spec.architecture](num_classes=num_classes, **spec.arch_kwargs)
+            else:
+                kwargs = {"weights": None, "weights_backbone": None, **spec.arch_kwargs}
+                model = get_model(spec.architecture, num_classes=num_classes, **kwargs)
+        except TypeError as exc:
+            raise ModelLoadError(f"arch_kwargs {spec.arch_kwargs} do not fit {spec.architecture!r}: {exc}") from None
+        try:
+            model.load_state_dict(state_dict, strict=True)
+        except RuntimeError as exc:
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()][:6]
+            raise ModelLoadError(
+                f"the checkpoint's state_dict does not fit architecture {spec.architecture!r} with "
+                f"{num_classes} classes (incl. background): " + " | ".join(lines)
+            ) from None
+        return model
+
+    def load(self, state_dict: dict[str, Any] | None) -> None:
+        import torch
+
+        model = self._build(state_dict)
+        model.eval()
+        self.model = model.to(torch.device(self.device))
+        self.task_type = self.spec.task_type
+        self._transform = getattr(model, "transform", None)
+        self._original_resize = self._transform.resize if self._transform is not None else None
+
+    def _set_thresholds(self, settings: dict[str, Any]) -> None:
+        m = self.model
+        conf, iou, max_det = float(settings["conf"]), float(settings["iou"]), int(settings["max_det"])
+        heads = getattr(m, "roi_heads", None)
+        target = heads if heads is not None and hasattr(heads, "score_thresh") else m
+        if hasattr(target, "score_thresh"):
+            target.score_thresh = conf
+        if hasattr(target, "nms_thresh"):
+            target.nms_thresh = iou
+        if hasattr(target, "detections_per_img"):
+            target.detections_per_img = max_det
+
+    def _set_resize(self, enabled: bool) -> None:
+        # When the loading stage already resized the images to img_size, the model must take them as they are;
+        # otherwise its own transform (e.g. min_size=800) decides.
+        if self._transform is None:
+            return
+        if enabled:
+            self._transform.resize = self._original_resize
+        else:
+            self._transform.resize = lambda image, target=None: (image, target)
+
+    def preprocess(self, images: list[np.ndarray]) -> Any:
+        import torch
+
+        if self.task_type != "semantic_segmentation":
+            return super().preprocess(images)
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        out = []
+        for img in images:
+            t = torch.from_numpy(np.ascontiguousarray(img)).to(self.device, non_blocking=True)
+            t = t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+            out.append((t - mean) / std)
+        return out
+
+    def predict(self, batch: Any, settings: dict[str, Any]) -> Any:
+        import torch
+
+        if self.task_type == "semantic_segmentation":
+            # Same-size images run as one batch; different sizes one by one (the models are fully convolutional).
+            shapes = {tuple(t.shape[-2:]) for t in batch}
+            if len(shapes) == 1:
+                return list(self.model(torch.cat(batch))["out"])
+            return [self.model(t)["out"][0] for t in batch]
+        self._set_thresholds(settings)
+        self._set_resize(not self.input_resized)
+        return self.model(batch)
+
+    def postprocess(self, raw, input_sizes, orig_sizes, settings) -> list[ModelOutput]:
+        if self.task_type == "semantic_segmentation":
+            return [self._semantic(logits, orig, settings) for logits, orig in zip(raw, orig_sizes)]
+        return [
+            self._detections(det, in_size, orig, settings) for det, in_size, orig in zip(raw, input_sizes, orig_sizes)
+        ]
+
+    def _detections(self, det: dict, in_size, orig, settings) -> ModelOutput:
+        import torch
+        import torch.nn.functional as F
+
+        conf, max_det = float(settings["conf"]), int(settings["max_det"])
+        scores = det["scores"]
+        keep = torch.nonzero(scores >= conf).flatten()
+        keep = keep[torch.argsort(scores[keep], descending=True)][:max_det]
+        boxes = det["boxes"][keep].float()
+        (ih, iw), (oh, ow) = in_size, orig
+        if (ih, iw) != (oh, ow):
+            scale = torch.tensor([ow / iw, oh / ih, ow / iw, oh / ih], device=boxes.device)
+            boxes = boxes * scale
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, ow)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, oh)
+        masks = None
+        if "masks" in det:
+            m = det["masks"][keep]  # (N, 1, ih, iw) probabilities
+            if m.shape[0] and (ih, iw) != (oh, ow):
+                m = F.interpolate(m, size=(oh, ow), mode="bilinear", align_corners=False)
+            masks = (m[:, 0] > 0.5).cpu().numpy() if m.shape[0] else np.zeros((0, oh, ow), dtype=bool)
+        return ModelOutput(
+            boxes=boxes.cpu().numpy().astype(np.float32),
+            scores=scores[keep].float().cpu().numpy(),
+            class_ids=(det["labels"][keep] - 1).cpu().numpy().astype(np.int64),
+            masks=masks,
+        )
+
+    def _semantic(self, logits, orig, settings) -> ModelOutput:
+        import torch
+        import torch.nn.functional as F
+
+        oh, ow = orig
+        logits = logits.unsqueeze(0)
+        if tuple(logits.shape[-2:]) != (oh, ow):
+            logits = F.interpolate(logits, size=(oh, ow), mode="bilinear", align_corners=False)
+        probs = logits[0].softmax(0)  # (C, H, W)
+        label = probs.argmax(0)
+        present = [int(c) for c in torch.unique(label).tolist() if c != 0]
+        boxes, scores, ids, masks = [], [], [], []
+        for c in present:
+            mask = label == c
+            score = float(probs[c][mask].mean())
+            if score < float(settings["conf"]):
+                continue
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            boxes.append([float(xs.min()), float(ys.min()), float(xs.max()) + 1, float(ys.max()) + 1])
+            scores.append(score)
+            ids.append(c - 1)
+            masks.append(mask.cpu().numpy())
+        order = np.argsort(-np.asarray(scores, dtype=np.float32), kind="stable")[: int(settings["max_det"])]
+        if not len(order):
+            return ModelOutput.empty(with_masks=True, size=(oh, ow))
+        return ModelOutput(
+            boxes=np.asarray(boxes, np.float32)[order],
+            scores=np.asarray(scores, np.float32)[order],
+            class_ids=np.asarray(ids, np.int64)[order],
+            masks=np.stack(masks)[order],
+        )

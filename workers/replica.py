@@ -1,0 +1,101 @@
+"""The replica actor: one model replica per Ray actor.
+
+The class is plain Python; `pipeline.nn` wraps it with `ray.remote(...)` when it deploys, choosing resources
+(`num_gpus=gpus_per_replica` on GPU), restart policy and name. The model is loaded once, in `__init__`; every
+`predict` call runs one batch under `torch.inference_mode()`. Images arrive as uint8 (a quarter of the bytes of
+float32) and become float on the device.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from typing import Any
+
+from workers.messages import BatchResult, LoadedBatch, ModelOutput
+from workers.models.base import ModelSpec, get_adapter
+from workers.models.checkpoint import parse_checkpoint
+
+
+class Replica:
+    """Hosts one model. `weights` is the checkpoint file's bytes, or None for a pretrained model."""
+
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        weights: bytes | None,
+        device: str,
+        num_threads: int | None = None,
+        name: str = "",
+    ):
+        import torch
+
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        self.name = name
+        self.spec = ModelSpec.from_dict(spec)
+        self.device = "cuda" if device.startswith("cuda") else device
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"replica {name} was asked for CUDA but torch sees no GPU on {socket.gethostname()}")
+        state_dict = None
+        if weights is not None:
+            state_dict = parse_checkpoint(weights, self.spec.name or "checkpoint").state_dict
+        adapter_cls = get_adapter(self.spec.framework)
+        self.adapter = adapter_cls(self.spec, self.device)
+        self.adapter.load(state_dict)
+        self.started_at = time.time()
+        self.batches = 0
+        self.images = 0
+
+    def ready(self) -> dict[str, Any]:
+        """Where this replica runs: answered once the model is loaded."""
+        import ray
+        import torch
+
+        ctx = ray.get_runtime_context()
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "node_id": ctx.get_node_id(),
+            "hostname": socket.gethostname(),
+            "device": self.device,
+            "gpu": torch.cuda.get_device_name(0) if self.device == "cuda" else None,
+            "threads": torch.get_num_threads(),
+            "batches": self.batches,
+            "images": self.images,
+        }
+
+    def predict(self, batch: LoadedBatch, settings: dict[str, Any] | None = None, input_resized: bool = False) -> BatchResult:
+        """Predict the images of `batch` that loaded; items that failed to load keep their error."""
+        ok = [i for i, img in enumerate(batch.images) if img is not None]
+        outputs: list[ModelOutput] = [
+            ModelOutput.empty(error=batch.errors[i] or "image was not loaded") for i in range(len(batch))
+        ]
+        seconds = 0.0
+        if ok:
+            images = [batch.images[i] for i in ok]
+            sizes = [batch.orig_sizes[i] for i in ok]
+            try:
+                results, seconds = self.adapter.run(images, sizes, settings, input_resized=input_resized)
+            except Exception as exc:  # a model error fails this batch's items, not the replica
+                msg = f"model error: {type(exc).__name__}: {exc}"
+                traceback.print_exc()
+                for i in ok:
+                    outputs[i] = ModelOutput.empty(error=msg)
+            else:
+                for i, res in zip(ok, results):
+                    outputs[i] = res
+        self.batches += 1
+        self.images += len(ok)
+        return BatchResult(
+            indices=list(batch.indices),
+            outputs=outputs,
+            orig_sizes=list(batch.orig_sizes),
+            compute_seconds=seconds,
+            replica=self.name,
+        )
+
+    def info(self) -> dict[str, Any]:
+        return {"spec": self.spec.to_dict(), **self.ready()}
