@@ -68,6 +68,8 @@ class DeploymentRegistry:
             data = ray.get(weights[0])
             weights_ref = ray.put(data)  # owned by the registry: outlives the deploying driver
             self.weights[tid] = weights_ref
+        # The replica fetches its weights from here (`weights_of`) rather than taking them as a constructor
+        # argument: Ray re-runs the constructor on restart, and its arguments would have to outlive their owner.
         actor_cls = ray.remote(Replica)
         names = []
         for i in range(replicas):
@@ -77,7 +79,7 @@ class DeploymentRegistry:
                 namespace=self.namespace,
                 lifetime="detached",
                 **options,
-            ).remote(spec, weights_ref, device, threads, name)
+            ).remote(spec, device, threads, name, tid)
             names.append(name)
         record = {
             "task_id": tid,
@@ -90,6 +92,11 @@ class DeploymentRegistry:
         }
         self.records[tid] = record
         return record
+
+    def weights_of(self, task_id: int) -> list:
+        """[ObjectRef of the checkpoint bytes] (empty for a pretrained model); wrapped so Ray passes the ref."""
+        ref = self.weights.get(task_id)
+        return [ref] if ref is not None else []
 
     def set_status(self, task_id: int, status: str, replicas_info: list | None = None) -> None:
         if task_id in self.records:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.platform import Platform
-
 __all__ = ["Api", "default_data_dir"]
 
 
@@ -31,6 +29,8 @@ class Api:
     def __init__(self, data_dir: str | os.PathLike | None = None, ray_address: str | None = None):
         self.data_dir = Path(data_dir).expanduser().resolve() if data_dir is not None else default_data_dir()
         self.ray_address = ray_address
+        from pipeline.platform import Platform
+
         self._platform = Platform(self.data_dir)
         self.project = self._platform.project
         self.dataset = self._platform.dataset

@@ -25,6 +25,7 @@ class LoadRequest:
     url: str | None = None
     array: np.ndarray | None = None
     frame_idx: int | None = None
+    error: str | None = None  # known bad before loading (e.g. a missing file in a list): reported as is
 
 
 @dataclass

@@ -12,6 +12,7 @@ import os
 import socket
 import time
 import traceback
+import warnings
 from typing import Any
 
 from workers.messages import BatchResult, LoadedBatch, ModelOutput
@@ -19,18 +20,38 @@ from workers.models.base import ModelSpec, get_adapter
 from workers.models.checkpoint import parse_checkpoint
 
 
+def _fetch_weights(task_id: int) -> bytes:
+    import ray
+
+    from pipeline._ray import NAMESPACE
+    from pipeline._registry import REGISTRY_NAME
+
+    registry = ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)
+    refs = ray.get(registry.weights_of.remote(task_id))
+    if not refs:
+        raise RuntimeError(f"the registry holds no weights for deployment {task_id} (was it stopped?)")
+    return ray.get(refs[0])
+
+
 class Replica:
-    """Hosts one model. `weights` is the checkpoint file's bytes, or None for a pretrained model."""
+    """Hosts one model of deployment `task_id`; its checkpoint bytes come from the registry (None: pretrained)."""
 
     def __init__(
         self,
         spec: dict[str, Any],
-        weights: bytes | None,
         device: str,
         num_threads: int | None = None,
         name: str = "",
+        task_id: int | None = None,
+        weights: bytes | None = None,
     ):
         import torch
+
+        # Batches arrive as read-only arrays mapped from the object store; they are only read (copied to the
+        # device / converted to float), so torch's warning about non-writable arrays is noise.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        if weights is None and task_id is not None and spec.get("source") == "checkpoint":
+            weights = _fetch_weights(task_id)
 
         if num_threads:
             torch.set_num_threads(int(num_threads))

@@ -1,0 +1,201 @@
+"""The arguments of `predict` / `predict_detached`: aliases, checks and defaults, before any work starts.
+
+Pure: no Ray, no files beyond `os.path` checks made by the source stage. Table-tested in tests/pipeline/test_args.py.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.exceptions import InvalidArgumentError
+
+UPLOAD_MODES = ("create", "append", "replace", "iou_merge")
+PLATFORM_MODES = ("append", "replace", "iou_merge")
+ID_SOURCES = ("project_id", "dataset_id", "image_ids", "video_id")
+# Released Supervisely SDK names accepted as aliases: alias -> canonical.
+ALIASES = {"image_id": "image_ids", "upload_mode": "upload"}
+SETTING_ALIASES = ("conf", "iou", "max_det")
+DEFAULT_IOU_MERGE_THRESHOLD = 0.9
+
+KNOWN = (
+    "input", "project_id", "dataset_id", "image_ids", "video_id", "settings", "batch_size", "img_size", "classes",
+    "upload", "recursive", "video_params", "job_id", "progress", "output", "max_in_flight",
+)
+
+
+@dataclass
+class PredictArgs:
+    input: Any = None
+    project_id: int | None = None
+    dataset_id: int | None = None
+    image_ids: list[int] | None = None
+    video_id: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    batch_size: int | None = None
+    img_size: tuple[int, int] | None = None
+    classes: list[str] | None = None
+    upload: str | None = None
+    recursive: bool = False
+    video_params: dict[str, Any] | None = None
+    job_id: str | None = None
+    progress: bool = True
+    output: dict[str, str] | None = None
+    max_in_flight: int | None = None
+
+    @property
+    def source_name(self) -> str:
+        given = [k for k in ID_SOURCES if getattr(self, k) is not None]
+        return given[0] if given else "input"
+
+    @property
+    def from_platform(self) -> bool:
+        return any(getattr(self, k) is not None for k in ID_SOURCES)
+
+
+def _int_id(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgumentError(f"{name} must be a positive int; got {value!r}")
+    return int(value)
+
+
+def parse_img_size(value: Any) -> tuple[int, int] | None:
+    """None -> None; int n -> (n, n); (h, w) -> (h, w). Anything else is an error."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise InvalidArgumentError(f"img_size must be positive; got {value!r}")
+        return (value, value)
+    if isinstance(value, list | tuple) and len(value) == 2:
+        if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+            return (int(value[0]), int(value[1]))
+    raise InvalidArgumentError(f"img_size must be an int (square side) or (height, width) of positive ints; got {value!r}")
+
+
+def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None) -> PredictArgs:
+    """Check and normalise predict() keyword arguments. Raises `InvalidArgumentError` (a ValueError)."""
+    kw = dict(kwargs)
+    for alias, canonical in ALIASES.items():
+        if alias in kw:
+            if kw.get(canonical) is not None:
+                raise InvalidArgumentError(f"pass either {alias} or {canonical}, not both")
+            kw[canonical] = kw.pop(alias)
+    settings = dict(kw.pop("settings", None) or {})
+    if not isinstance(settings, dict):
+        raise InvalidArgumentError(f"settings must be a dict; got {type(settings).__name__}")
+    for key in SETTING_ALIASES:
+        if key in kw:
+            value = kw.pop(key)
+            if key in settings and settings[key] != value:
+                raise InvalidArgumentError(f"{key} given twice: {key}={value!r} and settings[{key!r}]={settings[key]!r}")
+            settings[key] = value
+    unknown = [k for k in kw if k not in KNOWN]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, KNOWN + tuple(ALIASES) + SETTING_ALIASES, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise InvalidArgumentError(f"unknown argument(s) to predict: {', '.join(hints)}")
+    args = PredictArgs(**{k: v for k, v in kw.items()})
+    args.settings = settings
+
+    sources = [k for k in ("input",) + ID_SOURCES if getattr(args, k) is not None]
+    if not sources:
+        raise InvalidArgumentError(
+            "nothing to predict: pass input=... (path, URL, image, array, list, directory, video, project folder) "
+            "or one of project_id, dataset_id, image_ids, video_id"
+        )
+    if len(sources) > 1:
+        raise InvalidArgumentError(f"pass exactly one source; got {', '.join(sources)}")
+    if args.project_id is not None:
+        args.project_id = _int_id("project_id", args.project_id)
+    if args.dataset_id is not None:
+        args.dataset_id = _int_id("dataset_id", args.dataset_id)
+    if args.video_id is not None:
+        args.video_id = _int_id("video_id", args.video_id)
+    if args.image_ids is not None:
+        ids = args.image_ids if isinstance(args.image_ids, list | tuple) else [args.image_ids]
+        if not ids:
+            raise InvalidArgumentError("image_ids is empty")
+        args.image_ids = [_int_id("image_ids", i) for i in ids]
+
+    if args.batch_size is not None and (
+        isinstance(args.batch_size, bool) or not isinstance(args.batch_size, int) or args.batch_size < 1
+    ):
+        raise InvalidArgumentError(f"batch_size must be a positive int; got {args.batch_size!r}")
+    if args.max_in_flight is not None and (not isinstance(args.max_in_flight, int) or args.max_in_flight < 1):
+        raise InvalidArgumentError(f"max_in_flight must be a positive int; got {args.max_in_flight!r}")
+    args.img_size = parse_img_size(args.img_size)
+
+    if args.classes is not None:
+        classes = [args.classes] if isinstance(args.classes, str) else list(args.classes)
+        if not all(isinstance(c, str) for c in classes):
+            raise InvalidArgumentError(f"classes must be a list of class names; got {args.classes!r}")
+        if model_classes is not None:
+            unknown_cls = [c for c in classes if c not in model_classes]
+            if unknown_cls:
+                raise InvalidArgumentError(
+                    f"unknown class name(s) {unknown_cls}; the model's classes are {sorted(set(model_classes))}"
+                )
+        args.classes = classes
+
+    _check_settings(settings)
+
+    if args.upload is not None:
+        if args.upload not in UPLOAD_MODES:
+            raise InvalidArgumentError(f"unknown upload mode {args.upload!r}; use one of {list(UPLOAD_MODES)}")
+        if args.upload in PLATFORM_MODES and not args.from_platform:
+            raise InvalidArgumentError(
+                f"upload={args.upload!r} needs platform items (project_id, dataset_id, image_ids or video_id); "
+                f"got {describe_input(args.input)}. Use upload='create' to store these as a new project."
+            )
+    elif args.job_id is not None:
+        raise InvalidArgumentError("job_id resumes an upload; pass it together with upload=...")
+    if args.job_id is not None and (not isinstance(args.job_id, str) or not args.job_id.strip()):
+        raise InvalidArgumentError(f"job_id must be a non-empty string; got {args.job_id!r}")
+    if args.output is not None:
+        if not isinstance(args.output, dict) or not set(args.output) <= {"parquet", "coco"}:
+            raise InvalidArgumentError(f"output must be a dict with keys 'parquet' and/or 'coco'; got {args.output!r}")
+    if not isinstance(args.recursive, bool):
+        raise InvalidArgumentError(f"recursive must be True or False; got {args.recursive!r}")
+    return args
+
+
+def _check_settings(settings: dict[str, Any]) -> None:
+    def number(key: str, lo: float, hi: float, lo_open: bool = False) -> None:
+        if key not in settings:
+            return
+        v = settings[key]
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise InvalidArgumentError(f"settings[{key!r}] must be a number; got {v!r}")
+        if (v <= lo if lo_open else v < lo) or v > hi:
+            bracket = "(" if lo_open else "["
+            raise InvalidArgumentError(f"settings[{key!r}] must be in {bracket}{lo:g}, {hi:g}]; got {v!r}")
+
+    number("conf", 0.0, 1.0)
+    number("iou", 0.0, 1.0)
+    number("iou_merge_threshold", 0.0, 1.0, lo_open=True)
+    if "max_det" in settings:
+        v = settings["max_det"]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InvalidArgumentError(f"settings['max_det'] must be a positive int; got {v!r}")
+
+
+def describe_input(value: Any) -> str:
+    """A few words on what `input` is, for messages."""
+    import os
+
+    if value is None:
+        return "nothing"
+    if isinstance(value, str | os.PathLike):
+        text = os.fspath(value)
+        if text.startswith(("http://", "https://")):
+            return "a URL"
+        if os.path.isdir(text):
+            return "a project folder" if os.path.exists(os.path.join(text, "meta.json")) else "a directory"
+        return "a file path"
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)} inputs"
+    return f"a {type(value).__name__}"

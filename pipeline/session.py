@@ -1,0 +1,287 @@
+"""`PredictionSession`: a prediction run in the background, read as it completes.
+
+The run is one driver thread: source -> batches -> scheduler (loading tasks + replica calls) -> collector ->
+upload (its own thread) -> a queue the reader takes from. `predict()` is a session collected in input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from pipeline import _args
+from pipeline.exceptions import PipelineError, RunError
+from pipeline.prediction import Prediction
+
+if TYPE_CHECKING:
+    from pipeline.nn import Model
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PredictionSession", "start_session", "run_predict"]
+
+# Default images per model call when predict(batch_size=None): GPUs want larger batches; on CPU a small batch
+# keeps latency low and costs nothing in throughput.
+DEFAULT_BATCH_SIZE = {"cuda": 16, "cpu": 4}
+# Unread predictions a session keeps before it pauses new work (backpressure on a reader that falls behind).
+MAX_BUFFERED = 4096
+
+
+class _Done:
+    """The end-of-stream sentinel on the reader's queue."""
+
+    def __init__(self, error: BaseException | None = None):
+        self.error = error
+
+
+class PredictionSession:
+    """A running prediction. Iterate it (completion order), or poll `next`, `status`, `is_done`; `stop` it.
+
+    Created by `model.predict_detached(...)`; all argument checks have passed by the time you hold one.
+    """
+
+    def __init__(self, model: Model, args: _args.PredictArgs, plan: Any, uploader: Any = None):
+        self.model = model
+        self.args = args
+        self.plan = plan
+        self.uploader = uploader
+        self._queue: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._finished = threading.Event()
+        self._lock = threading.Lock()
+        self._done = 0
+        self._failed = 0
+        self._read_done = False
+        self._error: BaseException | None = None
+        self._error_text: str | None = None
+        self._raised = False
+        self._message = "starting"
+        self._total: int | None = None
+        self._total_ready = threading.Event()
+        self._skipped = 0
+        self._started_at = time.time()
+        self._finished_at: float | None = None
+        self.scheduler = None
+        threading.Thread(target=self._count, name="pipeline-count", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="pipeline-run", daemon=True)
+        self._thread.start()
+
+    # -- the run ----------------------------------------------------------------------------------------------
+    def _count(self) -> None:
+        try:
+            total = self.plan.count()
+        except Exception:  # a count is for progress only; the run reports real problems
+            total = 0
+        with self._lock:
+            done_before = self.uploader.skipped_count() if self.uploader is not None else 0
+            self._total = max(0, total - done_before)
+        self._total_ready.set()
+
+    def _emit(self, preds: list[Prediction]) -> None:
+        with self._lock:
+            for p in preds:
+                self._done += 1
+                if p.error is not None:
+                    self._failed += 1
+        for p in preds:
+            self._queue.put(p)
+
+    def _sink(self, preds: list[Prediction]) -> None:
+        if self.uploader is not None:
+            self.uploader.put(preds)
+        else:
+            self._emit(preds)
+
+    def _run(self) -> None:
+        from pipeline.collector import Collector
+        from pipeline.inference import Scheduler, batched
+
+        error: BaseException | None = None
+        try:
+            model, args = self.model, self.args
+            replicas = model._replicas()
+            nodes = [info.get("node_id") for info in model._record.get("replicas_info", [])]
+            img_size = args.img_size or _spec_size(model.spec.img_size)
+            batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(model.device, 4)
+            settings = dict(args.settings)
+            if self.uploader is not None:
+                self.uploader.start(self._emit)
+            items = self.plan.iter_items()
+            if self.uploader is not None:
+                items = self.uploader.filter_done(items)
+            factory = self.plan_submit_factory(img_size, settings)
+            self.scheduler = Scheduler(
+                replicas, nodes, settings, input_resized=img_size is not None,
+                max_in_flight=args.max_in_flight or _default_in_flight(), stop_event=self._stop,
+            )
+            self._message = "predicting"
+            collector = Collector(model.classes, args.classes, self._sink)
+            self.scheduler.run(batched(items, batch_size, factory), collector, before_submit=self._has_room)
+            if self.uploader is not None:
+                self._message = "finishing upload"
+                self.uploader.close()
+            self._message = "stopped" if self._stop.is_set() else "done"
+        except BaseException as exc:  # reported to the reader and kept in status()
+            error = exc
+            self._error_text = "".join(traceback.format_exception(exc)).strip()
+            self._message = f"failed: {type(exc).__name__}: {exc}"
+            if self.uploader is not None:
+                try:
+                    self.uploader.close(abort=True)
+                except Exception:
+                    log.exception("closing the upload after a failure")
+        finally:
+            self._error = error
+            self._finished_at = time.time()
+            self._finished.set()
+            self._queue.put(_Done(error))
+
+    def plan_submit_factory(self, img_size, settings):
+        factory = getattr(self.plan, "submit_factory", None)
+        if factory is not None:
+            return factory(img_size, settings)
+        from pipeline.loading import submit_load
+
+        return lambda chunk: (lambda node_id: submit_load(chunk, img_size, settings, node_id))
+
+    def _has_room(self) -> bool:
+        return self._queue.qsize() < MAX_BUFFERED
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def next(self, timeout: float | None = None, block: bool = True) -> Prediction | None:
+        """The next finished prediction. `block=False`: None when none is ready. `TimeoutError` after
+        `timeout` seconds; `StopIteration` when the run is over and everything was read."""
+        if self._read_done:
+            self._raise_error_once()
+            raise StopIteration
+        try:
+            item = self._queue.get(block=block, timeout=timeout if block else None)
+        except queue.Empty:
+            if not block:
+                return None
+            raise TimeoutError(f"no prediction within {timeout}s") from None
+        if isinstance(item, _Done):
+            self._read_done = True
+            self._raise_error_once()
+            raise StopIteration
+        return item
+
+    def _raise_error_once(self) -> None:
+        if self._error is not None and not self._raised:
+            self._raised = True
+            if isinstance(self._error, PipelineError):
+                raise self._error
+            raise RunError(f"the prediction run failed: {type(self._error).__name__}: {self._error}") from self._error
+
+    def __iter__(self) -> Iterator[Prediction]:
+        return self
+
+    def __next__(self) -> Prediction:
+        return self.next()
+
+    def __len__(self) -> int:
+        """How many predictions this run produces (items of the input, minus those a resumed job already did)."""
+        self._total_ready.wait()
+        return int(self._total or 0)
+
+    def is_done(self) -> bool:
+        """True once every item has been processed, or the session was stopped."""
+        return self._finished.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run has finished; True if it did within `timeout`."""
+        return self._finished.wait(timeout)
+
+    def stop(self) -> None:
+        """Start no new work and cancel what is queued on the replicas; finished predictions stay readable."""
+        self._stop.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=30)
+
+    def status(self) -> dict[str, Any]:
+        """{"progress": 0-100, "done", "total", "failed", "message", "error", "context"} (and a few more)."""
+        with self._lock:
+            done, failed, total = self._done, self._failed, self._total
+        elapsed = (self._finished_at or time.time()) - self._started_at
+        if total:
+            progress = min(100.0, 100.0 * done / total)
+        else:
+            progress = 100.0 if self._finished.is_set() else 0.0
+        context = dict(self.plan.context)
+        if self.uploader is not None:
+            context.update(self.uploader.context())
+        rate = done / elapsed if elapsed > 0 else 0.0
+        return {
+            "progress": round(progress, 2),
+            "done": done,
+            "total": total,
+            "failed": failed,
+            "message": self._message,
+            "error": self._error_text,
+            "context": context,
+            "elapsed_s": round(elapsed, 3),
+            "items_per_s": round(rate, 3),
+            "eta_s": round((total - done) / rate, 1) if rate > 0 and total else None,
+            "is_done": self._finished.is_set(),
+        }
+
+    def __enter__(self) -> PredictionSession:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        s = self.status()
+        return f"PredictionSession({s['done']}/{s['total']} done, {s['failed']} failed, {s['message']})"
+
+
+def _spec_size(size: Any) -> tuple[int, int] | None:
+    return _args.parse_img_size(list(size) if isinstance(size, tuple) else size)
+
+
+def _default_in_flight() -> int:
+    from pipeline.inference import DEFAULT_MAX_IN_FLIGHT
+
+    return DEFAULT_MAX_IN_FLIGHT
+
+
+def start_session(model: Model, input: Any = None, **kwargs: Any) -> PredictionSession:  # noqa: A002
+    """Validate everything, then start the run. Raises `ValueError`s before any work."""
+    args = _args.normalize({"input": input, **kwargs}, model_classes=model.classes)
+    platform = model._api._platform
+    from pipeline.source import resolve_source
+
+    plan = resolve_source(args, platform)
+    uploader = None
+    if args.upload is not None or args.output:
+        from pipeline.upload import make_uploader
+
+        uploader = make_uploader(args, plan, platform, model)
+    return PredictionSession(model, args, plan, uploader)
+
+
+def run_predict(model: Model, input: Any = None, **kwargs: Any) -> list[Prediction]:  # noqa: A002
+    """`predict()`: a session collected in input order, with a tqdm progress bar unless progress=False."""
+    session = start_session(model, input=input, **kwargs)
+    results: list[Prediction] = []
+    try:
+        if session.args.progress:
+            from tqdm.auto import tqdm
+
+            with tqdm(total=len(session), desc="predict", unit="img") as bar:
+                for p in session:
+                    results.append(p)
+                    bar.update(1)
+        else:
+            results.extend(session)
+    except BaseException:
+        session.stop()
+        raise
+    results.sort(key=lambda p: p.index)
+    return results

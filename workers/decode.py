@@ -1,0 +1,183 @@
+"""Decoding, run inside the loading tasks: image files, URLs and arrays -> HWC RGB uint8 arrays.
+
+Every failure becomes a message (`ItemError`) for that item only; the batch and the run go on.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from workers.messages import LoadedBatch, LoadRequest
+
+# Decompression-bomb guard: an image that claims more pixels than this is refused before it is decoded.
+# 178,956,970 is Pillow's own warning threshold (about 13,000 x 13,000); raise it with settings["max_pixels"].
+DEFAULT_MAX_PIXELS = 178_956_970
+# Seconds to wait for a URL to answer (connect and each read); a slow server fails that item, not the run.
+DEFAULT_URL_TIMEOUT_S = 20.0
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
+     ".mpo"}
+)
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts", ".3gp", ".ogv"}
+)
+
+
+class ItemError(Exception):
+    """One item could not be loaded; the message says why."""
+
+
+def is_image_file(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def is_video_file(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+
+
+def to_rgb_array(image: Any) -> np.ndarray:
+    """A PIL image or an ndarray (HW gray, HWC RGB or RGBA, uint8 or float in [0, 1]) -> HWC RGB uint8."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return np.asarray(image)
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and arr.size and float(np.nanmax(arr)) <= 1.0:
+            arr = (np.clip(arr, 0.0, 1.0) * 255.0).round()
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    if arr.ndim == 2:
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        return np.repeat(arr, 3, axis=2)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        return np.ascontiguousarray(arr[:, :, :3])
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        return arr
+    raise ValueError(f"an image array must be HxW, HxWx1, HxWx3 or HxWx4; got shape {arr.shape}")
+
+
+def decode_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Encoded image bytes -> HWC RGB uint8, EXIF orientation applied. Raises `ItemError`."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise ItemError("the file is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ItemError(
+                    f"the image claims {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
+                    "(a decompression bomb?); raise settings['max_pixels'] if it is genuine"
+                )
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return np.asarray(img.convert("RGB"))
+    except ItemError:
+        raise
+    except UnidentifiedImageError:
+        raise ItemError("not an image: the file's content is not an image format Pillow can read") from None
+    except Image.DecompressionBombError as exc:
+        raise ItemError(f"refused as a decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ItemError(f"the image is corrupt or truncated: {exc}") from None
+
+
+def read_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ItemError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise ItemError(f"is a directory, not an image: {path}") from None
+    except OSError as exc:
+        raise ItemError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return decode_image_bytes(data, max_pixels)
+
+
+def fetch_url(url: str, timeout: float = DEFAULT_URL_TIMEOUT_S) -> bytes:
+    import requests
+
+    try:
+        resp = requests.get(url, timeout=(timeout, timeout))
+    except requests.Timeout:
+        raise ItemError(f"the URL did not answer within {timeout:g}s: {url}") from None
+    except requests.RequestException as exc:
+        raise ItemError(f"cannot fetch {url}: {type(exc).__name__}: {exc}") from None
+    if resp.status_code != 200:
+        raise ItemError(f"HTTP {resp.status_code} {resp.reason or ''} for {url}".replace("  ", " "))
+    return resp.content
+
+
+def resize_to(img: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Resize HWC uint8 to `size = (h, w)` (bilinear); unchanged when it already has that size."""
+    if size is None or tuple(img.shape[:2]) == tuple(size):
+        return img
+    from PIL import Image
+
+    h, w = size
+    return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+
+
+def load_one(req: LoadRequest, max_pixels: int, url_timeout: float) -> np.ndarray:
+    if req.error is not None:
+        raise ItemError(req.error)
+    if req.array is not None:
+        return to_rgb_array(req.array)
+    if req.url is not None:
+        return decode_image_bytes(fetch_url(req.url, url_timeout), max_pixels)
+    if req.path is not None:
+        return read_image_file(req.path, max_pixels)
+    raise ItemError("nothing to load")
+
+
+def load_batch(
+    requests_: list[LoadRequest],
+    img_size: tuple[int, int] | None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    url_timeout: float = DEFAULT_URL_TIMEOUT_S,
+) -> LoadedBatch:
+    """Decode a batch of items (one Ray task). A failed item gets its error and `None` image."""
+    t0 = time.perf_counter()
+    images, sizes, errors = [], [], []
+    for req in requests_:
+        try:
+            img = load_one(req, max_pixels, url_timeout)
+            sizes.append((int(img.shape[0]), int(img.shape[1])))
+            images.append(resize_to(img, img_size))
+            errors.append(None)
+        except ItemError as exc:
+            images.append(None)
+            sizes.append(None)
+            errors.append(str(exc))
+        except Exception as exc:  # anything unexpected still only fails this item
+            images.append(None)
+            sizes.append(None)
+            errors.append(f"cannot load: {type(exc).__name__}: {exc}")
+    return LoadedBatch(
+        indices=[r.index for r in requests_],
+        images=images,
+        orig_sizes=sizes,
+        errors=errors,
+        decode_seconds=time.perf_counter() - t0,
+    )
+
+
+def decode_video_frame(path: str, frame_idx: int) -> np.ndarray:
+    """One frame of a video file, HWC RGB uint8 (for `Prediction.load_image`)."""
+    from workers.video import read_frames
+
+    frames = read_frames(path, [frame_idx])
+    if frame_idx not in frames:
+        raise ItemError(f"frame {frame_idx} of {path} could not be decoded")
+    return frames[frame_idx]
