@@ -1,0 +1,129 @@
+"""Reading image and video files for the platform: probing on upload, decoding on download.
+
+Every failure of PIL or PyAV becomes a `FormatError` naming the item; neither library's exceptions reach users.
+PIL and PyAV are imported on first use, so creating a `Platform` stays cheap.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.exceptions import FormatError, InvalidArgumentError
+
+__all__ = ["ImageProbe", "VideoProbe", "decode_image", "encode_array", "probe_image", "probe_video"]
+
+# PIL format -> the extension blobs get (and exports add when a name has no image extension)
+_IMAGE_EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "BMP": "bmp", "WEBP": "webp", "TIFF": "tiff", "GIF": "gif"}
+_SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees: width and height trade places
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".mpo", ".bmp", ".png", ".webp", ".tiff", ".tif", ".jfif", ".avif", ".heic",
+                    ".heif")
+"""Extensions the Supervisely SDK reads as images (`supervisely/imaging/image.py`, SUPPORTED_IMG_EXTS)."""
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".3gp", ".flv", ".webm", ".wmv", ".mov", ".mkv")
+"""Extensions the Supervisely SDK reads as videos (`supervisely/video/video.py`, ALLOWED_VIDEO_EXTENSIONS)."""
+
+
+@dataclass(frozen=True)
+class ImageProbe:
+    width: int  # pixels, after EXIF orientation
+    height: int
+    ext: str
+
+
+@dataclass(frozen=True)
+class VideoProbe:
+    frames_count: int
+    fps: float
+    width: int
+    height: int
+    ext: str
+
+
+def probe_image(path: str | os.PathLike, name: str) -> ImageProbe:
+    """Check that the file is an image PIL decodes (`Image.verify()`), and read its size and format. The size is
+    the one `decode_image` returns: an EXIF orientation of 5..8 swaps width and height."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        with Image.open(path) as img:
+            width, height, fmt = img.size[0], img.size[1], img.format or ""
+            orientation = img.getexif().get(0x0112, 1)
+    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBombError)
+        raise FormatError(f"image {name!r} is not an image PIL can read ({type(exc).__name__}: {exc})") from None
+    if orientation in _SWAPS_SIDES:
+        width, height = height, width
+    return ImageProbe(int(width), int(height), _IMAGE_EXT.get(fmt, fmt.lower() or "bin"))
+
+
+def decode_image(path: str | os.PathLike, name: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, EXIF orientation applied."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise FormatError(f"the stored file of image {name!r} is missing: {path}") from None
+    except Exception as exc:
+        raise FormatError(f"image {name!r} could not be decoded ({type(exc).__name__}: {exc})") from None
+
+
+def encode_array(image: np.ndarray, name: str) -> bytes:
+    """PNG bytes of an (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) gray uint8 array."""
+    from PIL import Image
+
+    if image.dtype != np.uint8:
+        raise InvalidArgumentError(f"image {name!r}: an array image must be uint8; got {image.dtype}")
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))) or 0 in image.shape:
+        raise InvalidArgumentError(f"image {name!r}: an array image must be (H, W, 3) RGB or (H, W); got {image.shape}")
+    arr = image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def probe_video(path: str | os.PathLike, name: str) -> VideoProbe:
+    """Frames count, fps (`average_rate`), width and height (pixels) of the first video stream, read with PyAV.
+    When the container does not state the frame count it is counted by demuxing (no decoding). A file that is not
+    a video, or has no video stream, is a `FormatError`."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise FormatError(f"video {name!r} has no video stream")
+            stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            fps = float(rate) if rate else 0.0
+            frames = int(stream.frames or 0)
+            if frames <= 0:
+                frames = sum(1 for packet in container.demux(stream) if packet.size)
+            fmt = container.format.name.split(",")[0] if container.format else ""
+    except FormatError:
+        raise
+    except Exception as exc:  # av.FFmpegError and friends: the file is not a video PyAV can read
+        raise FormatError(f"video {name!r} is not a video PyAV can read ({type(exc).__name__}: {exc})") from None
+    if width <= 0 or height <= 0 or frames <= 0:
+        raise FormatError(f"video {name!r} has no frames (size {width}x{height}, {frames} frames)")
+    suffix = Path(name).suffix.lower()
+    ext = suffix[1:] if suffix in VIDEO_EXTENSIONS else (fmt or "bin")
+    return VideoProbe(frames, fps, int(width), int(height), ext)
+
+
+def has_ext(name: str, extensions: tuple[str, ...]) -> bool:
+    return Path(name).suffix.lower() in extensions
+
+
+def as_stream(source: Any) -> Any:
+    """A binary stream for bytes-like input."""
+    return io.BytesIO(bytes(source))
