@@ -48,6 +48,7 @@ def build_prediction(item: Item, out: ModelOutput, orig_size: tuple[int, int] | 
         dataset=item.dataset,
         index=item.index,
         _blob_path=item.path if item.image_path is None else None,
+        _key=item.key,
     )
 
 

@@ -63,6 +63,7 @@ class Prediction:
     target: UploadTarget | None = None
     index: int = -1
     _blob_path: str | None = field(default=None, repr=False)
+    _key: str | None = field(default=None, repr=False)  # the item's stable key (job resume)
     _annotation: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

@@ -150,7 +150,8 @@ class PredictionSession:
         return lambda chunk: (lambda node_id: submit_load(chunk, img_size, settings, node_id))
 
     def _has_room(self) -> bool:
-        return self._queue.qsize() < MAX_BUFFERED
+        backlog = self.uploader.backlog() if self.uploader is not None else 0
+        return self._queue.qsize() + backlog < MAX_BUFFERED
 
     # -- reading ----------------------------------------------------------------------------------------------
     def next(self, timeout: float | None = None, block: bool = True) -> Prediction | None:

@@ -1,0 +1,192 @@
+"""Predictions exported without the platform: Parquet (one row per object) and COCO JSON.
+
+Parquet is written as the run streams: `output.parquet` is a directory of part files, each closed (and so
+complete and readable) as soon as it is written, so a crash keeps every part written before it. Read it with
+`pyarrow.parquet.read_table(path)` or `pandas.read_parquet(path)`. COCO is one JSON document, written atomically
+(temporary file + rename) when the run ends.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from pipeline.prediction import Prediction
+
+__all__ = ["ParquetWriter", "CocoWriter", "mask_to_rle", "rle_to_mask"]
+
+# Rows buffered before a part file is written: big enough for efficient Parquet, small enough that a crash loses
+# at most this many rows.
+PARQUET_ROWS_PER_PART = 20_000
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("source", pa.string()), ("name", pa.string()), ("dataset", pa.string()),
+        ("project_id", pa.int64()), ("dataset_id", pa.int64()), ("image_id", pa.int64()),
+        ("video_id", pa.int64()), ("frame_idx", pa.int64()),
+        ("target_project_id", pa.int64()), ("target_image_id", pa.int64()),
+        ("image_height", pa.int32()), ("image_width", pa.int32()),
+        ("object_idx", pa.int32()), ("class", pa.string()), ("class_id", pa.int32()), ("score", pa.float32()),
+        ("x1", pa.float32()), ("y1", pa.float32()), ("x2", pa.float32()), ("y2", pa.float32()),
+        ("mask_png", pa.binary()), ("mask_x", pa.int32()), ("mask_y", pa.int32()),
+        ("error", pa.string()),
+    ])
+
+
+def _source_text(p: Prediction) -> str:
+    if isinstance(p.source, np.ndarray):
+        return f"array:{p.index}"
+    return str(p.source) if p.source is not None else ""
+
+
+def _mask_png(mask: np.ndarray) -> tuple[bytes, int, int]:
+    """A 1-bit PNG of the mask cropped to its bounding box, and the crop's (x, y) origin."""
+    from PIL import Image
+
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    buf = io.BytesIO()
+    Image.fromarray(mask[y0:y1, x0:x1]).convert("1").save(buf, format="PNG")
+    return buf.getvalue(), int(x0), int(y0)
+
+
+class ParquetWriter:
+    """Appends one row per object (and one per failed item, with `error`) to a directory of Parquet parts."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.path.abspath(os.fspath(path))
+        if os.path.isfile(self.path):
+            raise FileExistsError(f"{self.path} is a file; the Parquet output is a directory of part files")
+        os.makedirs(self.path, exist_ok=True)
+        existing = [f for f in os.listdir(self.path) if f.startswith("part-") and f.endswith(".parquet")]
+        self._part = len(existing)
+        self._rows: dict[str, list] = {f.name: [] for f in _schema()}
+        self._n = 0
+        self.rows_written = 0
+
+    def add(self, preds: list[Prediction]) -> None:
+        for p in preds:
+            target = p.target
+            common = {
+                "source": _source_text(p), "name": p.name, "dataset": "/".join(p.dataset),
+                "project_id": p.project_id, "dataset_id": p.dataset_id, "image_id": p.image_id,
+                "video_id": p.video_id, "frame_idx": p.frame_idx,
+                "target_project_id": target.project_id if target else None,
+                "target_image_id": (target.image_id if target else None),
+                "image_height": p.img_size[0] if p.img_size else None,
+                "image_width": p.img_size[1] if p.img_size else None,
+            }
+            if p.error is not None or len(p) == 0:
+                if p.error is None:
+                    continue  # nothing found: no rows
+                self._append({**common, "error": p.error})
+                continue
+            for i in range(len(p)):
+                x1, y1, x2, y2 = (float(v) for v in p.boxes[i])
+                row = {**common, "object_idx": i, "class": p.classes[i], "class_id": int(p.class_ids[i]),
+                       "score": float(p.scores[i]), "x1": x1, "y1": y1, "x2": x2, "y2": y2}
+                if p.masks is not None and p.masks[i].any():
+                    row["mask_png"], row["mask_x"], row["mask_y"] = _mask_png(p.masks[i])
+                self._append(row)
+        if self._n >= PARQUET_ROWS_PER_PART:
+            self.flush()
+
+    def _append(self, row: dict[str, Any]) -> None:
+        for k, col in self._rows.items():
+            col.append(row.get(k))
+        self._n += 1
+
+    def flush(self) -> None:
+        if not self._n:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table(self._rows, schema=_schema())
+        final = os.path.join(self.path, f"part-{self._part:05d}.parquet")
+        tmp = final + ".tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)  # a part is either complete or absent
+        self._part += 1
+        self.rows_written += self._n
+        self._rows = {k: [] for k in self._rows}
+        self._n = 0
+
+    def close(self) -> None:
+        self.flush()
+
+
+def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO uncompressed RLE: column-major run lengths starting with a run of zeros."""
+    flat = np.asarray(mask, dtype=np.uint8).flatten(order="F")
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], changes, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0] == 1:
+        counts = [0] + counts
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+
+
+def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
+    h, w = rle["size"]
+    flat = np.zeros(h * w, dtype=bool)
+    pos, val = 0, False
+    for c in rle["counts"]:
+        if val:
+            flat[pos:pos + c] = True
+        pos += c
+        val = not val
+    return flat.reshape((w, h)).T
+
+
+class CocoWriter:
+    """Collects a COCO detection / instance-segmentation document; writes it atomically on `close()`."""
+
+    def __init__(self, path: str | os.PathLike, class_names: list[str]):
+        self.path = os.path.abspath(os.fspath(path))
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        seen: dict[str, int] = {}
+        self.categories = []
+        for i, name in enumerate(class_names):
+            self.categories.append({"id": i + 1, "name": name, "supercategory": ""})
+            seen.setdefault(name, i + 1)
+        self.images: list[dict] = []
+        self.annotations: list[dict] = []
+
+    def add(self, preds: list[Prediction]) -> None:
+        for p in preds:
+            if p.error is not None or p.img_size is None:
+                continue
+            image_id = len(self.images) + 1
+            file_name = "/".join((*p.dataset, p.name or f"{image_id}"))
+            entry = {"id": image_id, "file_name": file_name, "height": p.img_size[0], "width": p.img_size[1]}
+            if p.frame_idx is not None:
+                entry["frame_idx"] = p.frame_idx
+            self.images.append(entry)
+            for i in range(len(p)):
+                x1, y1, x2, y2 = (float(v) for v in p.boxes[i])
+                ann = {
+                    "id": len(self.annotations) + 1, "image_id": image_id, "category_id": int(p.class_ids[i]) + 1,
+                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                    "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0, "score": round(float(p.scores[i]), 5),
+                }
+                if p.masks is not None:
+                    ann["segmentation"] = mask_to_rle(p.masks[i])
+                    ann["area"] = int(p.masks[i].sum())
+                self.annotations.append(ann)
+
+    def close(self) -> None:
+        doc = {"info": {"description": "predictions", "version": "1.0"}, "images": self.images,
+               "annotations": self.annotations, "categories": self.categories}
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path) or ".", prefix=".coco-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, self.path)

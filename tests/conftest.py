@@ -1,0 +1,86 @@
+"""Shared fixtures: one Ray instance per test session, small checkpoints, per-test platform data dirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Tests never reach the network: a pretrained model must come from a pre-filled cache the test sets up.
+os.environ.setdefault("PIPELINE_DEPLOY_TIMEOUT_S", "300")
+
+TINY_ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
+TINY_CLASSES = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The one Ray instance of the test session (2 CPUs, no dashboard)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random-weights Faster R-CNN (MobileNetV3, 320px) checkpoint with classes a, b, c."""
+    import torch
+    import torchvision
+
+    from workers.models import save_checkpoint
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(TINY_ARCH, weights=None, weights_backbone=None, num_classes=4)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    save_checkpoint(model, path, framework="torchvision", architecture=TINY_ARCH, task_type="detection",
+                    classes=TINY_CLASSES)
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    return tmp_path / "platform"
+
+
+@pytest.fixture
+def api(ray_session, data_dir):
+    import pipeline
+
+    return pipeline.Api(data_dir=data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_deployment(ray_session, tiny_checkpoint, tmp_path_factory):
+    """One CPU deployment of the tiny checkpoint shared by the session; connect to it from any Api."""
+    import pipeline
+
+    api = pipeline.Api(data_dir=tmp_path_factory.mktemp("deploy-home"))
+    model = api.nn.deploy(str(tiny_checkpoint), device="cpu", replicas=1)
+    yield model
+    model.shutdown()
+
+
+@pytest.fixture
+def tiny_model(api, tiny_deployment):
+    """The shared tiny deployment, bound to this test's platform."""
+    return api.nn.connect(tiny_deployment.task_id)
+
+
+def write_images(folder: Path, n: int, size=(96, 128), seed: int = 0, fmt: str = "jpg") -> list[Path]:
+    """`n` random RGB images of `size` (h, w) written to `folder`; returns their paths (sorted)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        arr = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+        p = folder / f"img_{i:04d}.{fmt}"
+        Image.fromarray(arr).save(p)
+        paths.append(p)
+    return paths
