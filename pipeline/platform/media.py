@@ -113,6 +113,8 @@ def probe_video(path: str | os.PathLike, name: str) -> VideoProbe:
         raise
     except Exception as exc:  # av.FFmpegError and friends: the file is not a video PyAV can read
         raise FormatError(f"video {name!r} is not a video PyAV can read ({type(exc).__name__}: {exc})") from None
+    if fmt.endswith("_pipe") or fmt.startswith("image2"):  # FFmpeg reads a PNG or JPEG as a one-frame "video"
+        raise FormatError(f"video {name!r} is a still image ({fmt}), not a video")
     if width <= 0 or height <= 0 or frames <= 0:
         raise FormatError(f"video {name!r} has no frames (size {width}x{height}, {frames} frames)")
     suffix = Path(name).suffix.lower()
