@@ -121,7 +121,8 @@ class PredictionSession:
             )
             self._message = "predicting"
             collector = Collector(model.classes, args.classes, self._sink)
-            self.scheduler.run(batched(items, batch_size, factory), collector, before_submit=self._has_room)
+            batcher = self.plan.batcher or batched
+            self.scheduler.run(batcher(items, batch_size, factory), collector, before_submit=self._has_room)
             if self.uploader is not None:
                 self._message = "finishing upload"
                 self.uploader.close()
@@ -142,7 +143,7 @@ class PredictionSession:
             self._queue.put(_Done(error))
 
     def plan_submit_factory(self, img_size, settings):
-        factory = getattr(self.plan, "submit_factory", None)
+        factory = self.plan.submit_factory
         if factory is not None:
             return factory(img_size, settings)
         from pipeline.loading import submit_load

@@ -59,6 +59,11 @@ class SourcePlan:
     platform_items: bool = False
     project_type: str = "images"
     datasets: list[tuple[str, ...]] = field(default_factory=list)  # known dataset paths (platform sources)
+    # Hooks for sources that load differently from image files (videos): given (img_size, settings),
+    # `submit_factory` returns `factory(items) -> submit(node_id) -> ObjectRef[LoadedBatch]`; `batcher(items,
+    # batch_size, factory)` groups items into `inference.Batch`es (default: consecutive runs of batch_size).
+    submit_factory: Callable[..., Any] | None = None
+    batcher: Callable[..., Any] | None = None
 
 
 def _abs(p: str | os.PathLike) -> str:

@@ -405,7 +405,12 @@ def make_uploader(args: PredictArgs, plan: SourcePlan, platform: Any, model: Any
     if args.upload is not None:
         if args.upload != "create" and not plan.platform_items:
             raise InvalidArgumentError(f"upload={args.upload!r} needs platform items; got {plan.description}")
-        target = PlatformTarget(args, plan, platform, model)
+        if plan.project_type == "videos":
+            from pipeline.upload_video import VideoTarget
+
+            target = VideoTarget(args, plan, platform, model)
+        else:
+            target = PlatformTarget(args, plan, platform, model)
         print(target.announce(), file=sys.stderr)
     writers: list[Any] = []
     if args.output:
