@@ -57,7 +57,7 @@ def probe_image(path: str | os.PathLike, name: str) -> ImageProbe:
             width, height, fmt = img.size[0], img.size[1], img.format or ""
             orientation = img.getexif().get(0x0112, 1)
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBombError)
-        raise FormatError(f"image {name!r} is not an image PIL can read ({type(exc).__name__}: {exc})") from None
+        raise FormatError(f"image {name!r} is not an image PIL can read ({_why(exc, path)})") from None
     if orientation in _SWAPS_SIDES:
         width, height = height, width
     return ImageProbe(int(width), int(height), _IMAGE_EXT.get(fmt, fmt.lower() or "bin"))
@@ -74,7 +74,7 @@ def decode_image(path: str | os.PathLike, name: str) -> np.ndarray:
     except FileNotFoundError:
         raise FormatError(f"the stored file of image {name!r} is missing: {path}") from None
     except Exception as exc:
-        raise FormatError(f"image {name!r} could not be decoded ({type(exc).__name__}: {exc})") from None
+        raise FormatError(f"image {name!r} could not be decoded ({_why(exc, path)})") from None
 
 
 def encode_array(image: np.ndarray, name: str) -> bytes:
@@ -112,7 +112,7 @@ def probe_video(path: str | os.PathLike, name: str) -> VideoProbe:
     except FormatError:
         raise
     except Exception as exc:  # av.FFmpegError and friends: the file is not a video PyAV can read
-        raise FormatError(f"video {name!r} is not a video PyAV can read ({type(exc).__name__}: {exc})") from None
+        raise FormatError(f"video {name!r} is not a video PyAV can read ({_why(exc, path)})") from None
     if fmt.endswith("_pipe") or fmt.startswith("image2"):  # FFmpeg reads a PNG or JPEG as a one-frame "video"
         raise FormatError(f"video {name!r} is a still image ({fmt}), not a video")
     if width <= 0 or height <= 0 or frames <= 0:
@@ -120,6 +120,11 @@ def probe_video(path: str | os.PathLike, name: str) -> VideoProbe:
     suffix = Path(name).suffix.lower()
     ext = suffix[1:] if suffix in VIDEO_EXTENSIONS else (fmt or "bin")
     return VideoProbe(frames, fps, int(width), int(height), ext)
+
+
+def _why(exc: Exception, path: str | os.PathLike) -> str:
+    """The library's message, without the path of our staging file (the user knows the item by its name)."""
+    return f"{type(exc).__name__}: {exc}".replace(f" '{os.fspath(path)}'", "").replace(os.fspath(path), "the file")
 
 
 def has_ext(name: str, extensions: tuple[str, ...]) -> bool:
