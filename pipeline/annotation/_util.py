@@ -14,6 +14,27 @@ from pipeline.exceptions import FormatError, InvalidArgumentError
 _HEX_COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
 
 
+class FrozenDict(dict):
+    """A read-only dict for the JSON kept on immutable records (pass-through keys, geometry_config). Unlike
+    `types.MappingProxyType` it pickles, so records travel between Ray workers."""
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("this mapping is read-only; build a new record with .clone(...) instead")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _readonly  # type: ignore
+
+    def __reduce__(self) -> tuple:
+        return (FrozenDict, (dict(self),))
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(map(repr, self.items()))))
+
+
+def frozen(mapping: Mapping[str, Any] | None) -> FrozenDict:
+    """A `FrozenDict` copy of `mapping` (None: empty)."""
+    return mapping if isinstance(mapping, FrozenDict) else FrozenDict(mapping or {})
+
+
 def json_num(value: float) -> int | float:
     """A coordinate as written to JSON: rounded to 2 decimals; an integral value is written as an int.
 

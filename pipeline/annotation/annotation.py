@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
-from pipeline.annotation._util import extra_keys, optional, require
+from pipeline.annotation._util import extra_keys, frozen, optional, require
 from pipeline.annotation.geometry import GEOMETRY_TYPES, Geometry, Rectangle, geometry_from_json
 from pipeline.annotation.meta import ObjClass, ProjectMeta, Tag, TagMeta, tags_from_json
 from pipeline.exceptions import FormatError, InvalidArgumentError
@@ -55,7 +54,7 @@ class Label:
         if not all(isinstance(t, Tag) for t in tags):
             raise InvalidArgumentError(f"label tags must be Tag objects; got {tags!r}")
         object.__setattr__(self, "tags", tags)
-        object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+        object.__setattr__(self, "extra", frozen(self.extra))
 
     def __hash__(self) -> int:
         return hash((self.geometry, self.obj_class.name, self.tags))
@@ -141,8 +140,8 @@ class Annotation:
         object.__setattr__(self, "img_size", (int(size[0]), int(size[1])))
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "img_tags", tags)
-        object.__setattr__(self, "custom_data", MappingProxyType(dict(self.custom_data)))
-        object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+        object.__setattr__(self, "custom_data", frozen(self.custom_data))
+        object.__setattr__(self, "extra", frozen(self.extra))
 
     def __hash__(self) -> int:
         return hash((self.img_size, self.labels, self.img_tags, self.description))

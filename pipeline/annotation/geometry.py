@@ -94,6 +94,9 @@ class Rectangle(Geometry):
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Rectangle is immutable")
 
+    def __reduce__(self) -> tuple:  # pickling (Ray) goes through the constructor: the slots are read-only
+        return (Rectangle, (self.top, self.left, self.bottom, self.right))
+
     @classmethod
     def from_xyxy(cls, x1: float, y1: float, x2: float, y2: float) -> Rectangle:
         """From `x1, y1, x2, y2` pixels (top-left, bottom-right)."""
@@ -185,6 +188,9 @@ class Bitmap(Geometry):
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Bitmap is immutable")
+
+    def __reduce__(self) -> tuple:
+        return (Bitmap, (self.data, self.origin))
 
     @classmethod
     def from_mask(cls, mask: np.ndarray) -> Bitmap:
@@ -312,6 +318,9 @@ class Polygon(Geometry):
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Polygon is immutable")
+
+    def __reduce__(self) -> tuple:
+        return (Polygon, (self.exterior, self.interior))
 
     @property
     def area(self) -> float:

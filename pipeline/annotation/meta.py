@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Any
 
-from pipeline.annotation._util import check_color, color_for_name, extra_keys, optional, require
+from pipeline.annotation._util import check_color, color_for_name, extra_keys, frozen, optional, require
 from pipeline.exceptions import FormatError, InvalidArgumentError
 
 __all__ = ["CONFIDENCE_TAG", "SHAPES", "TAG_VALUE_TYPES", "ObjClass", "ProjectMeta", "Tag", "TagMeta"]
@@ -37,7 +36,7 @@ _META_KEYS = ("classes", "tags", "projectType")
 
 
 def _frozen_extra(extra: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(extra or {}))
+    return frozen(extra)
 
 
 # ------------------------------------------------------------------------------------------------------ ObjClass

@@ -15,10 +15,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Any
 
-from pipeline.annotation._util import extra_keys, optional, require
+from pipeline.annotation._util import extra_keys, frozen, optional, require
 from pipeline.annotation.annotation import meta_of
 from pipeline.annotation.geometry import GEOMETRY_TYPES, Geometry, geometry_from_json
 from pipeline.annotation.meta import ObjClass, ProjectMeta, Tag, TagMeta, tags_from_json
@@ -39,7 +38,7 @@ def new_key() -> str:
 
 
 def _frozen(extra: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(extra or {}))
+    return frozen(extra)
 
 
 @dataclass(frozen=True)

@@ -49,10 +49,10 @@ class _SubApi:
         self._store = platform.store
 
     def _image_info(self, row: Any) -> ImageInfo:
-        return ImageInfo.from_row(row, self._store.blobs_dir.resolve())
+        return ImageInfo.from_row(row, self._store.blobs_root)
 
     def _video_info(self, row: Any) -> VideoInfo:
-        return VideoInfo.from_row(row, self._store.blobs_dir.resolve())
+        return VideoInfo.from_row(row, self._store.blobs_root)
 
 
 # ------------------------------------------------------------------------------------------------------ project

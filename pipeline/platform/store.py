@@ -124,6 +124,7 @@ class Store:
         self._local = threading.local()
         self._init_lock = threading.Lock()
         self._initialized = False
+        self._blobs_root: Path | None = None
 
     # ------------------------------------------------------------------------------------------- connections
 
@@ -135,6 +136,7 @@ class Store:
         conn = self._open()
         self._local.conn, self._local.pid = conn, os.getpid()  # pid: a forked child must not reuse the parent's
         self._local.depth = 0
+        self._local.reading = False
         return conn
 
     def _open(self) -> sqlite3.Connection:
@@ -199,6 +201,10 @@ class Store:
         error. Nested use on one thread becomes a SAVEPOINT of the outer transaction. Yields the connection."""
         conn = self.connection()
         depth = self._local.depth
+        if self._local.reading:
+            # a deferred read transaction cannot safely become a write one (another process may have written
+            # since its snapshot): that is a bug in the caller, said plainly
+            raise PipelineError("store.write() inside store.read(): open the write transaction first")
         try:
             conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT sp{depth}")
         except sqlite3.Error as exc:
@@ -235,21 +241,28 @@ class Store:
             conn.execute("BEGIN")
         except sqlite3.Error as exc:
             raise _translate(exc, self.db_path) from None
-        self._local.depth = 1
+        self._local.depth, self._local.reading = 1, True
         try:
             yield conn
         except sqlite3.Error as exc:
             raise _translate(exc, self.db_path) from None
         finally:
-            self._local.depth = 0
+            self._local.depth, self._local.reading = 0, False
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("COMMIT")
 
     # ------------------------------------------------------------------------------------------------------ blobs
 
+    @property
+    def blobs_root(self) -> Path:
+        """The blob directory as an absolute, resolved path (resolved once: records carry it in their `path`)."""
+        if self._blobs_root is None:
+            self._blobs_root = self.blobs_dir.resolve()
+        return self._blobs_root
+
     def blob_path(self, sha256: str, ext: str) -> Path:
         """Absolute path of the blob with content hash `sha256` and extension `ext`."""
-        return blob_path(self.blobs_dir.resolve(), sha256, ext)
+        return blob_path(self.blobs_root, sha256, ext)
 
     def stage_file(self, src: BinaryIO) -> tuple[Path, str, int]:
         """Copy a readable binary stream to a temporary file in the blob directory, hashing it on the way.

@@ -553,3 +553,21 @@ def test_public_names_are_pinned():
         "VideoFrame", "VideoObject", "VideoTag", "box_iou", "box_iou_matrix", "draw_annotation", "draw_boxes",
         "geometry_from_json", "geometry_iou", "mask_iou",
     ])
+
+
+def test_records_pickle_for_ray_and_stay_read_only():
+    import pickle
+
+    ann = Annotation.from_json({"size": {"height": 50, "width": 60}, "tags": [{"name": "reviewed"}],
+                                "objects": [_object(g) for g in ("rectangle", "polygon", "bitmap")]}, _meta())
+    back = pickle.loads(pickle.dumps(ann))
+    assert back == ann and back.to_json() == ann.to_json()
+    assert not back.labels[2].geometry.data.flags.writeable
+    video, meta = _video()
+    assert pickle.loads(pickle.dumps(video)).to_json() == video.to_json()
+    assert pickle.loads(pickle.dumps(meta)) == meta
+    label = Label.from_json({**_object("rectangle"), "id": 3}, _meta())
+    with pytest.raises(TypeError):
+        label.extra["id"] = 4  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        label.geometry.top = 1  # type: ignore[misc]

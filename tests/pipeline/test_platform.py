@@ -455,3 +455,18 @@ def test_sqlite_errors_are_translated(platform, dataset):
         with platform.store.write() as conn:
             conn.execute("INSERT INTO datasets (project_id, parent_id, name, created_at) VALUES (?, NULL, 'ds', 'x')",
                          (dataset.project_id,))
+
+
+def test_records_pickle_and_a_write_inside_a_read_is_refused(platform, dataset):
+    import pickle
+
+    info = platform.image.upload(dataset.id, "a.png", png_bytes())
+    assert pickle.loads(pickle.dumps(info)) == info
+    assert pickle.loads(pickle.dumps(dataset)) == dataset
+    with pytest.raises(PipelineError, match="inside store.read"):
+        with platform.store.read():
+            with platform.store.write():
+                pass
+    with platform.store.write() as conn:  # reads inside a write are fine: they join it
+        with platform.store.read() as same:
+            assert same is conn
