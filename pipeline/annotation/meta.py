@@ -23,6 +23,12 @@ __all__ = ["CONFIDENCE_TAG", "SHAPES", "TAG_VALUE_TYPES", "ObjClass", "ProjectMe
 SHAPES = ("rectangle", "bitmap", "polygon", "any_shape")
 """Class shapes: a geometry type, or "any_shape" for a class that takes any geometry."""
 
+OTHER_SDK_SHAPES = ("point", "line", "polyline", "graph", "cuboid", "cuboid_2d", "cuboid_3d", "alpha_mask",
+                    "multichannelBitmap", "oriented_bbox", "point_3d", "polyline_3d", "mask_3d", "pointcloud",
+                    "point_cloud", "closed_surface_mesh", "multipolygon")
+"""Other Supervisely shapes (`supervisely/annotation/json_geometries_map.py`): a class of such a shape is read from
+meta.json and kept, so real projects import; an object of such a geometry is an "unknown geometryType" error."""
+
 TAG_VALUE_TYPES = ("none", "any_number", "any_string", "oneof_string", "date")
 """Tag value types. "date" (an ISO date string) is read because the SDK writes it; the others as in the SDK."""
 
@@ -58,7 +64,7 @@ class ObjClass:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise InvalidArgumentError(f"class name must be a non-empty string; got {self.name!r}")
-        if self.shape not in SHAPES:
+        if self.shape not in SHAPES and self.shape not in OTHER_SDK_SHAPES:
             raise InvalidArgumentError(f"class {self.name!r}: shape must be one of {SHAPES}; got {self.shape!r}")
         color = color_for_name(self.name) if self.color is None else check_color(self.color, f"class {self.name!r}")
         object.__setattr__(self, "color", color)
@@ -91,7 +97,7 @@ class ObjClass:
         name = require(data, "title", str, where)
         where = f"{where} {name!r}"
         shape = require(data, "shape", str, where)
-        if shape not in SHAPES:
+        if shape not in SHAPES and shape not in OTHER_SDK_SHAPES:
             raise FormatError(f"{where}: unknown shape {shape!r}; supported: {', '.join(SHAPES)}")
         try:
             return cls(

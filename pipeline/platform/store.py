@@ -38,7 +38,7 @@ from pipeline.platform.infos import blob_path
 
 __all__ = ["BUSY_TIMEOUT_S", "SCHEMA_VERSION", "Store", "now"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0  # a long import holds the write lock for seconds; other writers wait rather than fail
 _COPY_CHUNK = 1 << 20  # 1 MiB: hashing and copying large videos without holding them in memory
 
@@ -105,7 +105,13 @@ CREATE TABLE IF NOT EXISTS video_annotations (
 );
 """
 
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}  # version -> the SQL that brings version - 1 to it
+_SCHEMA_V2 = """
+-- keyset pagination of one dataset (image.iterate(dataset_id=...)) walks this index instead of sorting
+CREATE INDEX IF NOT EXISTS images_dataset ON images (dataset_id, id);
+CREATE INDEX IF NOT EXISTS videos_dataset ON videos (dataset_id, id);
+"""
+
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}  # version -> the SQL that brings version - 1 to it
 
 
 def now() -> str:

@@ -31,6 +31,7 @@ from pipeline.annotation import (
 )
 from pipeline.exceptions import FormatError, InvalidArgumentError, NotFoundError, PipelineError
 from pipeline.platform import DatasetInfo, ImageInfo, Platform, ProjectInfo, VideoInfo, ops
+from pipeline.platform.store import SCHEMA_VERSION
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CLIP = FIXTURES / "sly_video_project" / "ds0" / "video" / "clip.mp4"  # 8 frames, 10 fps, 32 x 24
@@ -70,8 +71,27 @@ def test_platform_is_lazy_and_the_database_is_set_up_on_first_use(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 10000
-    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 1
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 2
     assert (data / "platform.db").exists()
+    plan = conn.execute("EXPLAIN QUERY PLAN SELECT * FROM images WHERE dataset_id = 1 AND id > 0 ORDER BY id LIMIT 5")
+    assert "images_dataset" in " ".join(str(tuple(r)) for r in plan)  # pages of a dataset walk an index
+
+
+def test_an_older_database_is_migrated(tmp_path):
+    data = tmp_path / "data"
+    Platform(data).project.create("old")
+    with sqlite3.connect(data / "platform.db") as conn:  # make it look like a version-1 database
+        conn.execute("DROP INDEX images_dataset")
+        conn.execute("DELETE FROM schema_version WHERE version = 2")
+    platform = Platform(data)
+    assert [p.name for p in platform.project.list()] == ["old"]
+    conn = platform.store.connection()
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 2
+    assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'images_dataset'").fetchone()
+    with sqlite3.connect(data / "platform.db") as raw:
+        raw.execute("INSERT INTO schema_version (version) VALUES (99)")
+    with pytest.raises(PipelineError, match="upgrade the package"):
+        Platform(data).project.list()
 
 
 def test_write_is_one_transaction_and_composes_with_ops(platform, dataset):

@@ -448,6 +448,51 @@ def test_bad_input_names_the_file_and_leaves_the_platform_unchanged(platform, tm
     assert [p.name for p in platform.project.list()] == ["sly_project"]
 
 
+def _video_clip_broken(root: Path) -> None:
+    (root / "ds0" / "video" / "clip.mp4").write_bytes(b"\x00" * 300)
+
+
+VIDEO_BAD_INPUTS = {
+    "video does not open": (_video_clip_broken, "clip.mp4"),
+    "figure of an unknown object": (
+        lambda r: _edit_json(r / "ds0" / "ann" / "clip.mp4.json",
+                             lambda d: d["frames"][0]["figures"][0].update(objectKey="ab" * 16)), "clip.mp4.json"),
+    "frame past the end": (
+        lambda r: _edit_json(r / "ds0" / "ann" / "clip.mp4.json", lambda d: d.update(framesCount=50) or
+                             d["frames"][0].update(index=40)), "clip.mp4.json"),
+    "video object class not in meta": (
+        lambda r: _edit_json(r / "ds0" / "ann" / "clip.mp4.json", lambda d: d["objects"][0].update(classTitle="bus")),
+        "clip.mp4.json"),
+}
+
+
+@pytest.mark.parametrize("case", list(VIDEO_BAD_INPUTS))
+def test_bad_video_input_names_the_file_and_leaves_the_platform_unchanged(platform, tmp_path, case):
+    platform.project.import_dir(SLY_VIDEO_PROJECT)
+    before = table_counts(platform)
+    root = copy_project(SLY_VIDEO_PROJECT, tmp_path, "broken")
+    damage, file_name = VIDEO_BAD_INPUTS[case]
+    damage(root)
+    with pytest.raises(FormatError) as info:
+        platform.project.import_dir(root)
+    assert file_name in str(info.value)
+    assert table_counts(platform) == before
+
+
+def test_classes_of_other_sdk_shapes_are_kept_but_their_objects_are_refused(platform, tmp_path):
+    root = copy_project(SLY_PROJECT, tmp_path)
+    line = {"title": "lane", "shape": "line", "color": "#123456", "geometry_config": {}, "hotkey": "",
+            "description": ""}
+    _edit_json(root / "meta.json", lambda d: d["classes"].append(line))
+    project_id = platform.project.import_dir(root)
+    assert platform.project.get_meta(project_id).get_obj_class("lane").to_json() == line
+    obj = {"classTitle": "lane", "description": "", "tags": [], "geometryType": "line",
+           "points": {"exterior": [[1, 1], [5, 5]], "interior": []}}
+    _edit_json(root / "ds1" / "ann" / "img_3.png.json", lambda d: d["objects"].append(obj))
+    with pytest.raises(FormatError, match="img_3.png.json.*unknown geometryType 'line'"):
+        platform.project.import_dir(root)
+
+
 def test_a_failure_while_writing_rolls_the_whole_import_back(platform, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = ops.insert_image
