@@ -20,6 +20,8 @@ __all__ = ["ImageProbe", "VideoProbe", "decode_image", "encode_array", "probe_im
 
 # PIL format -> the extension blobs get (and exports add when a name has no image extension)
 _IMAGE_EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "BMP": "bmp", "WEBP": "webp", "TIFF": "tiff", "GIF": "gif"}
+# FFmpeg demuxer -> the extension a video gets when its name has none the SDK reads
+_CONTAINER_EXT = {"mov": "mp4", "matroska": "mkv", "avi": "avi", "flv": "flv", "asf": "wmv", "webm": "webm"}
 _SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees: width and height trade places
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".mpo", ".bmp", ".png", ".webp", ".tiff", ".tif", ".jfif", ".avif", ".heic",
@@ -118,7 +120,7 @@ def probe_video(path: str | os.PathLike, name: str) -> VideoProbe:
     if width <= 0 or height <= 0 or frames <= 0:
         raise FormatError(f"video {name!r} has no frames (size {width}x{height}, {frames} frames)")
     suffix = Path(name).suffix.lower()
-    ext = suffix[1:] if suffix in VIDEO_EXTENSIONS else (fmt or "bin")
+    ext = suffix[1:] if suffix in VIDEO_EXTENSIONS else _CONTAINER_EXT.get(fmt, fmt or "bin")
     return VideoProbe(frames, fps, int(width), int(height), ext)
 
 

@@ -307,8 +307,9 @@ def _export_videos(platform: Platform, dataset_id: int, root: Path, item_dir: Pa
                    key_id_map: dict[str, dict[str, int]]) -> None:
     for info in platform.video.list(dataset_id):
         ann = platform.video.get_annotation(info.id)
-        _copy(Path(info.path), _safe(root, *item_dir.relative_to(root).parts, info.name), f"video {info.id}")
-        _write_json(_safe(root, *ann_dir.relative_to(root).parts, info.name + ".json"), ann.to_json())
+        name = export_name(info.name, Path(info.path).suffix.lstrip("."), "videos")
+        _copy(Path(info.path), _safe(root, *item_dir.relative_to(root).parts, name), f"video {info.id}")
+        _write_json(_safe(root, *ann_dir.relative_to(root).parts, name + ".json"), ann.to_json())
         key_id_map["videos"][ann.key] = info.id
         for obj in ann.objects:  # ids of this platform's objects do not exist: number them in export order
             key_id_map["objects"][obj.key] = len(key_id_map["objects"]) + 1
@@ -316,10 +317,11 @@ def _export_videos(platform: Platform, dataset_id: int, root: Path, item_dir: Pa
             key_id_map["figures"][fig.key] = len(key_id_map["figures"]) + 1
 
 
-def export_name(name: str, ext: str) -> str:
-    """The file name an image is exported under: its name, plus ".<ext>" when the SDK would not read the name as an
-    image (its reader skips files without a known image extension)."""
-    return name if media.has_ext(name, media.IMAGE_EXTENSIONS) else f"{name}.{ext}"
+def export_name(name: str, ext: str, project_type: str = "images") -> str:
+    """The file name an item is exported under: its name, plus ".<ext>" when the SDK would not read the name as an
+    image (or video): its reader skips files without a known extension."""
+    known = media.IMAGE_EXTENSIONS if project_type == "images" else media.VIDEO_EXTENSIONS
+    return name if media.has_ext(name, known) else f"{name}.{ext}"
 
 
 def _check_item_names(platform: Platform, project_type: str, dataset_ids: list[int]) -> None:
@@ -330,11 +332,11 @@ def _check_item_names(platform: Platform, project_type: str, dataset_ids: list[i
             seen: dict[str, int] = {}
             for row in conn.execute(f"SELECT id, name, ext FROM {table} WHERE dataset_id = ?", (dataset_id,)):
                 _check_export_name(row["name"], f"{table[:-1]} {row['id']}")
-                name = export_name(row["name"], row["ext"]) if table == "images" else row["name"]
+                name = export_name(row["name"], row["ext"], project_type)
                 if name in seen:
                     raise FormatError(
-                        f"image {row['id']} ({row['name']!r}) would be exported as {name!r}, the name of image "
-                        f"{seen[name]}; rename one"
+                        f"{table[:-1]} {row['id']} ({row['name']!r}) would be exported as {name!r}, the name of "
+                        f"{table[:-1]} {seen[name]}; rename one"
                     )
                 seen[name] = row["id"]
 

@@ -515,3 +515,13 @@ def test_import_argument_errors(platform, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InvalidArgumentError):
         platform.project.import_dir(tmp_path / "file")
+
+
+def test_items_without_an_sdk_extension_are_exported_with_one(platform, tmp_path):
+    project = platform.project.create("clips", type="videos")
+    ds = platform.dataset.create(project.id, "d")
+    platform.video.upload(ds.id, "clip", SLY_VIDEO_PROJECT / "ds0" / "video" / "clip.mp4")
+    out = tmp_path / "out"
+    platform.project.export_dir(project.id, out)
+    assert (out / "d" / "video" / "clip.mp4").is_file() and (out / "d" / "ann" / "clip.mp4.json").is_file()
+    assert check_sly_project(out) == []
