@@ -490,3 +490,18 @@ def test_records_pickle_and_a_write_inside_a_read_is_refused(platform, dataset):
     with platform.store.write() as conn:  # reads inside a write are fine: they join it
         with platform.store.read() as same:
             assert same is conn
+
+
+def test_threads_share_a_platform(platform, dataset):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i: int) -> int:
+        info = platform.image.upload(dataset.id, f"t{i}.png", png_bytes(value=i))
+        platform.annotation.set(info.id, box_ann(name=f"c{i % 3}"), add_to_meta=True)
+        return info.id
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(work, range(12)))
+    assert len(set(ids)) == 12 and platform.image.count(dataset_id=dataset.id) == 12
+    assert {c.name for c in platform.project.get_meta(dataset.project_id).obj_classes} == {"c0", "c1", "c2"}
+    assert all(len(a.labels) == 1 for a in platform.annotation.get_many(ids).values())
