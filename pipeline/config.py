@@ -1,0 +1,626 @@
+"""YAML pipelines: the schema of SPEC.md (`model`, `input`, `predict`, `upload`, `output`, `ray`) in pydantic.
+
+    cfg = load_config("configs/predict_directory.yaml", overrides=["predict.batch_size=8"])
+    model = deploy(api, cfg)                       # pipeline/runner.py: the one path shared with the CLI
+    session = model.predict_detached(**cfg.predict_kwargs())
+
+Loading goes: file -> YAML node tree (with line marks) -> `${VAR}` expansion on the tree -> plain data -> `--set`
+overrides -> validation. Every error is a `ConfigError` whose message names the file, the line and the dotted key
+(`configs/x.yaml, line 4: model.checkpont: unknown key (did you mean 'checkpoint'?)`), or the `--set` that
+introduced it.
+
+Paths in a config (checkpoint, input, outputs) are used as written: a relative path is relative to the current
+working directory of the process that runs the pipeline (users run `pipeline run configs/x.yaml` from the project
+root; a submitted job runs in its uploaded copy of the project root). See docs/configs.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pipeline import _args
+from pipeline.exceptions import ConfigError, InvalidArgumentError
+
+__all__ = [
+    "PipelineConfig",
+    "ModelSection",
+    "InputSection",
+    "PredictSection",
+    "UploadSection",
+    "OutputSection",
+    "RaySection",
+    "load_config",
+    "parse_override",
+    "expand_env",
+]
+
+SECTIONS = ("model", "input", "predict", "upload", "output", "ray")
+MODEL_SOURCES = ("checkpoint", "pretrained", "task_id")
+INPUT_SOURCES = ("path", "paths", "url", "project_id", "dataset_id", "image_ids", "video_id")
+PLATFORM_SOURCES = ("project_id", "dataset_id", "image_ids", "video_id")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The schema
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo (`batchsize`) must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    """Which model: exactly one of `checkpoint`, `pretrained`, `task_id`; and how to deploy it."""
+
+    checkpoint: str | None = None  # local path, file:// or any pyarrow.fs URI
+    pretrained: str | None = None  # "<framework>/<name>", e.g. torchvision/fasterrcnn_mobilenet_v3_large_320_fpn
+    task_id: PositiveInt | None = None  # connect to a running deployment instead of deploying
+    device: str | None = None  # None: cuda when the cluster has GPUs, else cpu
+    replicas: PositiveInt | None = None  # None: one per GPU (one on CPU)
+    gpus_per_replica: PositiveFloat = 1.0
+    reuse: bool = False  # use a running deployment of the same model and device instead of starting one
+    # None: shut down what this run deployed (not a reused or connected deployment); true: shut down the model
+    # the run used, whoever started it; false: leave it running (its task id is printed).
+    shutdown: bool | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"cpu|gpu|cuda(:\d+)?", v.lower()):
+            raise ValueError(f"expected cpu, cuda (or gpu), got {v!r}")
+        return v
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", v):
+            raise ValueError(
+                f"expected '<framework>/<name>' (e.g. 'torchvision/fasterrcnn_mobilenet_v3_large_320_fpn'), got {v!r}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSection:
+        given = [k for k in MODEL_SOURCES if getattr(self, k) is not None]
+        if len(given) != 1:
+            got = " and ".join(given) if given else "none"
+            raise ValueError(f"give exactly one of checkpoint, pretrained or task_id; got {got}")
+        if self.task_id is not None:
+            deploy_keys = [k for k in ("device", "replicas", "gpus_per_replica", "reuse") if k in self.model_fields_set]
+            if deploy_keys:
+                raise ValueError(
+                    f"task_id connects to a running deployment, so {', '.join(deploy_keys)} do not apply; "
+                    "remove them (or deploy with checkpoint/pretrained)"
+                )
+        return self
+
+    @property
+    def ref(self) -> str | None:
+        """What `api.nn.deploy(model=...)` takes: the checkpoint or the pretrained name (None for task_id)."""
+        return self.checkpoint if self.checkpoint is not None else self.pretrained
+
+
+class InputSection(_Section):
+    """What to predict: exactly one source."""
+
+    path: str | None = None  # an image, a directory, a video file or a local Supervisely project folder
+    paths: list[str] | None = Field(default=None, min_length=1)
+    url: str | None = None
+    project_id: PositiveInt | None = None
+    dataset_id: PositiveInt | None = None
+    image_ids: list[PositiveInt] | None = Field(default=None, min_length=1)
+    video_id: PositiveInt | None = None
+    recursive: bool = False  # directories: include sub-directories
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {v!r} (use input.path for files)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputSection:
+        given = [k for k in INPUT_SOURCES if getattr(self, k) is not None]
+        if len(given) != 1:
+            got = " and ".join(given) if given else "none"
+            raise ValueError(f"give exactly one source ({', '.join(INPUT_SOURCES)}); got {got}")
+        return self
+
+    @property
+    def source(self) -> str:
+        return next(k for k in INPUT_SOURCES if getattr(self, k) is not None)
+
+    @property
+    def from_platform(self) -> bool:
+        return self.source in PLATFORM_SOURCES
+
+
+class VideoParams(_Section):
+    """Which frames of a video (SPEC "Video"); a key left out keeps the video stage's default."""
+
+    stride: PositiveInt | None = None
+    start_frame: int | None = Field(default=None, ge=0)
+    end_frame: int | None = Field(default=None, ge=0)
+    num_frames: PositiveInt | None = None
+    duration: PositiveFloat | None = None  # seconds
+
+
+class PredictSection(_Section):
+    batch_size: PositiveInt | None = None  # None: the model's default
+    img_size: Any = None  # int (square side) or [height, width]; None: the model's default
+    classes: list[str] | None = None  # class names to keep
+    settings: dict[str, Any] = Field(default_factory=dict)  # conf, iou, max_det, iou_merge_threshold, model keys
+    video_params: VideoParams | None = None
+
+    @field_validator("img_size")
+    @classmethod
+    def _img_size(cls, v: Any) -> Any:
+        try:
+            _args.parse_img_size(v)
+        except InvalidArgumentError:
+            raise ValueError(f"expected an int (square side) or [height, width] of positive ints, got {v!r}") from None
+        return v
+
+    @field_validator("settings")
+    @classmethod
+    def _settings(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            _args._check_settings(v)
+        except InvalidArgumentError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+
+class UploadSection(_Section):
+    # Numbers are accepted as job ids (`job_id: 42`) and kept as text.
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+    mode: Literal["create", "append", "replace", "iou_merge"]
+    job_id: str | None = None  # resume this job: items it already uploaded are skipped
+
+
+class OutputSection(_Section):
+    parquet: str | None = None  # file to write the predictions to, one row per object
+    coco: str | None = None  # COCO-format JSON
+
+
+class RaySection(_Section):
+    # The GCS address (host:6379), ray://host:10001 or auto; None: $RAY_ADDRESS, else a local Ray.
+    address: str | None = None
+    runtime_env: dict[str, Any] = Field(default_factory=dict)  # applied by `pipeline submit` to the job
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None and v.startswith(("http://", "https://")):
+            raise ValueError(
+                f"{v!r} looks like the dashboard (the address `pipeline submit --address` takes); ray.address is "
+                "the cluster's GCS address, e.g. head:6379, ray://head:10001 or auto"
+            )
+        return v
+
+
+class PipelineConfig(_Section):
+    """A whole YAML pipeline. Build it with `load_config`; `predict_kwargs()` feeds `model.predict_detached`."""
+
+    model: ModelSection
+    input: InputSection
+    predict: PredictSection = Field(default_factory=PredictSection)
+    upload: UploadSection | None = None
+    output: OutputSection | None = None
+    ray: RaySection = Field(default_factory=RaySection)
+
+    _path: Path | None = PrivateAttr(default=None)
+    _data: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @field_validator("predict", "ray", mode="before")
+    @classmethod
+    def _empty_section(cls, v: Any) -> Any:
+        return {} if v is None else v  # `predict:` with nothing under it
+
+    @model_validator(mode="after")
+    def _upload_fits_input(self) -> PipelineConfig:
+        if self.upload is not None and self.upload.mode != "create" and not self.input.from_platform:
+            raise _LocatedError(
+                ("upload", "mode"),
+                f"{self.upload.mode!r} needs platform items (input.project_id, dataset_id, image_ids or "
+                f"video_id); input.{self.input.source} is not. Use mode: create to store the results as a new project",
+            )
+        return self
+
+    @property
+    def path(self) -> Path | None:
+        """The file this config was loaded from."""
+        return self._path
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The config as plain data, after `${VAR}` expansion and `--set` overrides."""
+        return self._data
+
+    def predict_kwargs(self, job_id: str | None = None) -> dict[str, Any]:
+        """The keyword arguments of `model.predict_detached(...)` / `model.predict(...)`.
+
+        `job_id` (the CLI's --job-id) takes precedence over `upload.job_id`.
+        """
+        inp, pred = self.input, self.predict
+        kw: dict[str, Any] = {}
+        src = inp.source
+        if src in ("path", "paths", "url"):
+            kw["input"] = getattr(inp, src)
+        else:
+            kw[src] = getattr(inp, src)
+        if inp.recursive:
+            kw["recursive"] = True
+        if pred.settings:
+            kw["settings"] = dict(pred.settings)
+        for key in ("batch_size", "img_size", "classes"):
+            value = getattr(pred, key)
+            if value is not None:
+                kw[key] = value
+        if pred.video_params is not None:
+            kw["video_params"] = pred.video_params.model_dump(exclude_unset=True)
+        if self.upload is not None:
+            kw["upload"] = self.upload.mode
+        job = job_id if job_id is not None else (self.upload.job_id if self.upload is not None else None)
+        if job is not None:
+            kw["job_id"] = job
+        if self.output is not None:
+            outputs = {k: v for k, v in self.output.model_dump().items() if v is not None}
+            if outputs:
+                kw["output"] = outputs
+        return kw
+
+    def local_paths(self) -> list[tuple[str, str]]:
+        """(dotted key, path) of the local files this config reads: the checkpoint and the input paths."""
+        found = []
+        if self.model.checkpoint is not None:
+            found.append(("model.checkpoint", self.model.checkpoint))
+        if self.input.path is not None:
+            found.append(("input.path", self.input.path))
+        for i, p in enumerate(self.input.paths or []):
+            found.append((f"input.paths[{i}]", p))
+        return [(k, p) for k, p in found if _is_local(p)]
+
+    def check_paths(self) -> None:
+        """A local checkpoint or input path that does not exist is a `ConfigError` (before deploying anything)."""
+        for key, p in self.local_paths():
+            local = p[len("file://"):] if p.startswith("file://") else p
+            if not os.path.exists(os.path.expanduser(local)):
+                line = _line_of(self._path, key)
+                where = f"{self._path}, line {line}: " if line is not None else f"{self._path}: " if self._path else ""
+                rel = "" if os.path.isabs(local) else f" (relative paths are relative to the current directory, {os.getcwd()})"
+                raise ConfigError(f"{where}{key}: {p!r} does not exist{rel}")
+
+    def to_yaml(self, drop_address: bool = False) -> str:
+        """The resolved config (variables expanded, overrides applied) as YAML. `drop_address`: leave out
+        `ray.address`, for a job that runs inside the cluster it should attach to."""
+        data = _deepcopy(self._data)
+        if drop_address and isinstance(data.get("ray"), dict):
+            data["ray"].pop("address", None)
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def _is_local(p: str) -> bool:
+    return p.startswith("file://") or "://" not in p
+
+
+def _deepcopy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deepcopy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deepcopy(v) for v in value]
+    return value
+
+
+class _LocatedError(ValueError):
+    """A cross-section check that knows which key to blame (pydantic would blame the whole config)."""
+
+    def __init__(self, loc: tuple[str, ...], message: str):
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ${VAR} expansion
+
+# `${VAR}`, `${VAR:-default}` (default also when VAR is empty, as in the shell), and `$$` for a literal `$`.
+_ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, env: dict[str, str] | None = None) -> str:
+    """Expand `${VAR}` / `${VAR:-default}` / `$$` in `text`. An unset VAR without a default raises KeyError(VAR)."""
+    env = os.environ if env is None else env
+
+    def sub(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, default = m.group(1), m.group(2)
+        value = env.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                raise KeyError(name)
+            return default
+        return value
+
+    return _ENV_RE.sub(sub, text)
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _expand_tree(root: yaml.Node, where: str) -> None:
+    """Expand variables in the string scalars of a node tree, in place; refuse duplicate keys.
+
+    A plain (unquoted) value that is exactly one `${...}` is re-read as YAML, as if its value had been written
+    there: `batch_size: ${BATCH:-8}` is the number 8. A quoted one stays a string.
+    """
+    resolver = yaml.SafeLoader("")
+    seen: set[int] = set()
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for k, v in node.value:
+                key = k.value if isinstance(k, yaml.ScalarNode) else str(k)
+                if key in first:
+                    raise ConfigError(
+                        f"{where}, line {k.start_mark.line + 1}: {_dotted(path + (key,))}: duplicate key "
+                        f"(first at line {first[key]})"
+                    )
+                first[key] = k.start_mark.line + 1
+                walk(v, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, path + (i,))
+        elif isinstance(node, yaml.ScalarNode) and node.tag == _STR_TAG and "$" in node.value:
+            try:
+                value = expand_env(node.value)
+            except KeyError as exc:
+                name = exc.args[0]
+                raise ConfigError(
+                    f"{where}, line {node.start_mark.line + 1}: {_dotted(path)}: environment variable {name} is "
+                    f"not set; set it, or give a default: ${{{name}:-default}}"
+                ) from None
+            whole = _ENV_RE.fullmatch(node.value) is not None and node.value != "$$"
+            node.value = value
+            if whole and node.style is None:
+                node.tag = resolver.resolve(yaml.ScalarNode, value, (True, False))
+
+    walk(root, ())
+    resolver.dispose()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --set overrides
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """`"predict.batch_size=32"` -> (("predict", "batch_size"), 32). The value is read as YAML: numbers, true/false,
+    null, `[1, 2]`, `{a: 1}`; anything else is a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    parts = tuple(key.split("."))
+    if not sep or not key or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
+        raise ConfigError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. --set predict.batch_size=32")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({_first_line(exc)})") from None
+    return parts, value
+
+
+def _apply_override(data: dict[str, Any], parts: tuple[str, ...], value: Any, text: str) -> None:
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(
+                f"--set {text!r}: {_dotted(parts[: i + 1])} is {type(child).__name__} {child!r}, not a section"
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading and error messages
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read, expand, override and validate a YAML pipeline. Raises `ConfigError` naming the key and the line."""
+    p = Path(path)
+    where = str(path)
+    if not p.exists():
+        raise ConfigError(f"config file {where!r} not found (relative to {os.getcwd()})")
+    if p.is_dir():
+        raise ConfigError(f"config {where!r} is a directory; give a YAML file, e.g. configs/predict_directory.yaml")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {where!r}: {exc}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}{_yaml_problem(exc)}") from None
+    if root is None:
+        raise ConfigError(f"{where}: the file is empty; a pipeline needs the sections {', '.join(SECTIONS)}")
+    if not isinstance(root, yaml.MappingNode):
+        kind = "a list" if isinstance(root, yaml.SequenceNode) else f"a single value ({root.value!r})"
+        raise ConfigError(
+            f"{where}: a pipeline config is a mapping of sections ({', '.join(SECTIONS)}); this file is {kind}"
+        )
+    _expand_tree(root, where)
+    loader = yaml.SafeLoader("")
+    try:
+        data = loader.construct_document(root)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {_first_line(exc)}") from None
+    finally:
+        loader.dispose()
+
+    overridden: dict[tuple[str, ...], str] = {}
+    for text_override in overrides:
+        parts, value = parse_override(text_override)
+        _apply_override(data, parts, value, text_override)
+        overridden[parts] = text_override
+
+    try:
+        cfg = PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, root, where, overridden)) from None
+    cfg._path = p
+    cfg._data = data
+    return cfg
+
+
+def _format_errors(exc: ValidationError, root: yaml.MappingNode, where: str,
+                   overridden: dict[tuple[str, ...], str]) -> str:
+    lines: list[tuple[int, str]] = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _LocatedError):
+            loc, message = ctx_error.loc, ctx_error.message
+        else:
+            message = _describe(err, loc)
+        origin = _origin(loc, root, overridden)
+        lines.append((_locate(root, loc) or 1 << 30, f"{origin}{_dotted(loc) or '(top level)'}: {message}"))
+    lines = [text for _, text in sorted(lines, key=lambda t: t[0])]
+    if len(lines) == 1:
+        return f"{where}, {lines[0]}" if lines[0].startswith("line ") else f"{where}: {lines[0]}"
+    return f"{where}: {len(lines)} problems:\n" + "\n".join(f"  {ln}" for ln in lines)
+
+
+def _origin(loc: tuple, root: yaml.MappingNode, overridden: dict[tuple[str, ...], str]) -> str:
+    """Where the value at `loc` came from: "line N: ", "--set K=V: ", or "line N (with --set K=V): "."""
+    line = _locate(root, loc)
+    at = f"line {line}" if line is not None else ""
+    for parts, text in overridden.items():
+        if loc[: len(parts)] == parts:  # the error is in the value an override set
+            return f"--set {text}: "
+    for parts, text in overridden.items():
+        if loc and parts[: len(loc)] == loc:  # an override changed something inside the section in error
+            return f"{at} (with --set {text}): ".lstrip()
+    return f"{at}: " if at else ""
+
+
+def _locate(root: yaml.Node, loc: tuple) -> int | None:
+    """The line (1-based) of the deepest key of `loc` present in the file."""
+    node, line = root, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == part:
+                    line, node = k.start_mark.line + 1, v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _line_of(path: Path | None, dotted: str) -> int | None:
+    """Line of a dotted key (`input.paths[1]`) in a config file, for messages after loading."""
+    if path is None:
+        return None
+    try:
+        root = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return None
+    loc: list = []
+    for part in dotted.split("."):
+        m = re.fullmatch(r"(\w+)\[(\d+)\]", part)
+        loc.extend([m.group(1), int(m.group(2))] if m else [part])
+    return _locate(root, tuple(loc)) if root is not None else None
+
+
+_SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "model": ModelSection, "input": InputSection, "predict": PredictSection, "upload": UploadSection,
+    "output": OutputSection, "ray": RaySection, "video_params": VideoParams,
+}
+
+_EXPECTED = {
+    "int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
+    "float_parsing": "a number", "float_type": "a number",
+    "bool_parsing": "true or false", "bool_type": "true or false",
+    "string_type": "a string", "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def _describe(err: dict[str, Any], loc: tuple) -> str:
+    kind, value = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        parent = loc[-2] if len(loc) >= 2 else None
+        allowed = list(_SECTION_MODELS[parent].model_fields) if parent in _SECTION_MODELS else list(SECTIONS)
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        what = "unknown key" if parent is not None else "unknown section"
+        return f"{what}{hint}; allowed: {', '.join(allowed)}"
+    if kind == "missing":
+        return "required section is missing" if len(loc) == 1 else "required key is missing"
+    if kind == "value_error":
+        msg = str(err["msg"])
+        return msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
+    got = f", got {value!r}" if value is not None else ", got nothing (null)"
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}{got}"
+    if kind == "literal_error":
+        return f"expected one of {err['ctx']['expected']}{got}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"expected a number {kind.replace('_', ' ')} {next(iter(err['ctx'].values()))}{got}"
+    if kind in ("too_short", "too_long"):
+        return f"{err['msg'][0].lower()}{err['msg'][1:]}{got}"
+    return f"{err['msg'][0].lower()}{err['msg'][1:]}{got}"
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """", line 2, column 1: not valid YAML: expected ',' or ']' (while parsing a flow sequence at line 1)"."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return f": not valid YAML: {_first_line(exc)}"
+    context, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    during = f" ({context} at line {cmark.line + 1})" if context and cmark is not None else ""
+    return f", line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {problem}{during}"
+
+
+def _first_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300]
