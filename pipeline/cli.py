@@ -1,24 +1,508 @@
-"""The `pipeline` command line. Exit codes: 0 done, 1 the run failed, 2 bad config or arguments."""
+"""The `pipeline` command line. Exit codes: 0 done, 1 the run failed, 2 bad config or arguments.
+
+    pipeline demo                                     the main job on the embedded platform, end to end
+    pipeline run CONFIG [--set k=v] [--job-id ID]     a YAML pipeline in this process (pipeline/runner.py)
+    pipeline submit CONFIG --address http://HEAD:8265 the same run as a Ray job on a cluster
+    pipeline status|logs|cancel SUBMISSION_ID         follow a submitted job
+    pipeline deploy MODEL | models | stop TASK_ID     long-lived deployments on a running Ray cluster
+    pipeline platform import|export|ls                the embedded platform (pipeline/platform/cli.py)
+
+Job commands talk to the Ray dashboard (http://HEAD:8265); deployment commands attach to the cluster itself
+(its GCS address, HEAD:6379, or `auto` on a node of the cluster).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import shlex
+import socket
 import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
-from pipeline.exceptions import InvalidArgumentError, NotFoundError, PipelineError
+from pipeline.exceptions import DeploymentError, InvalidArgumentError, NotFoundError, PipelineError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
+# Where `submit` puts the resolved config inside the uploaded project; the file exists only while the working
+# dir is packaged and uploaded (submit_job does that before it returns), then it is removed. It must not be
+# git-ignored: Ray leaves git-ignored files out of a working_dir upload.
+SUBMIT_DIR = ".pipeline_submit"
+# Left out of the project upload (besides Ray's defaults and .gitignore): nothing a job needs, and the upload is
+# capped (~500 MiB).
+SUBMIT_EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", "tests/",
+                   "*.egg-info", "demo_output/", "out/", "build/", "dist/"]
+# Log lines shown again, on stderr, when a submitted job fails: enough for a traceback and the run's last lines.
+FAILED_LOG_TAIL = 40
+# How long to wait for the dashboard's TCP answer before calling it unreachable (requests has no default timeout).
+DASHBOARD_CONNECT_TIMEOUT_S = 10.0
+
+NEEDS_CLUSTER = (
+    "needs a running Ray cluster: a deployment lives in the cluster, and a local Ray started by this command would "
+    "stop (taking the deployment with it) when the command exits. Start one with `ray start --head`, then pass "
+    "--address 127.0.0.1:6379 (or set RAY_ADDRESS)"
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description="Distributed batch inference for CV models on Ray.")
     parser.add_argument("--data-dir", help="platform data directory (default: $PIPELINE_HOME or a per-user dir)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # `pipeline demo`: pipeline/demo.py, main(args) -> exit code.
+    _add_demo(sub)
+
+    p = sub.add_parser("run", help="run a YAML pipeline: deploy, predict, upload/export, summary, shut down",
+                       description="Run a YAML pipeline in this process (see docs/configs.md). Exit codes: 0 done, "
+                                   "1 the run failed, 2 bad config or arguments.")
+    p.add_argument("config", help="the pipeline YAML, e.g. configs/predict_directory.yaml")
+    _add_config_args(p)
+    p.add_argument("--fail-on-item-errors", action="store_true",
+                   help="exit 1 when any item failed (unreadable file, ...); by default such items are counted "
+                        "and the run succeeds")
+    # SUPPRESS: a subparser default would overwrite `pipeline --data-dir D run ...`.
+    p.add_argument("--data-dir", default=argparse.SUPPRESS, help="platform data directory (as `pipeline --data-dir`)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("submit", help="submit a YAML pipeline as a Ray job to a cluster",
+                       description="Submit `pipeline run CONFIG` as a Ray job: the project is the job's working_dir "
+                                   "and the resolved config travels inside it. Prints the submission id, then "
+                                   "follows the job's log; exit 0 when it succeeds, 1 when it fails or is stopped.")
+    p.add_argument("config", help="the pipeline YAML")
+    _add_config_args(p)
+    _add_dashboard_address(p)
+    p.add_argument("--no-wait", action="store_true", help="print the submission id and return at once")
+    p.add_argument("--fail-on-item-errors", action="store_true", help="the job fails when any item failed")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="a submitted job's status (exit 1 when it failed or was stopped)")
+    p.add_argument("submission_id")
+    _add_dashboard_address(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", help="a submitted job's log")
+    p.add_argument("submission_id")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    _add_dashboard_address(p)
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("cancel", help="stop a submitted job")
+    p.add_argument("submission_id")
+    _add_dashboard_address(p)
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("deploy", help="deploy a model on a running Ray cluster; it stays up (detached)",
+                       description="Deploy a checkpoint or pretrained '<framework>/<name>' on a running Ray "
+                                   f"cluster and print its task id. This command {NEEDS_CLUSTER}.")
+    p.add_argument("model", help="checkpoint path/URI, or a pretrained name such as torchvision/fasterrcnn_resnet50_fpn")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when the cluster has GPUs)")
+    p.add_argument("--replicas", type=int, help="number of replicas (default: one per GPU, one on CPU)")
+    p.add_argument("--gpus-per-replica", type=float, default=1.0, help="GPUs each replica holds (default 1)")
+    p.add_argument("--reuse", action="store_true", help="return a running deployment of the same model instead")
+    _add_cluster_address(p)
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("models", help="list the deployments running on a Ray cluster")
+    _add_cluster_address(p)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("stop", help="stop a deployment")
+    p.add_argument("task_id", type=int)
+    _add_cluster_address(p)
+    p.set_defaults(func=cmd_stop)
 
     from pipeline.platform import cli as platform_cli
 
     platform_cli.add_parser(sub)
     return parser
+
+
+def _add_demo(sub: Any) -> None:
+    # The demo's own options, if it grows any, are added here; its code lives in pipeline/demo.py.
+    p = sub.add_parser("demo", help="the main job end to end: a generated shapes project relabeled by the demo model",
+                       description="Create a shapes project on the embedded platform, deploy the demo checkpoint, "
+                                   "relabel the project (iou_merge), print a summary and write pictures.")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from pipeline import demo
+    except ModuleNotFoundError as exc:
+        if exc.name != "pipeline.demo":
+            raise
+        print("error: `pipeline demo` is not part of this build (pipeline/demo.py is missing)", file=sys.stderr)
+        return EXIT_FAILED
+    return demo.main(args)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set predict.batch_size=32 (repeatable; VALUE is YAML)")
+    p.add_argument("--job-id", help="the upload's job id: a re-run with the same id skips what it already uploaded")
+
+
+def _add_dashboard_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="the Ray dashboard, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, "
+                                     f"$RAY_ADDRESS, {DEFAULT_DASHBOARD})")
+
+
+def _add_cluster_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="the running Ray cluster: HEAD:6379, ray://HEAD:10001 or auto (default: "
+                                     "$RAY_ADDRESS)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.runner import run_config
+
+    return run_config(args.config, args.overrides, job_id=args.job_id, fail_on_item_errors=args.fail_on_item_errors,
+                      data_dir=getattr(args, "data_dir", None))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ray jobs
+
+
+def project_root() -> Path | None:
+    """The checkout this package runs from (the folder holding pyproject.toml), or None for an installed wheel."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "pipeline" / "cli.py").is_file():
+        return root
+    return None
+
+
+def _dashboard(address: str | None) -> str:
+    return address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or DEFAULT_DASHBOARD
+
+
+def _job_client(address: str | None):
+    """A JobSubmissionClient for the dashboard at `address`; unreachable -> DeploymentError within ~10 s."""
+    url = _dashboard(address)
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    if parsed.scheme in ("http", "https") and parsed.hostname:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            with socket.create_connection((parsed.hostname, port), timeout=DASHBOARD_CONNECT_TIMEOUT_S):
+                pass
+        except OSError as exc:
+            raise DeploymentError(
+                f"cannot reach the Ray dashboard at {url} ({exc}); check --address (http://HEAD:8265) and that the "
+                "head node was started with the dashboard"
+            ) from None
+    from ray.job_submission import JobSubmissionClient
+
+    # Ray lets $RAY_API_SERVER_ADDRESS / $RAY_ADDRESS override the address it is given; --address must win.
+    with _env_without("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        try:
+            return JobSubmissionClient(url)
+        except (ConnectionError, RuntimeError) as exc:
+            raise DeploymentError(f"cannot use the Ray dashboard at {url}: {exc}") from None
+
+
+@contextlib.contextmanager
+def _env_without(*names: str):
+    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _job_info(client: Any, submission_id: str) -> Any:
+    try:
+        return client.get_job_info(submission_id)
+    except RuntimeError as exc:
+        if "404" in str(exc) or "does not exist" in str(exc).lower():
+            raise NotFoundError(f"no job {submission_id!r} on this cluster (see `ray job list`)") from None
+        raise DeploymentError(f"could not read job {submission_id!r}: {exc}") from None
+
+
+def submit_runtime_env(cfg: Any, root: Path | None, working_dir: Path) -> dict[str, Any]:
+    """The job's runtime_env: the config's `ray.runtime_env`, with the project as working_dir."""
+    user = dict(cfg.ray.runtime_env)
+    if "working_dir" in user:
+        from pipeline.exceptions import ConfigError
+
+        raise ConfigError(
+            f"{cfg.path}: ray.runtime_env.working_dir: `pipeline submit` ships the project as the job's working_dir; "
+            "remove it (use py_modules or excludes to change what travels)"
+        )
+    env = {**user, "working_dir": str(working_dir)}
+    excludes = list(SUBMIT_EXCLUDES) if root is not None else []
+    env["excludes"] = excludes + list(user.get("excludes") or [])
+    # Unbuffered: the job's log is a pipe, and the progress lines should reach `pipeline logs` as they happen.
+    env["env_vars"] = {"PYTHONUNBUFFERED": "1", **dict(user.get("env_vars") or {})}
+    return env
+
+
+def _check_submit_paths(cfg: Any, root: Path | None, err: Any) -> None:
+    """A job runs in its uploaded copy of the project: a relative input/checkpoint must be inside it."""
+    for key, p in cfg.local_paths():
+        if os.path.isabs(p) or p.startswith("file://"):
+            continue
+        if root is None or not (root / p).exists():
+            where = f"the project ({root})" if root is not None else "the job's working directory"
+            raise InvalidArgumentError(
+                f"{cfg.path}: {key}: {p!r} is relative, and a submitted job runs in a copy of the project, but it is "
+                f"not in {where}; use an absolute path that exists on the cluster's head node (or a URI)"
+            )
+    for key, p in ((k, v) for k, v in (cfg.output.model_dump().items() if cfg.output else []) if v):
+        if not os.path.isabs(p) and "://" not in p:
+            err.write(f"warning: output.{key} {p!r} is relative: the job writes it inside its working directory on "
+                      "the head node, which Ray deletes later; use an absolute path on a shared volume\n")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    root = project_root()
+    _check_submit_paths(cfg, root, sys.stderr)
+    client = _job_client(args.address)
+    url = client.get_address()
+    stem = "".join(c if c.isalnum() else "-" for c in Path(args.config).stem)[:40]
+    submission_id = f"pipeline-{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+    import tempfile
+
+    tmp = None
+    if root is None:
+        # An installed package: the cluster must have cv-pipeline installed too; only the config travels.
+        tmp = tempfile.TemporaryDirectory(prefix="pipeline-submit-")
+        working_dir = Path(tmp.name)
+        print("note: not running from a checkout; the job uses the cv-pipeline installed on the cluster",
+              file=sys.stderr)
+    else:
+        working_dir = root
+    rel = f"{SUBMIT_DIR}/{submission_id}.yaml"
+    cfg_file = working_dir / rel
+    cfg_file.parent.mkdir(exist_ok=True)
+    cfg_file.write_text(f"# {args.config}, resolved by `pipeline submit` ({submission_id})\n"
+                        + cfg.to_yaml(drop_address=True), encoding="utf-8")
+    entrypoint = f"python -m pipeline.cli run {shlex.quote(rel)}"
+    if args.job_id:
+        entrypoint += f" --job-id {shlex.quote(args.job_id)}"
+    if args.fail_on_item_errors:
+        entrypoint += " --fail-on-item-errors"
+    if args.data_dir:
+        entrypoint = entrypoint.replace(" run ", f" --data-dir {shlex.quote(args.data_dir)} run ", 1)
+    try:
+        client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
+                          runtime_env=submit_runtime_env(cfg, root, working_dir),
+                          metadata={"config": str(args.config), "tool": "pipeline submit"})
+    except Exception as exc:  # a refused runtime_env, an upload over the size cap, a stopped dashboard, ...
+        raise DeploymentError(f"the cluster at {url} refused the job: {exc}") from None
+    finally:
+        cfg_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            cfg_file.parent.rmdir()
+        if tmp is not None:
+            tmp.cleanup()
+    print(f"submitted job {submission_id} to {url}")
+    print(f"  dashboard: {url}/#/jobs/{submission_id}")
+    addr = f" --address {url}"
+    if args.no_wait:
+        print(f"  follow it: pipeline logs {submission_id} --follow{addr}")
+        print(f"  status:    pipeline status {submission_id}{addr}")
+        return EXIT_OK
+    sys.stdout.flush()
+    try:
+        _follow_logs(client, submission_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job goes on (pipeline cancel {submission_id}{addr} stops it)",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return _report_final(client, submission_id)
+
+
+def _follow_logs(client: Any, submission_id: str) -> None:
+    """Print the job's log as it grows until the job ends (Ray's log stream; polling if the stream fails)."""
+    import asyncio
+
+    printed = 0
+
+    async def stream() -> None:
+        nonlocal printed
+        async for chunk in client.tail_job_logs(submission_id):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+            printed += len(chunk)
+
+    try:
+        asyncio.run(stream())
+        return
+    except Exception as exc:  # e.g. a proxy that refuses websockets
+        print(f"(log stream unavailable: {exc}; polling)", file=sys.stderr)
+    while True:
+        info = _job_info(client, submission_id)
+        logs = client.get_job_logs(submission_id)
+        if len(logs) > printed:
+            sys.stdout.write(logs[printed:])
+            sys.stdout.flush()
+            printed = len(logs)
+        if info.status.is_terminal():
+            return
+        time.sleep(2.0)
+
+
+def _wait_terminal(client: Any, submission_id: str, timeout: float = 30.0) -> Any:
+    """The job's info once it is terminal (the log stream can end a moment before the status is written)."""
+    deadline = time.time() + timeout
+    info = _job_info(client, submission_id)
+    while not info.status.is_terminal() and time.time() < deadline:
+        time.sleep(0.5)
+        info = _job_info(client, submission_id)
+    return info
+
+
+def _report_final(client: Any, submission_id: str) -> int:
+    info = _wait_terminal(client, submission_id)
+    status = str(info.status.value if hasattr(info.status, "value") else info.status)
+    if status == "SUCCEEDED":
+        print(f"job {submission_id} SUCCEEDED")
+        return EXIT_OK
+    if not info.status.is_terminal():
+        print(f"job {submission_id} is still {status}", file=sys.stderr)
+        return EXIT_FAILED
+    _print_failure(client, submission_id, info)
+    return EXIT_FAILED
+
+
+def _print_failure(client: Any, submission_id: str, info: Any) -> None:
+    status = str(info.status.value if hasattr(info.status, "value") else info.status)
+    message = (info.message or "").strip().splitlines()
+    print(f"error: job {submission_id} {status}: {message[0] if message else '(no message)'}", file=sys.stderr)
+    try:
+        logs = client.get_job_logs(submission_id)
+    except Exception:  # the status above is the essential part
+        logs = ""
+    tail = logs.rstrip("\n").splitlines()[-FAILED_LOG_TAIL:]
+    if tail:
+        print(f"--- last {len(tail)} lines of the job's log ---", file=sys.stderr)
+        print("\n".join(tail), file=sys.stderr)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = _job_client(args.address)
+    info = _job_info(client, args.submission_id)
+    status = str(info.status.value if hasattr(info.status, "value") else info.status)
+    print(f"job {args.submission_id}: {status}")
+    if info.message:
+        print(f"  message: {info.message.strip().splitlines()[0]}")
+    for label, t in (("started", info.start_time), ("ended", info.end_time)):
+        if t:
+            print(f"  {label}: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t / 1000))}")
+    if info.entrypoint:
+        print(f"  entrypoint: {info.entrypoint}")
+    if status in ("FAILED", "STOPPED"):
+        _print_failure(client, args.submission_id, info)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    client = _job_client(args.address)
+    _job_info(client, args.submission_id)  # a clear error for an unknown id
+    if args.follow:
+        try:
+            _follow_logs(client, args.submission_id)
+        except KeyboardInterrupt:
+            return EXIT_OK
+    else:
+        sys.stdout.write(client.get_job_logs(args.submission_id))
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    client = _job_client(args.address)
+    info = _job_info(client, args.submission_id)
+    if info.status.is_terminal():
+        print(f"job {args.submission_id} has already ended: {info.status}")
+        return EXIT_OK
+    client.stop_job(args.submission_id)
+    print(f"stop requested for job {args.submission_id}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Deployments on a running cluster
+
+
+def _cluster_api(args: argparse.Namespace, command: str):
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise InvalidArgumentError(f"`pipeline {command}` {NEEDS_CLUSTER}")
+    from pipeline.config import check_ray_address
+
+    try:
+        check_ray_address(address)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"`pipeline {command}` --address: {exc}") from None
+    from pipeline.api import Api
+    from pipeline.runner import attach
+
+    api = Api(getattr(args, "data_dir", None), ray_address=address)
+    attach(address)
+    return api
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    api = _cluster_api(args, "deploy")
+    m = args.model
+    looks_local = "://" not in m and (m.endswith((".pth", ".pt", ".ckpt", ".bin")) or m.startswith((".", "/", "~")))
+    if looks_local and not os.path.exists(os.path.expanduser(m)):
+        raise InvalidArgumentError(f"model {m!r} does not exist (relative to {os.getcwd()})")
+    model = api.nn.deploy(model=m, device=args.device, replicas=args.replicas, gpus_per_replica=args.gpus_per_replica,
+                          reuse=args.reuse)
+    info = model.info()
+    print(f"task {model.task_id}: {info['model']} ({info['framework']}/{info['architecture']}, {info['task_type']}) "
+          f"on {info['device']}, {info['replicas']} replica(s), status {info['status']}")
+    print(f"  classes ({len(info['classes'])}): {', '.join(info['classes'][:20])}"
+          + (" ..." if len(info["classes"]) > 20 else ""))
+    for r in info.get("replicas_info") or []:
+        print(f"  replica on {r.get('hostname') or '?'} (node {str(r.get('node_id'))[:12]}) {r.get('gpu') or ''}".rstrip())
+    print(f"use it: `model: {{task_id: {model.task_id}}}` in a config, or api.nn.connect({model.task_id}); "
+          f"stop it: pipeline stop {model.task_id}")
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    api = _cluster_api(args, "models")
+    rows = [("TASK", "MODEL", "FRAMEWORK", "TASK_TYPE", "CLASSES", "DEVICE", "REPLICAS", "STATUS")]
+    for d in api.nn.list():
+        rows.append((str(d["task_id"]), str(d["model"]), str(d["framework"]), str(d["task_type"]),
+                     str(len(d["classes"])), str(d["device"]), str(d["replicas"]), str(d["status"])))
+    if len(rows) == 1:
+        print("no deployments running")
+        return EXIT_OK
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    api = _cluster_api(args, "stop")
+    api.nn.stop(args.task_id)
+    print(f"stopped deployment {args.task_id}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,7 @@ __all__ = [
     "load_config",
     "parse_override",
     "expand_env",
+    "check_ray_address",
 ]
 
 SECTIONS = ("model", "input", "predict", "upload", "output", "ray")
@@ -210,12 +211,19 @@ class RaySection(_Section):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str | None) -> str | None:
-        if v is not None and v.startswith(("http://", "https://")):
-            raise ValueError(
-                f"{v!r} looks like the dashboard (the address `pipeline submit --address` takes); ray.address is "
-                "the cluster's GCS address, e.g. head:6379, ray://head:10001 or auto"
-            )
-        return v
+        return None if v is None else check_ray_address(v)
+
+
+def check_ray_address(address: str) -> str:
+    """A Ray cluster address as `ray.init` takes it: host:port, ray://host[:port], auto or local. ValueError else."""
+    if address.startswith(("http://", "https://")):
+        raise ValueError(
+            f"{address!r} looks like the dashboard (the address `pipeline submit --address` takes); a Ray cluster "
+            "address is the GCS one, e.g. head:6379, ray://head:10001 or auto"
+        )
+    if address not in ("auto", "local") and not re.fullmatch(r"(ray://[^\s:/]+(:\d+)?|[^\s:/]+:\d+)", address):
+        raise ValueError(f"expected host:port (e.g. head:6379), ray://host:10001 or auto, got {address!r}")
+    return address
 
 
 class PipelineConfig(_Section):

@@ -1,0 +1,295 @@
+"""`pipeline run CONFIG`: a YAML pipeline from start to summary. Also the entrypoint of a `pipeline submit` job.
+
+    config -> attach to Ray -> deploy (or connect) -> predict_detached -> progress -> summary -> shutdown
+
+`deploy_from_config` and `start_from_config` are the one path from a config to a running session, for the CLI
+and for Python callers alike.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+
+from pipeline.config import PipelineConfig, load_config
+from pipeline.exceptions import DeploymentError, PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.api import Api
+    from pipeline.nn import Model
+    from pipeline.session import PredictionSession
+
+__all__ = ["run_config", "attach", "deploy_from_config", "start_from_config", "RunSummary", "AttachTimeout"]
+
+# How long attaching to a Ray cluster at an address may take before we call it unreachable. The TCP check in
+# pipeline/_ray.py catches a closed port or a dead host within 10 s; this catches a port that answers but is not
+# a Ray GCS (e.g. the dashboard's 8265), where ray.init would retry for minutes. A healthy cluster answers in ~1-5 s.
+ATTACH_TIMEOUT_S = float(os.environ.get("PIPELINE_ATTACH_TIMEOUT_S", "20"))
+# Seconds between the plain progress lines written when stderr is not a terminal (job logs, CI): often enough to
+# see a run move, rare enough to keep a long job's log readable.
+LOG_PROGRESS_EVERY_S = 10.0
+# How often the tqdm bar's postfix (done, failed, images/s, ETA) is refreshed from session.status().
+POSTFIX_EVERY_S = 0.5
+# Item errors quoted in the summary; the rest are counted.
+MAX_ERRORS_SHOWN = 3
+# Keys of status()["context"] worth printing at the end (where the results went), in this order.
+CONTEXT_KEYS = ("job_id", "upload", "target_project_id", "target_project_name", "renamed_from",
+                "output_parquet", "output_coco")
+
+
+class AttachTimeout(DeploymentError):
+    """No Ray cluster answered at the given address in time."""
+
+
+def attach(address: str | None, timeout: float = ATTACH_TIMEOUT_S) -> None:
+    """Attach this process to Ray (pipeline._ray.ensure_ray), failing within `timeout` s for an address that
+    does not answer like a Ray cluster. A local Ray (no address) is started without a limit."""
+    from pipeline._ray import ensure_ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        ensure_ray(None)
+        return
+    box: dict[str, BaseException] = {}
+
+    def target() -> None:
+        try:
+            ensure_ray(address)
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target, name="pipeline-attach", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        # ray.init is stuck in its retry loop and cannot be interrupted; make sure the process can still exit
+        # (Ray's own exit hook would wait on it): the last atexit hook registered runs first.
+        import atexit
+
+        atexit.register(os._exit, 1)
+        raise AttachTimeout(
+            f"no Ray cluster answered at {address!r} within {timeout:g}s; is it the GCS address (host:6379 by "
+            "default, `ray status` on the head shows it), not the dashboard's (8265)?"
+        )
+    if "error" in box:
+        raise box["error"]
+
+
+def deploy_from_config(api: Api, cfg: PipelineConfig, out: IO[str] | None = None) -> tuple[Model, bool]:
+    """Deploy the config's model, or connect to its task_id. Returns (model, deployed_by_this_call)."""
+    m = cfg.model
+    say = out.write if out is not None else (lambda _s: None)
+    if m.task_id is not None:
+        model = api.nn.connect(m.task_id)
+        say(f"using deployment {model.task_id}: {model.spec.name} on {model.device}\n")
+        return model, False
+    before = {d["task_id"] for d in api.nn.list()} if m.reuse else set()
+    say(f"deploying {m.ref} ...\n")
+    t0 = time.time()
+    model = api.nn.deploy(model=m.ref, device=m.device, replicas=m.replicas, gpus_per_replica=m.gpus_per_replica,
+                          reuse=m.reuse)
+    reused = model.task_id in before
+    info = model.info()
+    verb = "reusing" if reused else f"deployed in {time.time() - t0:.1f}s as"
+    say(f"{verb} task {model.task_id}: {info['framework']}/{info['architecture']} ({info['task_type']}, "
+        f"{len(info['classes'])} classes) on {info['device']}, {_n(info['replicas'], 'replica')}\n")
+    return model, not reused
+
+
+def start_from_config(model: Model, cfg: PipelineConfig, job_id: str | None = None) -> PredictionSession:
+    """`model.predict_detached(**cfg.predict_kwargs(job_id))`."""
+    return model.predict_detached(**cfg.predict_kwargs(job_id))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """What a run did, gathered while reading its predictions."""
+
+    items: int = 0
+    failed: int = 0
+    objects: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    error: BaseException | None = None
+    interrupted: bool = False
+    status: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, pred: Any) -> None:
+        self.items += 1
+        if pred.error is not None:
+            self.failed += 1
+            if len(self.errors) < MAX_ERRORS_SHOWN:
+                self.errors.append(f"{pred.name or pred.source}: {pred.error}")
+        else:
+            self.objects.update(pred.classes)
+
+
+class _Progress:
+    """A tqdm bar on a terminal; elsewhere (job logs) a plain line every LOG_PROGRESS_EVERY_S seconds."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+        self.interactive = bool(getattr(stream, "isatty", lambda: False)())
+        self.bar = None
+        self.last = 0.0
+        if self.interactive:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=None, desc="predict", unit="img", file=stream, dynamic_ncols=True)
+
+    def tick(self, n: int, session: PredictionSession, force: bool = False) -> None:
+        if self.bar is not None and n:
+            self.bar.update(n)
+        now = time.time()
+        every = POSTFIX_EVERY_S if self.interactive else LOG_PROGRESS_EVERY_S
+        if not force and now - self.last < every:
+            return
+        self.last = now
+        s = session.status()
+        if self.bar is not None:
+            if s["total"] and self.bar.total != s["total"]:
+                self.bar.total = s["total"]
+            self.bar.set_postfix_str(_live(s), refresh=True)
+        else:
+            total = s["total"] if s["total"] is not None else "?"
+            self.stream.write(f"progress: {s['done']}/{total} ({s['progress']:.0f}%), {_live(s)}\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _live(s: dict[str, Any]) -> str:
+    eta = f"ETA {_duration(s['eta_s'])}" if s.get("eta_s") is not None else "ETA ?"
+    return f"done={s['done']} failed={s['failed']} {s['items_per_s']:.1f} img/s {eta}"
+
+
+def collect(session: PredictionSession, progress: _Progress | None = None) -> RunSummary:
+    """Read every prediction of `session` (it pauses when nobody reads), counting as we go."""
+    summary = RunSummary()
+    try:
+        while True:
+            try:
+                pred = session.next(timeout=1.0)
+            except TimeoutError:
+                if progress is not None:
+                    progress.tick(0, session)
+                continue
+            except StopIteration:
+                break
+            summary.add(pred)
+            if progress is not None:
+                progress.tick(1, session)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        session.stop()
+    except Exception as exc:  # the error that ended the run (session re-raises it once to the reader)
+        summary.error = exc
+    if progress is not None:
+        progress.tick(0, session, force=True)
+    summary.status = session.status()
+    return summary
+
+
+def print_summary(summary: RunSummary, out: IO[str]) -> None:
+    s = summary.status
+    elapsed = s.get("elapsed_s") or 0.0
+    rate = summary.items / elapsed if elapsed > 0 else 0.0
+    state = "interrupted" if summary.interrupted else "FAILED" if summary.error is not None else "done"
+    total = sum(summary.objects.values())
+    out.write(f"pipeline run: {state} in {_duration(elapsed)}: {_n(summary.items, 'item')}, {summary.failed} failed, "
+              f"{_n(total, 'object')}, {rate:.2f} images/s\n")
+    if summary.objects:
+        per_class = ", ".join(f"{name} {count}" for name, count in sorted(summary.objects.items()))
+        out.write(f"  objects per class: {per_class}\n")
+    if summary.failed:
+        more = summary.failed - len(summary.errors)
+        out.write("  failed items: " + "; ".join(summary.errors) + (f"; and {more} more" if more > 0 else "") + "\n")
+    ctx = s.get("context") or {}
+    results = [f"{k}={ctx[k]}" for k in CONTEXT_KEYS if ctx.get(k) not in (None, "")]
+    if results:
+        out.write("  results: " + ", ".join(results) + "\n")
+    out.flush()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run_config(
+    config: str | os.PathLike,
+    overrides: list[str] | tuple[str, ...] = (),
+    job_id: str | None = None,
+    fail_on_item_errors: bool = False,
+    data_dir: str | os.PathLike | None = None,
+    out: IO[str] | None = None,
+    err: IO[str] | None = None,
+) -> int:
+    """Run a YAML pipeline. Returns the exit code: 0 done, 1 the run failed (or, with `fail_on_item_errors`, some
+    items failed). Bad configs and arguments raise `InvalidArgumentError`s (the CLI's exit code 2)."""
+    from pipeline.api import Api
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    cfg = load_config(config, overrides)
+    cfg.check_paths()  # before anything is deployed: a typo in a path costs no model start
+
+    api = Api(data_dir, ray_address=cfg.ray.address)
+    attach(cfg.ray.address)
+    model, deployed = deploy_from_config(api, cfg, out=out)
+    out.flush()
+    shutdown = cfg.model.shutdown if cfg.model.shutdown is not None else deployed
+    summary: RunSummary | None = None
+    try:
+        session = start_from_config(model, cfg, job_id)
+        progress = _Progress(err)
+        try:
+            summary = collect(session, progress)
+        finally:
+            progress.close()
+        print_summary(summary, out)
+    finally:
+        if shutdown:
+            try:
+                model.shutdown()
+                out.write(f"stopped deployment {model.task_id}\n")
+            except Exception as exc:  # the run's own result matters more than a failed clean-up
+                err.write(f"warning: could not stop deployment {model.task_id}: {exc}\n")
+        else:
+            out.write(f"deployment {model.task_id} is still running (pipeline stop {model.task_id} stops it)\n")
+        out.flush()
+    if summary.interrupted:
+        raise KeyboardInterrupt
+    if summary.error is not None:
+        e = summary.error
+        text = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
+        err.write(f"error: the run failed: {text}\n")
+        return 1
+    if summary.failed and fail_on_item_errors:
+        err.write(f"error: {_n(summary.failed, 'item')} failed (--fail-on-item-errors)\n")
+        return 1
+    return 0
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    m, s = divmod(int(seconds + 0.5), 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
