@@ -160,6 +160,9 @@ def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None) ->
             raise InvalidArgumentError(f"output must be a dict with keys 'parquet' and/or 'coco'; got {args.output!r}")
     if not isinstance(args.recursive, bool):
         raise InvalidArgumentError(f"recursive must be True or False; got {args.recursive!r}")
+    from pipeline._video_params import check_video_params
+
+    args.video_params = check_video_params(args.video_params, args)
     return args
 
 

@@ -1,0 +1,423 @@
+"""Video decoding with PyAV, run in the loading stage: the index pass, random access, and range readers.
+
+Frame `i` of a video is the i-th frame in presentation order. Neither a frame rate nor the decoder's output count
+says which frame is which when a file has B-frames or a variable frame rate, so one cheap pass demuxes every
+packet of the first video stream without decoding it (`index_video`) and keeps the presentation timestamps
+(pts), sorted: frame `i` is the frame whose pts is `pts[i]`. Decoding then maps each decoded frame's pts back to
+its index, wherever decoding started.
+
+Random access (`read_frames`) seeks to the keyframe at or before a frame and decodes forward. The loading stage
+decodes long runs of frames with `FrameReader`, a plain class that `pipeline.video_source` wraps as a Ray actor
+(one CPU each): every call hands it the next frames of its range, which it decodes from where the previous call
+stopped, so no GOP is decoded twice.
+
+A truncated or corrupt file: the frames before the break decode as usual; frames after it, or frames whose
+packets fail to decode, come back as errors for those frames alone.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from pipeline.exceptions import FormatError
+from workers.decode import ItemError, resize_to
+from workers.messages import LoadedBatch
+
+__all__ = ["FrameReader", "VideoIndex", "index_video", "read_frames"]
+
+# Decoder threads per reader. Each reader holds one Ray CPU, and parallelism comes from running several readers on
+# separate ranges, so one thread each keeps the CPU accounting honest (FFmpeg's frame threads would double-book).
+READER_THREADS = 1
+# How far back a seek may land short of a frame before reading from the start instead: a seek lands after the
+# requested keyframe only in badly indexed files, and one step back is nearly always enough.
+SEEK_RETRIES = 3
+# A container that states a duration this many frames longer than the packets it holds is truncated.
+TRUNCATION_SLACK_FRAMES = 2
+# Indexes kept per process by `read_frames` (Prediction.load_image on many frames of the same video).
+INDEX_CACHE_SIZE = 8
+
+
+@dataclass(frozen=True)
+class VideoIndex:
+    """What the index pass found in the first video stream of `path`.
+
+    pts: (readable,) int64, ascending: the presentation timestamp (in `time_base` units) of frame i is pts[i].
+    keyframes: (k,) int64, ascending frame indices of the keyframes (where decoding can start).
+    frames_count: how many frames the video has: the container's own count when it states one, else the readable
+        frames; frames `readable .. frames_count - 1` lie after a break in the file and cannot be decoded.
+    fps: the average frame rate (frames per second), None when the file states none.
+    broken: None for a whole file, else why frames from `readable` on cannot be read.
+    """
+
+    path: str
+    pts: np.ndarray
+    keyframes: np.ndarray
+    frames_count: int
+    fps: Fraction | None
+    time_base: Fraction
+    width: int
+    height: int
+    broken: str | None = None
+
+    @property
+    def readable(self) -> int:
+        return int(len(self.pts))
+
+    def frame_of_pts(self, pts: int) -> int | None:
+        """The index of the frame with this pts, None when no frame of the index has it."""
+        i = int(np.searchsorted(self.pts, pts))
+        return i if i < len(self.pts) and int(self.pts[i]) == pts else None
+
+    def keyframe_at_or_before(self, frame: int) -> int:
+        """The last keyframe index <= frame (0 when there is none: decoding starts at the beginning)."""
+        j = int(np.searchsorted(self.keyframes, frame, side="right")) - 1
+        return int(self.keyframes[j]) if j >= 0 else 0
+
+    def keyframe_before(self, keyframe: int) -> int | None:
+        j = int(np.searchsorted(self.keyframes, keyframe, side="left")) - 1
+        return int(self.keyframes[j]) if j >= 0 else None
+
+    def missing_reason(self, frame: int) -> str:
+        return (f"frame {frame} lies after the point where the video breaks off (frame {self.readable} of "
+                f"{self.frames_count}): {self.broken}")
+
+
+def _av_error() -> tuple[type[BaseException], ...]:
+    import av
+
+    return (av.error.FFmpegError, EOFError, OSError, ValueError)
+
+
+def _open(path: str, name: str | None = None) -> Any:
+    """av.open, with PyAV's errors turned into a `FormatError` that names the file."""
+    import av
+
+    label = name or path
+    if not os.path.exists(path):
+        raise FormatError(f"video {label!r}: the file does not exist")
+    if os.path.isdir(path):
+        raise FormatError(f"video {label!r} is a directory, not a video file")
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except Exception as exc:  # InvalidDataError and friends: not a container FFmpeg can read
+        raise FormatError(f"video {label!r} cannot be opened as a video ({type(exc).__name__}: {exc}); is it a "
+                          "video file, and complete? (an MP4 cut short before its index cannot be opened)") from None
+    fmt = container.format.name.split(",")[0] if container.format else ""
+    if fmt.endswith("_pipe") or fmt.startswith("image2"):  # FFmpeg reads a PNG or JPEG as a one-frame "video"
+        container.close()
+        raise FormatError(f"video {label!r} is a still image ({fmt}), not a video")
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        container.close()
+        raise FormatError(f"video {label!r} has no video stream (streams: {', '.join(kinds)})")
+    return container
+
+
+def index_video(path: str | os.PathLike, name: str | None = None) -> VideoIndex:
+    """Demux every packet of the first video stream (no decoding) and build the `VideoIndex`.
+
+    A file that is not a video, has no video stream or no frames is a `FormatError` naming it (`name`, else the
+    path). A file that breaks off part way is indexed up to the break and says so in `broken`.
+    """
+    path = os.fspath(path)
+    label = name or path
+    container = _open(path, name)
+    broken = None
+    pts_l: list[int] = []
+    dts_l: list[int | None] = []
+    key_l: list[bool] = []
+    try:
+        stream = container.streams.video[0]
+        try:
+            for pkt in container.demux(stream):
+                if pkt.size == 0:  # the end-of-stream flush packet
+                    continue
+                pts = pkt.pts if pkt.pts is not None else pkt.dts
+                if pts is None:  # a packet with no timestamp at all cannot be placed; FFmpeg drops these too
+                    continue
+                pts_l.append(int(pts))
+                dts_l.append(None if pkt.dts is None else int(pkt.dts))
+                key_l.append(bool(pkt.is_keyframe))
+        except _av_error() as exc:
+            broken = f"the file is corrupt or cut short after packet {len(pts_l)} ({type(exc).__name__}: {exc})"
+        time_base = stream.time_base or Fraction(1, 1)
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = Fraction(rate) if rate else None
+        width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+        declared = int(stream.frames or 0)
+        container_us = container.duration  # microseconds, from the header
+        start_time = stream.start_time
+    finally:
+        container.close()
+    if not pts_l:
+        raise FormatError(f"video {label!r} has no frames that can be read" + (f" ({broken})" if broken else ""))
+
+    pts = np.asarray(pts_l, dtype=np.int64)
+    if declared <= 0 and container_us and fps:
+        # No stated frame count (Matroska, WebM): compare the stated duration with the packets found.
+        first = int(start_time) if start_time is not None else int(pts.min())
+        found_s = float((int(pts.max()) - first) * time_base) + float(1 / fps)
+        missing = int(round((container_us / 1_000_000 - found_s) * float(fps)))
+        if missing > TRUNCATION_SLACK_FRAMES:
+            declared = len(pts) + missing
+    if declared > len(pts) and broken is None:
+        broken = f"the file holds {len(pts)} of the {declared} frames it states (truncated?)"
+    keep = np.ones(len(pts), dtype=bool)
+    if broken is not None and len(pts) >= 2:
+        # Packets come in decode order with increasing dts, and pts >= dts, so every frame not read has
+        # pts > the dts of the last packet read. Frames up to the second-to-last packet's dts are therefore all
+        # known and their indices exact; the last packet may itself be cut short, so it is not trusted either.
+        known = [d for d in dts_l[-2:-1] if d is not None]
+        limit = known[0] if known else int(pts[-8:].min()) - 1
+        keep = pts <= limit
+    keys = np.asarray(key_l, dtype=bool)
+    sorted_pts, first_of = np.unique(pts[keep], return_index=True)
+    key_pts = np.unique(pts[keep][keys[keep]])
+    keyframes = np.searchsorted(sorted_pts, key_pts).astype(np.int64)
+    return VideoIndex(
+        path=path,
+        pts=sorted_pts.astype(np.int64),
+        keyframes=keyframes,
+        frames_count=max(int(declared), int(len(sorted_pts))),
+        fps=fps,
+        time_base=Fraction(time_base),
+        width=width,
+        height=height,
+        broken=broken,
+    )
+
+
+class _Decoder:
+    """Decodes one video forward from keyframes and hands out the frames asked for, in ascending order.
+
+    It keeps its container open between calls: a frame after the last one handed out is reached by decoding on,
+    unless a keyframe lies between them (then seeking there is cheaper).
+    """
+
+    def __init__(self, index: VideoIndex, threads: int | None = READER_THREADS):
+        self.index = index
+        self.threads = threads
+        self._container: Any = None
+        self._stream: Any = None
+        self._frames: Iterator[tuple[int, Any]] | None = None
+        self._last = -1  # index of the last frame taken from `_frames`
+        self._peek: tuple[int, Any] | None = None
+        self.seeks = 0
+
+    def close(self) -> None:
+        self._frames = None
+        self._peek = None
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # closing a broken container: nothing more to free
+                pass
+        self._container = self._stream = None
+
+    def _ensure_open(self) -> None:
+        if self._container is None:
+            self._container = _open(self.index.path)
+            self._stream = self._container.streams.video[0]
+            if self.threads:
+                self._stream.codec_context.thread_count = self.threads
+
+    def _decode(self) -> Iterator[tuple[int, Any]]:
+        """(frame index, av.VideoFrame) from the current position to the end, in presentation order. Packets that
+        fail to decode are skipped (their frames come out missing); a demux error ends the stream."""
+        errors = _av_error()
+        stream = self._stream
+        packets = self._container.demux(stream)
+        flushed = False
+        prev = None
+        while True:
+            try:
+                pkt = next(packets)
+            except StopIteration:
+                break
+            except errors:
+                break
+            if pkt.size == 0:
+                flushed = True
+            try:
+                frames = pkt.decode()
+            except errors:
+                continue
+            for fr in frames:
+                idx = self._index_of(fr, prev)
+                if idx is not None:
+                    prev = idx
+                    yield idx, fr
+        if not flushed:
+            try:
+                for fr in stream.codec_context.decode(None):
+                    idx = self._index_of(fr, prev)
+                    if idx is not None:
+                        prev = idx
+                        yield idx, fr
+            except errors:
+                pass
+
+    def _index_of(self, frame: Any, prev: int | None) -> int | None:
+        if frame.pts is None:  # a decoder that drops timestamps: the frame after the previous one
+            return None if prev is None else prev + 1
+        return self.index.frame_of_pts(int(frame.pts))
+
+    def _seek(self, keyframe: int) -> None:
+        self._ensure_open()
+        self.seeks += 1
+        self._peek = None
+        self._last = -1
+        if keyframe <= 0:
+            self._container.seek(int(self.index.pts[0]), stream=self._stream, backward=True, any_frame=False)
+        else:
+            self._container.seek(int(self.index.pts[keyframe]), stream=self._stream, backward=True, any_frame=False)
+        self._frames = self._decode()
+
+    def _next(self) -> tuple[int, Any] | None:
+        if self._peek is not None:
+            item, self._peek = self._peek, None
+            return item
+        if self._frames is None:
+            return None
+        item = next(self._frames, None)
+        if item is None:
+            self._frames = None
+        return item
+
+    def _position_for(self, target: int) -> None:
+        """Seek unless decoding on from here reaches `target` without passing a keyframe."""
+        kf = self.index.keyframe_at_or_before(target)
+        if (self._frames is not None or self._peek is not None) and self._last < target and kf <= self._last + 1:
+            return
+        attempt = kf
+        for _ in range(SEEK_RETRIES):
+            self._seek(attempt)
+            first = self._next()
+            if first is None or first[0] <= target:
+                self._peek = first
+                return
+            # the seek landed after the frame: step back one keyframe
+            earlier = self.index.keyframe_before(attempt)
+            if earlier is None:
+                break
+            attempt = earlier
+        self._seek(0)
+
+    def frames(self, wanted: Iterable[int]) -> Iterator[tuple[int, Any]]:
+        """(frame, HWC RGB uint8 array or ItemError) for each of `wanted` (ascending, unique frame indices)."""
+        for target in wanted:
+            if target < 0 or target >= self.index.frames_count:
+                yield target, ItemError(f"frame {target} is outside the video (0..{self.index.frames_count - 1})")
+                continue
+            if target >= self.index.readable:
+                yield target, ItemError(self.index.missing_reason(target))
+                continue
+            try:
+                self._position_for(target)
+                got = None
+                while True:
+                    item = self._next()
+                    if item is None:
+                        break
+                    idx, fr = item
+                    if idx < target:
+                        self._last = idx
+                        continue
+                    if idx > target:
+                        self._peek = item  # the target never came out: keep this one for the next target
+                        break
+                    self._last = idx
+                    got = fr.to_ndarray(format="rgb24")
+                    break
+            except FormatError as exc:
+                self.close()
+                yield target, ItemError(str(exc))
+                continue
+            except _av_error() as exc:
+                self.close()
+                yield target, ItemError(f"frame {target} could not be decoded ({type(exc).__name__}: {exc})")
+                continue
+            if got is None:
+                yield target, ItemError(f"frame {target} could not be decoded: its data is missing or corrupt")
+            else:
+                yield target, got
+
+
+_cache_lock = threading.Lock()
+_index_cache: OrderedDict[tuple[str, int, int], VideoIndex] = OrderedDict()
+
+
+def cached_index(path: str) -> VideoIndex:
+    """`index_video(path)`, remembered per process while the file's size and mtime stay the same."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    with _cache_lock:
+        if key in _index_cache:
+            _index_cache.move_to_end(key)
+            return _index_cache[key]
+    index = index_video(path)
+    with _cache_lock:
+        _index_cache[key] = index
+        while len(_index_cache) > INDEX_CACHE_SIZE:
+            _index_cache.popitem(last=False)
+    return index
+
+
+def read_frames(path: str | os.PathLike, indices: Iterable[int]) -> dict[int, np.ndarray]:
+    """{frame index: HWC RGB uint8} for the `indices` of the video at `path` that decode; frames that cannot be
+    read (outside the video, after a break in the file, corrupt) are left out. Raises `FormatError` for a file
+    that is not a readable video."""
+    path = os.fspath(path)
+    index = cached_index(path)
+    decoder = _Decoder(index, threads=None)  # one-off reads: let FFmpeg pick its threads
+    try:
+        return {i: arr for i, arr in decoder.frames(sorted(set(int(i) for i in indices)))
+                if isinstance(arr, np.ndarray)}
+    finally:
+        decoder.close()
+
+
+class FrameReader:
+    """Decodes frames of one video for the loading stage: a plain class, made a Ray actor (one CPU) by
+    `pipeline.video_source`. Calls that continue where the previous one stopped decode on without seeking."""
+
+    def __init__(self, index: VideoIndex):
+        self.index = index
+        self._decoder = _Decoder(index)
+
+    def next_batch(self, indices: list[int], frames: list[int], img_size: tuple[int, int] | None) -> LoadedBatch:
+        """Decode `frames` (ascending frame indices) into a `LoadedBatch` for items `indices` (run positions):
+        images resized to `img_size` (h, w), original sizes, and an error for each frame that did not decode."""
+        t0 = time.perf_counter()
+        n = len(frames)
+        images: list[np.ndarray | None] = [None] * n
+        sizes: list[tuple[int, int] | None] = [None] * n
+        errors: list[str | None] = [None] * n
+        pos = {f: i for i, f in enumerate(frames)}
+        try:
+            for frame, got in self._decoder.frames(frames):
+                i = pos[frame]
+                if isinstance(got, ItemError):
+                    errors[i] = str(got)
+                else:
+                    sizes[i] = (int(got.shape[0]), int(got.shape[1]))
+                    images[i] = resize_to(got, img_size)
+        except Exception as exc:  # anything unexpected fails this batch's remaining frames, not the reader
+            self._decoder.close()
+            for i in range(n):
+                if images[i] is None and errors[i] is None:
+                    errors[i] = f"cannot decode: {type(exc).__name__}: {exc}"
+        return LoadedBatch(indices=list(indices), images=images, orig_sizes=sizes, errors=errors,
+                           decode_seconds=time.perf_counter() - t0)
+
+    def stats(self) -> dict[str, Any]:
+        return {"seeks": self._decoder.seeks, "pid": os.getpid()}
