@@ -1,0 +1,278 @@
+"""`pipeline run` end to end with the example configs, its exit codes, and the commands' argument errors."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_images(folder: Path, n: int, size=(96, 128), seed: int = 0) -> list[Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"img_{i:03d}.png"
+        Image.fromarray(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    for var in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        env.pop(var, None)
+    env["RAY_AUTH_MODE"] = "disabled"
+    env.update(extra)
+    return env
+
+
+def run_cli(*argv: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *argv], cwd=ROOT, env=subprocess_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# --- run, end to end (in this process, on the session's Ray) -----------------------------------------------
+
+
+@pytest.mark.slow
+def test_run_predict_directory_deploys_predicts_exports_and_shuts_down(ray_session, tiny_checkpoint, tmp_path,
+                                                                        capsys):
+    make_images(tmp_path / "imgs" / "sub", 4, size=(120, 160))
+    make_images(tmp_path / "imgs", 2, size=(64, 64), seed=1)
+    (tmp_path / "imgs" / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    code = cli.main([
+        "--data-dir", str(tmp_path / "home"), "run", str(ROOT / "configs" / "predict_directory.yaml"),
+        "--set", f"model.checkpoint={tiny_checkpoint}", "--set", "model.device=cpu",
+        "--set", f"input.path={tmp_path / 'imgs'}", "--set", "predict.settings.conf=0.0",
+        "--set", f"output.parquet={out / 'p.parquet'}", "--set", f"output.coco={out / 'coco.json'}",
+    ])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    text = captured.out
+    assert "pipeline run: done" in text and "7 items, 1 failed" in text
+    assert "objects per class:" in text and "images/s" in text
+    assert "broken.jpg" in text  # the failed item is quoted
+    assert f"output_parquet={out / 'p.parquet'}" in text
+    assert (out / "p.parquet").exists() and (out / "coco.json").exists()
+    assert "progress:" in captured.err  # stderr is not a terminal here: plain progress lines
+    # It deployed the model, so it shut it down.
+    task_id = int(text.split("as task ")[1].split(":")[0])
+    assert f"stopped deployment {task_id}" in text
+    import pipeline
+
+    assert task_id not in {d["task_id"] for d in pipeline.Api(data_dir=tmp_path / "home").nn.list()}
+
+
+@pytest.mark.slow
+def test_run_fail_on_item_errors(ray_session, tiny_deployment, tmp_path, capsys):
+    make_images(tmp_path / "imgs", 1)
+    (tmp_path / "imgs" / "broken.jpg").write_bytes(b"not an image")
+    argv = ["--data-dir", str(tmp_path / "home"), "run", str(ROOT / "configs" / "predict_directory.yaml"),
+            "--set", "model.checkpoint=null", "--set", f"model.task_id={tiny_deployment.task_id}",
+            "--set", f"input.path={tmp_path / 'imgs'}", "--set", "output=null"]
+    assert cli.main(argv) == 0
+    assert cli.main(argv + ["--fail-on-item-errors"]) == 1
+    captured = capsys.readouterr()
+    assert "1 item failed (--fail-on-item-errors)" in captured.err
+    # A connected deployment is not ours to stop.
+    assert f"deployment {tiny_deployment.task_id} is still running" in captured.out
+    assert tiny_deployment.info()["status"] == "running"
+
+
+@pytest.mark.slow
+def test_run_relabel_project_merges_into_the_platform(ray_session, tiny_deployment, tmp_path, capsys):
+    import pipeline
+
+    home = tmp_path / "home"
+    api = pipeline.Api(data_dir=home)
+    project = api.project.create("shapes")
+    ds = api.dataset.create(project.id, "ds0")
+    images = [api.image.upload(ds.id, f"{i}.png", np.full((80, 100, 3), 40 * i, np.uint8)) for i in range(3)]
+    code = cli.main([
+        "--data-dir", str(home), "run", str(ROOT / "configs" / "relabel_project.yaml"),
+        "--set", "model.checkpoint=null", "--set", f"model.task_id={tiny_deployment.task_id}",
+        "--set", f"input.project_id={project.id}", "--set", "predict.settings.conf=0.0", "--job-id", "relabel-test",
+    ])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "pipeline run: done" in captured.out and "3 items, 0 failed" in captured.out
+    assert "job_id=relabel-test" in captured.out and "upload=iou_merge" in captured.out
+    objects = [len(api.annotation.get(im.id).to_json()["objects"]) for im in images]
+    n_predicted = int(captured.out.split("0 failed, ")[1].split(" object")[0])
+    assert sum(objects) == n_predicted > 0
+
+
+@pytest.mark.slow
+def test_run_video_example(ray_session, tiny_deployment, tmp_path, capsys):
+    clip = ROOT / "configs" / ".." / "tests" / "fixtures" / "sly_video_project" / "ds0" / "video" / "clip.mp4"
+    if not clip.exists():
+        pytest.skip("the video fixture is missing")
+    code = cli.main([
+        "--data-dir", str(tmp_path / "home"), "run", str(ROOT / "configs" / "video.yaml"),
+        "--set", "model.checkpoint=null", "--set", f"model.task_id={tiny_deployment.task_id}",
+        "--set", f"output.parquet={tmp_path / 'v.parquet'}", "--set", "predict.video_params.stride=2",
+    ])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "pipeline run: done" in captured.out and (tmp_path / "v.parquet").exists()
+
+
+# --- run: bad configs and arguments (exit 2), unreachable clusters (exit 1) ---------------------------------
+
+
+def test_bad_config_exits_2(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text("model:\n  checkpont: x.pth\ninput: {path: .}\n")
+    assert cli.main(["run", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "line 2" in err and "model.checkpont" in err and "did you mean 'checkpoint'" in err
+
+
+@pytest.mark.parametrize("text,words", [
+    (None, ["not found"]),
+    ("model: [unclosed\n", ["not valid YAML"]),
+    ("model: {checkpoint: /no/such/model.pth}\ninput: {path: .}\n", ["model.checkpoint", "does not exist"]),
+    ("model: {checkpoint: CKPT}\ninput: {path: /no/such/dir}\n", ["input.path", "does not exist"]),
+])
+def test_missing_or_unreadable_inputs_exit_2_before_any_work(tmp_path, capsys, tiny_checkpoint, text, words):
+    p = tmp_path / "c.yaml"
+    if text is not None:
+        p.write_text(text.replace("CKPT", str(tiny_checkpoint)))
+    t0 = time.time()
+    assert cli.main(["run", str(p)]) == 2
+    assert time.time() - t0 < 5  # nothing was deployed
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err
+
+
+def test_bad_set_and_job_id_without_upload_exit_2(tmp_path, capsys, tiny_checkpoint):
+    p = tmp_path / "c.yaml"
+    p.write_text(f"model: {{checkpoint: {tiny_checkpoint}}}\ninput: {{path: {tmp_path}}}\n")
+    assert cli.main(["run", str(p), "--set", "predict.batch_size"]) == 2
+    assert "expected SECTION.KEY=VALUE" in capsys.readouterr().err
+
+
+def test_unreachable_ray_address_fails_fast_with_a_clear_message(tmp_path, tiny_checkpoint):
+    # Nobody listens on this port: the TCP check answers at once. Exit 1: the config is fine, the cluster is not.
+    port = free_port()
+    p = tmp_path / "c.yaml"
+    p.write_text(f"model: {{checkpoint: {tiny_checkpoint}}}\ninput: {{path: {tmp_path}}}\n"
+                 f"ray: {{address: '127.0.0.1:{port}'}}\n")
+    t0 = time.time()
+    r = run_cli("--data-dir", str(tmp_path / "home"), "run", str(p), timeout=60)
+    assert time.time() - t0 < 30
+    assert r.returncode == 1, r.stderr
+    assert f"cannot reach the Ray cluster at '127.0.0.1:{port}'" in r.stderr
+
+
+@pytest.mark.slow
+def test_an_address_that_is_not_ray_fails_within_the_attach_timeout(tmp_path, tiny_checkpoint):
+    # A port that accepts connections but is no Ray GCS (here: a plain TCP listener): ray.init would retry for
+    # minutes; the CLI gives up after PIPELINE_ATTACH_TIMEOUT_S and exits.
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(16)
+        port = srv.getsockname()[1]
+        p = tmp_path / "c.yaml"
+        p.write_text(f"model: {{checkpoint: {tiny_checkpoint}}}\ninput: {{path: {tmp_path}}}\n"
+                     f"ray: {{address: '127.0.0.1:{port}'}}\n")
+        t0 = time.time()
+        r = run_cli("--data-dir", str(tmp_path / "home"), "run", str(p), timeout=60, PIPELINE_ATTACH_TIMEOUT_S="5")
+        assert time.time() - t0 < 30
+    assert r.returncode == 1, r.stderr
+    assert "no Ray cluster answered" in r.stderr and "within 5s" in r.stderr
+
+
+def test_a_dashboard_url_as_ray_address_is_a_config_error(tmp_path, capsys, tiny_checkpoint):
+    p = tmp_path / "c.yaml"
+    p.write_text(f"model: {{checkpoint: {tiny_checkpoint}}}\ninput: {{path: {tmp_path}}}\n"
+                 "ray: {address: 'http://127.0.0.1:8265'}\n")
+    assert cli.main(["run", str(p)]) == 2
+    assert "dashboard" in capsys.readouterr().err
+
+
+# --- deployment commands need a running cluster -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["deploy", "checkpoints/shapes.pth"], ["models"], ["stop", "3"]])
+def test_deployment_commands_need_an_address(argv, capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "needs a running Ray cluster" in err and "ray start --head" in err
+
+
+def test_deploy_refuses_a_dashboard_address_and_a_missing_checkpoint(capsys, tmp_path):
+    assert cli.main(["deploy", "m.pth", "--address", "http://127.0.0.1:8265"]) == 2
+    assert "dashboard" in capsys.readouterr().err
+
+
+def test_job_commands_report_an_unreachable_dashboard(capsys):
+    port = free_port()
+    t0 = time.time()
+    assert cli.main(["status", "some-id", "--address", f"http://127.0.0.1:{port}"]) == 1
+    assert time.time() - t0 < 15
+    assert "cannot reach the Ray dashboard" in capsys.readouterr().err
+
+
+# --- the parser ----------------------------------------------------------------------------------------------
+
+
+def test_every_command_is_registered():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert {"demo", "run", "submit", "status", "logs", "cancel", "deploy", "models", "stop", "platform"} <= set(
+        sub.choices)
+
+
+def test_data_dir_before_or_after_run():
+    parser = cli.build_parser()
+    assert parser.parse_args(["--data-dir", "A", "run", "c.yaml"]).data_dir == "A"
+    assert parser.parse_args(["run", "c.yaml", "--data-dir", "B"]).data_dir == "B"
+    args = parser.parse_args(["run", "c.yaml", "--set", "a.b=1", "--set", "c.d=2", "--job-id", "j"])
+    assert args.overrides == ["a.b=1", "c.d=2"] and args.job_id == "j"
+
+
+def test_help_runs():
+    r = run_cli("--help", timeout=60)
+    assert r.returncode == 0 and "submit" in r.stdout and "deploy" in r.stdout
+    r = run_cli("deploy", "--help", timeout=60)
+    assert r.returncode == 0 and "ray start --head" in " ".join(r.stdout.split())
+
+
+def test_usage_errors_exit_2():
+    r = run_cli("run", timeout=60)
+    assert r.returncode == 2 and "config" in r.stderr
+
+
+def test_console_script_module_entry(tmp_path):
+    script = textwrap.dedent("""
+        import sys
+        from pipeline.cli import main
+        sys.exit(main(["run", "/no/such/config.yaml"]))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=subprocess_env(), capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "not found" in r.stderr
