@@ -7,6 +7,8 @@
 """
 
 from pipeline.api import Api
+from pipeline.prediction import Prediction, UploadTarget
+from pipeline.session import PredictionSession
 from pipeline.exceptions import (
     CheckpointError,
     ConfigError,
@@ -32,6 +34,9 @@ __all__ = [
     "ModelLoadError",
     "NotFoundError",
     "PipelineError",
+    "Prediction",
+    "PredictionSession",
     "RunError",
     "UploadError",
+    "UploadTarget",
 ]

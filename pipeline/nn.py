@@ -56,15 +56,15 @@ def plan_replicas(
     device: str,
     replicas: int | None,
     gpus_per_replica: float,
-    cluster_cpus: float,
     cluster_gpus: float,
     max_node_cpus: float,
 ) -> ReplicaPlan:
     """How many replicas and with which Ray resources.
 
     GPU: one replica per `gpus_per_replica` GPUs of the cluster by default; each holds `num_gpus` and one CPU.
-    CPU: one replica by default. A CPU replica reserves one CPU only when that leaves at least one CPU for the
-    loading tasks (otherwise loading could never be scheduled); its torch uses its share of a node's cores.
+    CPU: one replica by default, reserving no logical CPU: loading tasks must always be schedulable, and a CPU
+    replica that held a CPU could starve them (two deployments on a 2-CPU machine would hold both). Its torch
+    threads share the node's cores with the loaders instead; SPREAD places replicas on different nodes.
     """
     if replicas is not None and (not isinstance(replicas, int) or replicas < 1):
         raise InvalidArgumentError(f"replicas must be a positive int or None; got {replicas!r}")
@@ -83,9 +83,8 @@ def plan_replicas(
             )
         return ReplicaPlan(n, {**base, "num_gpus": gpus_per_replica, "num_cpus": 1}, None)
     n = replicas if replicas is not None else 1
-    reserve = 1 if cluster_cpus - n >= 1 else 0
     threads = max(1, int(max_node_cpus // n)) if max_node_cpus else None
-    return ReplicaPlan(n, {**base, "num_cpus": reserve, "scheduling_strategy": "SPREAD"}, threads)
+    return ReplicaPlan(n, {**base, "num_cpus": 0, "scheduling_strategy": "SPREAD"}, threads)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -177,9 +176,7 @@ class NnApi:
         from pipeline._ray import node_cpu_counts
 
         dev = resolve_device(device, res.get("GPU", 0.0))
-        plan = plan_replicas(
-            dev, replicas, gpus_per_replica, res.get("CPU", 0.0), res.get("GPU", 0.0), max(node_cpu_counts() or [0])
-        )
+        plan = plan_replicas(dev, replicas, gpus_per_replica, res.get("GPU", 0.0), max(node_cpu_counts() or [0]))
         if reuse:
             rec = ray.get(registry.find.remote(spec.identity, dev))
             if rec is not None:

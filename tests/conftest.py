@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-# Tests never reach the network: a pretrained model must come from a pre-filled cache the test sets up.
+# Tests never reach the network: a pretrained model must come from a pre-filled cache the test sets up. These are
+# set before Ray starts, so every Ray worker inherits them.
 os.environ.setdefault("PIPELINE_DEPLOY_TIMEOUT_S", "300")
+os.environ["PIPELINE_OFFLINE"] = "1"
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="pipeline-test-torch-home-")
 
 TINY_ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
 TINY_CLASSES = ["a", "b", "c"]
@@ -71,16 +75,9 @@ def tiny_model(api, tiny_deployment):
     return api.nn.connect(tiny_deployment.task_id)
 
 
-def write_images(folder: Path, n: int, size=(96, 128), seed: int = 0, fmt: str = "jpg") -> list[Path]:
-    """`n` random RGB images of `size` (h, w) written to `folder`; returns their paths (sorted)."""
-    from PIL import Image
+@pytest.fixture(scope="session")
+def direct_tiny(tiny_checkpoint):
+    """The tiny checkpoint's model called directly in this process."""
+    from helpers import DirectModel
 
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        arr = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
-        p = folder / f"img_{i:04d}.{fmt}"
-        Image.fromarray(arr).save(p)
-        paths.append(p)
-    return paths
+    return DirectModel(tiny_checkpoint)

@@ -23,9 +23,9 @@ from workers.messages import ModelOutput
 
 __all__ = ["ModelSpec", "ModelAdapter", "register_adapter", "get_adapter", "list_frameworks", "DEFAULT_SETTINGS"]
 
-# conf 0.25 / iou 0.5 / max_det 100: the usual detector defaults (YOLO, Supervisely serving apps); a model may
-# override them in its adapter.
-DEFAULT_SETTINGS: dict[str, Any] = {"conf": 0.25, "iou": 0.5, "max_det": 100}
+# conf 0.25 / max_det 100: the usual detector defaults (YOLO, Supervisely serving apps). iou None keeps the
+# model's own NMS threshold (what it was trained and evaluated with) unless the caller sets one.
+DEFAULT_SETTINGS: dict[str, Any] = {"conf": 0.25, "iou": None, "max_det": 100}
 
 
 @dataclass

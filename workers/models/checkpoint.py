@@ -103,11 +103,15 @@ def parse_checkpoint(data: bytes, uri: str = "<bytes>") -> Checkpoint:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{uri} was refused: it is not a plain-weights checkpoint (loading it would need to run code, "
-            f"which is never allowed). Unpickler said: {first}"
-        ) from None
+        text = str(exc)
+        marker = "WeightsUnpickler error:"
+        detail = text.split(marker, 1)[1].strip().splitlines()[0] if marker in text else text.strip()[:200]
+        if "Unsupported global" in text:
+            raise CheckpointError(
+                f"{uri} was refused: it is not a plain-weights checkpoint; loading it would run code "
+                f"({detail.split(' was not an allowed')[0]}), which is never allowed"
+            ) from None
+        raise CheckpointError(f"{uri} is not a PyTorch checkpoint file (unreadable pickle: {detail})") from None
     except Exception as exc:
         raise CheckpointError(f"{uri} is not a PyTorch checkpoint file: {type(exc).__name__}: {exc}") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:

@@ -146,6 +146,12 @@ class TorchvisionAdapter(ModelAdapter):
         if state_dict is None:  # pretrained by name
             weights = get_model_weights(spec.architecture).DEFAULT
             path = weights_cache_path(weights.url)
+            if not os.path.exists(path) and os.environ.get("PIPELINE_OFFLINE") == "1":
+                raise ModelLoadError(
+                    f"the pretrained weights of torchvision/{spec.architecture} are not in the cache and "
+                    f"PIPELINE_OFFLINE=1 forbids downloading them: download {weights.url} and put the file at "
+                    f"{path} on every node (the torch hub cache; set TORCH_HOME to move it)"
+                )
             try:
                 with _weights_only_downloads():
                     return get_model(spec.architecture, weights=weights)
@@ -187,13 +193,15 @@ class TorchvisionAdapter(ModelAdapter):
 
     def _set_thresholds(self, settings: dict[str, Any]) -> None:
         m = self.model
-        conf, iou, max_det = float(settings["conf"]), float(settings["iou"]), int(settings["max_det"])
+        conf, iou, max_det = float(settings["conf"]), settings.get("iou"), int(settings["max_det"])
         heads = getattr(m, "roi_heads", None)
         target = heads if heads is not None and hasattr(heads, "score_thresh") else m
         if hasattr(target, "score_thresh"):
             target.score_thresh = conf
+        if not hasattr(self, "_default_nms"):
+            self._default_nms = getattr(target, "nms_thresh", None)
         if hasattr(target, "nms_thresh"):
-            target.nms_thresh = iou
+            target.nms_thresh = float(iou) if iou is not None else self._default_nms
         if hasattr(target, "detections_per_img"):
             target.detections_per_img = max_det
 

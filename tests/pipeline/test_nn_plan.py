@@ -1,0 +1,54 @@
+"""The pure placement decisions of deploy: device and replica resources."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.exceptions import DeploymentError, InvalidArgumentError
+from pipeline.nn import plan_replicas, resolve_device
+
+
+@pytest.mark.parametrize(
+    "device, gpus, expected",
+    [(None, 0, "cpu"), (None, 2, "cuda"), ("cpu", 4, "cpu"), ("cuda", 1, "cuda"), ("cuda:0", 1, "cuda"),
+     ("GPU", 1, "cuda")],
+)
+def test_resolve_device(device, gpus, expected):
+    assert resolve_device(device, gpus) == expected
+
+
+@pytest.mark.parametrize("device, error", [("cuda", DeploymentError), ("tpu", InvalidArgumentError)])
+def test_resolve_device_errors(device, error):
+    with pytest.raises(error):
+        resolve_device(device, 0)
+
+
+@pytest.mark.parametrize(
+    "device, replicas, gpr, gpus, node_cpus, n, resources, threads",
+    [
+        ("cuda", None, 1.0, 4, 16, 4, {"num_gpus": 1.0, "num_cpus": 1}, None),
+        ("cuda", None, 0.5, 1, 16, 2, {"num_gpus": 0.5, "num_cpus": 1}, None),
+        ("cuda", 2, 1.0, 4, 16, 2, {"num_gpus": 1.0, "num_cpus": 1}, None),
+        ("cpu", None, 1.0, 0, 2, 1, {"num_cpus": 0}, 2),  # never holds a CPU loading needs
+        ("cpu", 2, 1.0, 0, 2, 2, {"num_cpus": 0, "scheduling_strategy": "SPREAD"}, 1),
+        ("cpu", 2, 1.0, 0, 8, 2, {"num_cpus": 0}, 4),
+    ],
+)
+def test_plan_replicas(device, replicas, gpr, gpus, node_cpus, n, resources, threads):
+    plan = plan_replicas(device, replicas, gpr, gpus, node_cpus)
+    assert plan.replicas == n
+    for k, v in resources.items():
+        assert plan.options[k] == v
+    assert plan.options["max_restarts"] == -1
+    assert plan.threads == threads
+
+
+def test_plan_refuses_more_gpus_than_the_cluster_has():
+    with pytest.raises(DeploymentError, match="need 3 GPUs"):
+        plan_replicas("cuda", 3, 1.0, 2, 16)
+
+
+@pytest.mark.parametrize("replicas", [0, -1, 1.5])
+def test_plan_bad_replicas(replicas):
+    with pytest.raises(InvalidArgumentError):
+        plan_replicas("cpu", replicas, 1.0, 0, 2)
