@@ -276,3 +276,112 @@ def test_console_script_module_entry(tmp_path):
     r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=subprocess_env(), capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "not found" in r.stderr
+
+
+# --- the runner's progress and summary (no Ray) ----------------------------------------------------------------
+
+
+class FakeSession:
+    """What the runner reads from a PredictionSession: next(timeout) and status()."""
+
+    def __init__(self, preds, error=None, total=None):
+        self.preds = list(preds)
+        self.error = error
+        self.total = len(self.preds) if total is None else total
+        self.done = 0
+        self.stopped = False
+
+    def next(self, timeout=None):
+        if self.preds:
+            self.done += 1
+            return self.preds.pop(0)
+        if self.error is not None:
+            e, self.error = self.error, None
+            raise e
+        raise StopIteration
+
+    def stop(self):
+        self.stopped = True
+
+    def status(self):
+        return {"progress": 100.0 * self.done / max(1, self.total), "done": self.done, "total": self.total,
+                "failed": 0, "message": "predicting", "error": None, "elapsed_s": 2.0, "items_per_s": 3.0,
+                "eta_s": 1.5, "context": {"job_id": "j1", "upload": "create", "target_project_id": 9,
+                                          "input": "/x"}}
+
+
+def fake_pred(classes=(), error=None, name="a.jpg"):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(classes=list(classes), error=error, name=name, source=name)
+
+
+def test_collect_and_summary_count_items_objects_and_failures():
+    import io
+
+    from pipeline.runner import collect, print_summary
+
+    session = FakeSession([fake_pred(["circle", "square"]), fake_pred(["circle"]),
+                           fake_pred(error="not an image", name="bad.jpg")])
+    summary = collect(session)
+    assert (summary.items, summary.failed, dict(summary.objects)) == (3, 1, {"circle": 2, "square": 1})
+    out = io.StringIO()
+    print_summary(summary, out)
+    text = out.getvalue()
+    assert text.startswith("pipeline run: done in 2.0s: 3 items, 1 failed, 3 objects, 1.50 images/s")
+    assert "objects per class: circle 2, square 1" in text and "bad.jpg: not an image" in text
+    assert "results: job_id=j1, upload=create, target_project_id=9" in text and "input" not in text
+
+
+def test_collect_keeps_the_error_that_ended_the_run():
+    import io
+
+    from pipeline.exceptions import RunError
+    from pipeline.runner import collect, print_summary
+
+    summary = collect(FakeSession([fake_pred(["a"])], error=RunError("the upload failed: disk full")))
+    assert isinstance(summary.error, RunError) and summary.items == 1
+    out = io.StringIO()
+    print_summary(summary, out)
+    assert out.getvalue().startswith("pipeline run: FAILED")
+
+
+def test_progress_on_a_terminal_is_a_bar_with_a_live_postfix():
+    import io
+
+    from pipeline.runner import _Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Tty()
+    progress = _Progress(stream)
+    session = FakeSession([fake_pred()] * 4)
+    session.done = 2
+    progress.tick(2, session, force=True)
+    progress.close()
+    text = stream.getvalue()
+    assert "done=2 failed=0 3.0 img/s ETA 1.5s" in text and "2/4" in text
+
+
+def test_progress_elsewhere_is_a_plain_line():
+    import io
+
+    from pipeline.runner import _Progress
+
+    stream = io.StringIO()
+    progress = _Progress(stream)
+    session = FakeSession([fake_pred()] * 4)
+    session.done = 1
+    progress.tick(1, session, force=True)
+    progress.tick(1, session)  # within LOG_PROGRESS_EVERY_S: nothing new
+    assert stream.getvalue() == "progress: 1/4 (25%), done=1 failed=0 3.0 img/s ETA 1.5s\n"
+
+
+@pytest.mark.parametrize("seconds,text", [(None, "?"), (0.04, "0.0s"), (59.9, "59.9s"), (61, "1m01s"),
+                                          (3725, "1h02m")])
+def test_duration(seconds, text):
+    from pipeline.runner import _duration
+
+    assert _duration(seconds) == text
