@@ -6,7 +6,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 # Tests never reach the network: a pretrained model must come from a pre-filled cache the test sets up. These are
@@ -15,8 +14,10 @@ os.environ.setdefault("PIPELINE_DEPLOY_TIMEOUT_S", "300")
 os.environ["PIPELINE_OFFLINE"] = "1"
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="pipeline-test-torch-home-")
 
-TINY_ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
 TINY_CLASSES = ["a", "b", "c"]
+# The project's tiny R-CNN (workers/models/_small_archs.py), random weights: a few ms per small image on a CPU,
+# deterministic, and through exactly the same torchvision code paths as the big models.
+TINY_KWARGS = {"min_size": 96, "max_size": 128}
 
 
 @pytest.fixture(scope="session")
@@ -30,20 +31,30 @@ def ray_session():
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A random-weights Faster R-CNN (MobileNetV3, 320px) checkpoint with classes a, b, c."""
+def _tiny(tmp_path_factory, architecture: str, task_type: str, seed: int) -> Path:
     import torch
-    import torchvision
 
     from workers.models import save_checkpoint
+    from workers.models._small_archs import SMALL_ARCHITECTURES
 
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(TINY_ARCH, weights=None, weights_backbone=None, num_classes=4)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    save_checkpoint(model, path, framework="torchvision", architecture=TINY_ARCH, task_type="detection",
-                    classes=TINY_CLASSES)
+    torch.manual_seed(seed)
+    model = SMALL_ARCHITECTURES[architecture](num_classes=len(TINY_CLASSES) + 1, **TINY_KWARGS)
+    path = tmp_path_factory.mktemp("ckpt") / f"{architecture}.pth"
+    save_checkpoint(model, path, framework="torchvision", architecture=architecture, task_type=task_type,
+                    classes=TINY_CLASSES, arch_kwargs=TINY_KWARGS)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random-weights box detector (`fasterrcnn_tiny_fpn`) with classes a, b, c."""
+    return _tiny(tmp_path_factory, "fasterrcnn_tiny_fpn", "detection", 0)
+
+
+@pytest.fixture(scope="session")
+def tiny_mask_checkpoint(tmp_path_factory) -> Path:
+    """A random-weights instance-segmentation model (`maskrcnn_tiny_fpn`) with classes a, b, c."""
+    return _tiny(tmp_path_factory, "maskrcnn_tiny_fpn", "instance_segmentation", 1)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import os
 import socket
 import time
 import traceback
-import warnings
 from typing import Any
 
 from workers.messages import BatchResult, LoadedBatch, ModelOutput
@@ -47,9 +46,6 @@ class Replica:
     ):
         import torch
 
-        # Batches arrive as read-only arrays mapped from the object store; they are only read (copied to the
-        # device / converted to float), so torch's warning about non-writable arrays is noise.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         if weights is None and task_id is not None and spec.get("source") == "checkpoint":
             weights = _fetch_weights(task_id)
 

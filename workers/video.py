@@ -388,10 +388,25 @@ def read_frames(path: str | os.PathLike, indices: Iterable[int]) -> dict[int, np
 
 class FrameReader:
     """Decodes frames of one video for the loading stage: a plain class, made a Ray actor (one CPU) by
-    `pipeline.video_source`. Calls that continue where the previous one stopped decode on without seeking."""
+    `pipeline.video_source`. Calls that continue where the previous one stopped decode on without seeking.
 
-    def __init__(self, index: VideoIndex):
-        self.index = index
+    It indexes the file itself (a demux pass, cheap next to decoding) rather than receiving the driver's index, so
+    the actor's arguments stay a few bytes and a restarted reader needs nothing from the object store. `expect`
+    (readable, frames_count) is what the driver's index found: a file that changed since fails every frame.
+    """
+
+    def __init__(self, path: str, expect: tuple[int, int] | None = None):
+        self._error: str | None = None
+        self._decoder: _Decoder | None = None
+        try:
+            index = index_video(path)
+        except FormatError as exc:
+            self._error = str(exc)
+            return
+        if expect is not None and (index.readable, index.frames_count) != tuple(expect):
+            self._error = (f"{path} changed while it was being predicted ({index.readable} readable frames of "
+                           f"{index.frames_count} now; {expect[0]} of {expect[1]} before)")
+            return
         self._decoder = _Decoder(index)
 
     def next_batch(self, indices: list[int], frames: list[int], img_size: tuple[int, int] | None) -> LoadedBatch:
@@ -403,6 +418,8 @@ class FrameReader:
         sizes: list[tuple[int, int] | None] = [None] * n
         errors: list[str | None] = [None] * n
         pos = {f: i for i, f in enumerate(frames)}
+        if self._decoder is None:
+            return LoadedBatch(indices=list(indices), images=images, orig_sizes=sizes, errors=[self._error] * n)
         try:
             for frame, got in self._decoder.frames(frames):
                 i = pos[frame]
@@ -420,4 +437,4 @@ class FrameReader:
                            decode_seconds=time.perf_counter() - t0)
 
     def stats(self) -> dict[str, Any]:
-        return {"seeks": self._decoder.seeks, "pid": os.getpid()}
+        return {"seeks": self._decoder.seeks if self._decoder else 0, "pid": os.getpid(), "error": self._error}

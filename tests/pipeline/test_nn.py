@@ -20,7 +20,7 @@ from workers.models import save_checkpoint
 def test_deploy_reads_everything_from_the_checkpoint(tiny_model, tiny_checkpoint):
     info = tiny_model.info()
     assert info["framework"] == "torchvision"
-    assert info["architecture"] == "fasterrcnn_mobilenet_v3_large_320_fpn"
+    assert info["architecture"] == "fasterrcnn_tiny_fpn"
     assert info["task_type"] == "detection"
     assert info["classes"] == tiny_model.classes == ["a", "b", "c"]
     assert info["device"] == "cpu" and info["status"] == "running" and info["replicas"] == 1
@@ -108,8 +108,8 @@ def test_cuda_without_gpus_is_a_clear_error(api, tiny_checkpoint):
 
 
 def _save(tmp_path, name, model, **kw):
-    args = dict(framework="torchvision", architecture="fasterrcnn_mobilenet_v3_large_320_fpn",
-                task_type="detection", classes=["a", "b", "c"])
+    args = dict(framework="torchvision", architecture="fasterrcnn_tiny_fpn", task_type="detection",
+                classes=["a", "b", "c"])
     args.update(kw)
     path = tmp_path / name
     save_checkpoint(model, path, **args)
@@ -123,6 +123,7 @@ def _save(tmp_path, name, model, **kw):
         ("unknown_framework", ModelLoadError, "unknown framework 'tensorflow'"),
         ("unknown_arch", ModelLoadError, "unknown torchvision architecture 'resnet9000'"),
         ("wrong_task", ModelLoadError, "is a detection model"),
+        ("bad_kwargs", ModelLoadError, "unknown arch_kwargs"),
         ("state_dict_mismatch", ModelLoadError, "does not fit architecture"),
     ],
 )
@@ -132,8 +133,10 @@ def test_bad_models_are_refused_with_their_problem(api, tmp_path, kind, error, m
         "missing": lambda: str(tmp_path / "nope.pth"),
         "unknown_framework": lambda: _save(tmp_path, "f.pth", small, framework="tensorflow"),
         "unknown_arch": lambda: _save(tmp_path, "a.pth", small, architecture="resnet9000"),
-        "wrong_task": lambda: _save(tmp_path, "t.pth", small, task_type="semantic_segmentation"),
+        "wrong_task": lambda: _save(tmp_path, "t.pth", small, architecture="fasterrcnn_resnet50_fpn",
+                                    task_type="semantic_segmentation"),
         "state_dict_mismatch": lambda: _save(tmp_path, "s.pth", small),
+        "bad_kwargs": lambda: _save(tmp_path, "k.pth", small, arch_kwargs={"wings": 2}),
     }[kind]()
     with pytest.raises(error, match=message):
         api.nn.deploy(path, device="cpu")

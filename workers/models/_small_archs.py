@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["SMALL_ARCHITECTURES", "TINY_FPN_DEFAULTS", "TinyBackboneFPN", "maskrcnn_tiny_fpn"]
+__all__ = ["SMALL_ARCHITECTURES", "TINY_FPN_DEFAULTS", "TinyBackboneFPN", "fasterrcnn_tiny_fpn", "maskrcnn_tiny_fpn"]
 
 
 def _norm(kind: str, channels: int, groups: int) -> nn.Module:
@@ -147,21 +147,17 @@ TINY_FPN_DEFAULTS: dict[str, Any] = {
 }
 
 
-def maskrcnn_tiny_fpn(num_classes: int, **arch_kwargs: Any) -> nn.Module:
-    """A ~2M-parameter Mask R-CNN (torchvision) on `TinyBackboneFPN`; `arch_kwargs` override `TINY_FPN_DEFAULTS`.
-
-    Args:
-        num_classes: including background (len(classes) + 1).
-    """
-    from torchvision.models.detection import MaskRCNN
+def _tiny_rcnn_parts(name: str, num_classes: int, arch_kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any],
+                                                                                        dict[str, Any]]:
+    """The backbone, the torchvision R-CNN keyword arguments shared by the tiny Faster and Mask R-CNN, and the
+    resolved settings."""
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
     from torchvision.ops import MultiScaleRoIAlign
 
     unknown = set(arch_kwargs) - set(TINY_FPN_DEFAULTS)
     if unknown:
-        raise ValueError(f"maskrcnn_tiny_fpn: unknown arch_kwargs {sorted(unknown)}")
+        raise ValueError(f"{name}: unknown arch_kwargs {sorted(unknown)}")
     k = {**TINY_FPN_DEFAULTS, **arch_kwargs}
     backbone = TinyBackboneFPN(
         k["channels"], k["blocks"], k["fpn_stages"], int(k["fpn_channels"]), k["norm"], int(k["norm_groups"])
@@ -171,39 +167,64 @@ def maskrcnn_tiny_fpn(num_classes: int, **arch_kwargs: Any) -> nn.Module:
         raise ValueError("anchor_sizes needs one list of sizes per FPN level")
     sizes = tuple(tuple(int(s) for s in level) for level in k["anchor_sizes"])
     ratios = tuple(tuple(float(r) for r in k["aspect_ratios"]) for _ in sizes)
-    anchor_generator = AnchorGenerator(sizes, ratios)
     fc = int(k["fpn_channels"])
     rep = int(k["box_representation_size"])
     sr = int(k["roi_sampling_ratio"])
-    box_roi_pool = MultiScaleRoIAlign(levels, 7, sr, canonical_scale=int(k["roi_canonical_scale"]))
-    mask_roi_pool = MultiScaleRoIAlign(levels, 14, sr, canonical_scale=int(k["roi_canonical_scale"]))
-    mask_layers = [int(c) for c in k["mask_layers"]]
-    return MaskRCNN(
-        backbone,
+    kwargs = dict(
         num_classes=None,
         min_size=int(k["min_size"]),
         max_size=int(k["max_size"]),
         image_mean=[float(v) for v in k["image_mean"]],
         image_std=[float(v) for v in k["image_std"]],
-        rpn_anchor_generator=anchor_generator,
+        rpn_anchor_generator=AnchorGenerator(sizes, ratios),
         rpn_pre_nms_top_n_train=int(k["rpn_pre_nms_top_n_train"]),
         rpn_post_nms_top_n_train=int(k["rpn_post_nms_top_n_train"]),
         rpn_pre_nms_top_n_test=int(k["rpn_pre_nms_top_n_test"]),
         rpn_post_nms_top_n_test=int(k["rpn_post_nms_top_n_test"]),
         rpn_batch_size_per_image=int(k["rpn_batch_size_per_image"]),
-        box_roi_pool=box_roi_pool,
+        box_roi_pool=MultiScaleRoIAlign(levels, 7, sr, canonical_scale=int(k["roi_canonical_scale"])),
         box_head=TwoMLPHead(fc * 7 * 7, rep),
         box_predictor=FastRCNNPredictor(rep, num_classes),
         box_batch_size_per_image=int(k["box_batch_size_per_image"]),
         box_detections_per_img=int(k["box_detections_per_img"]),
         box_score_thresh=float(k["box_score_thresh"]),
         box_nms_thresh=float(k["box_nms_thresh"]),
-        mask_roi_pool=mask_roi_pool,
-        mask_head=MaskRCNNHeads(fc, mask_layers, 1),
+    )
+    return backbone, kwargs, {**k, "levels": levels}
+
+
+def maskrcnn_tiny_fpn(num_classes: int, **arch_kwargs: Any) -> nn.Module:
+    """A ~2M-parameter Mask R-CNN (torchvision) on `TinyBackboneFPN`; `arch_kwargs` override `TINY_FPN_DEFAULTS`.
+
+    Args:
+        num_classes: including background (len(classes) + 1).
+    """
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.ops import MultiScaleRoIAlign
+
+    backbone, kwargs, k = _tiny_rcnn_parts("maskrcnn_tiny_fpn", num_classes, arch_kwargs)
+    mask_layers = [int(c) for c in k["mask_layers"]]
+    return MaskRCNN(
+        backbone,
+        **kwargs,
+        mask_roi_pool=MultiScaleRoIAlign(k["levels"], 14, int(k["roi_sampling_ratio"]),
+                                         canonical_scale=int(k["roi_canonical_scale"])),
+        mask_head=MaskRCNNHeads(int(k["fpn_channels"]), mask_layers, 1),
         mask_predictor=MaskRCNNPredictor(mask_layers[-1], int(k["mask_dim_reduced"]), num_classes),
     )
 
 
+def fasterrcnn_tiny_fpn(num_classes: int, **arch_kwargs: Any) -> nn.Module:
+    """The box-only sibling of `maskrcnn_tiny_fpn` (same backbone and heads, no mask branch); the mask-only keys
+    of `TINY_FPN_DEFAULTS` are accepted and ignored."""
+    from torchvision.models.detection import FasterRCNN
+
+    backbone, kwargs, _ = _tiny_rcnn_parts("fasterrcnn_tiny_fpn", num_classes, arch_kwargs)
+    return FasterRCNN(backbone, **kwargs)
+
+
 SMALL_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "maskrcnn_tiny_fpn": maskrcnn_tiny_fpn,
+    "fasterrcnn_tiny_fpn": fasterrcnn_tiny_fpn,
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -22,6 +23,10 @@ from pipeline.exceptions import ModelLoadError
 from workers.messages import ModelOutput
 
 __all__ = ["ModelSpec", "ModelAdapter", "register_adapter", "get_adapter", "list_frameworks", "DEFAULT_SETTINGS"]
+
+# Batches arrive as read-only arrays mapped from Ray's object store; adapters only read them (copy to the device,
+# convert to float), so torch's warning about non-writable arrays is noise.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 # conf 0.25 / max_det 100: the usual detector defaults (YOLO, Supervisely serving apps). iou None keeps the
 # model's own NMS threshold (what it was trained and evaluated with) unless the caller sets one.
@@ -77,7 +82,8 @@ class ModelAdapter(abc.ABC):
 
     @classmethod
     def validate_spec(cls, spec: ModelSpec) -> None:
-        """Raise `ModelLoadError` when the spec names something this adapter cannot build."""
+        """Raise `ModelLoadError` when the spec names something this adapter cannot build (default: accept)."""
+        return None
 
     # -- replica side --------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -122,9 +122,8 @@ class TorchvisionAdapter(ModelAdapter):
     @classmethod
     def validate_spec(cls, spec: ModelSpec) -> None:
         small = _small_architectures()
-        if spec.architecture in small:
-            return
-        expected = builtin_architectures().get(spec.architecture)
+        expected = task_type_of(spec.architecture) if spec.architecture in small else None
+        expected = expected or builtin_architectures().get(spec.architecture)
         if expected is None:
             known = sorted(builtin_architectures()) + sorted(small)
             raise ModelLoadError(
@@ -169,7 +168,7 @@ class TorchvisionAdapter(ModelAdapter):
             else:
                 kwargs = {"weights": None, "weights_backbone": None, **spec.arch_kwargs}
                 model = get_model(spec.architecture, num_classes=num_classes, **kwargs)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"arch_kwargs {spec.arch_kwargs} do not fit {spec.architecture!r}: {exc}") from None
         try:
             model.load_state_dict(state_dict, strict=True)
