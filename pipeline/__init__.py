@@ -7,8 +7,6 @@
 """
 
 from pipeline.api import Api
-from pipeline.prediction import Prediction, UploadTarget
-from pipeline.session import PredictionSession
 from pipeline.exceptions import (
     CheckpointError,
     ConfigError,
@@ -21,6 +19,8 @@ from pipeline.exceptions import (
     RunError,
     UploadError,
 )
+from pipeline.prediction import Prediction, UploadTarget
+from pipeline.session import PredictionSession
 
 __version__ = "0.1.0"
 
