@@ -74,7 +74,7 @@ def _abs(p: str | os.PathLike) -> str:
 
 
 def _walk(root: str, recursive: bool) -> Iterator[tuple[tuple[str, ...], str]]:
-    """(relative dir parts, absolute file path) of image files, sorted per folder, one folder at a time."""
+    """(relative dir parts, absolute file path) of image and video files, sorted per folder, one folder at a time."""
     stack: list[tuple[str, tuple[str, ...]]] = [(root, ())]
     while stack:
         folder, parts = stack.pop()
@@ -87,7 +87,7 @@ def _walk(root: str, recursive: bool) -> Iterator[tuple[tuple[str, ...], str]]:
             if e.is_dir(follow_symlinks=True):
                 if recursive and not e.name.startswith("."):
                     subdirs.append((e.path, parts + (e.name,)))
-            elif is_image_file(e.name):
+            elif is_image_file(e.name) or is_video_file(e.name):
                 yield parts, e.path
         stack.extend(reversed(subdirs))  # depth-first, in name order
 
@@ -98,6 +98,11 @@ def _count_walk(root: str, recursive: bool) -> int:
 
 def _directory_plan(root: str, recursive: bool) -> SourcePlan:
     name = os.path.basename(root.rstrip(os.sep)) or "Predictions"
+    from pipeline.video_source import directory_plan_with_videos
+
+    with_videos = directory_plan_with_videos(root, recursive, name, _walk)  # None when it holds no video
+    if with_videos is not None:
+        return with_videos
 
     def items() -> Iterator[Item]:
         for i, (parts, path) in enumerate(_walk(root, recursive)):
@@ -177,7 +182,7 @@ def _loose_item(value: Any, index: int) -> Item:
             return Item(index=index, key=f"url:{index}:{text}", name=_url_name(text, index), source=text, url=text,
                         image_url=text)
         path = _abs(text)
-        item = Item(index=index, key=f"file:{path}", name=os.path.basename(path), source=text, path=path,
+        item = Item(index=index, key=f"file:{path}", name=os.path.basename(path), source=value, path=path,
                     image_path=path)
         if not os.path.exists(path):
             item.error = f"file not found: {text}"
@@ -315,7 +320,7 @@ def resolve_source(args: PredictArgs, platform: Any) -> SourcePlan:
             from pipeline.video_source import video_file_plan
 
             return video_file_plan(path, args)
-        plan = _loose_plan([text], "an image file")
+        plan = _loose_plan([value], "an image file")
         plan.name = os.path.splitext(os.path.basename(path))[0] or "Predictions"
         return plan
     if isinstance(value, list | tuple):

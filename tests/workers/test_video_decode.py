@@ -150,7 +150,7 @@ def test_every_frame_decodes_to_its_own_index(videos, kind):
 
     from workers.video import index_video
 
-    reader = FrameReader(index_video(videos[kind]))
+    reader = FrameReader(str(videos[kind]))
     batch = reader.next_batch(list(range(90)), list(range(90)), None)
     assert batch.errors == [None] * 90
     assert [frame_number(img) for img in batch.images] == list(range(90))
@@ -230,7 +230,7 @@ def test_selection_table_decodes_exact_frames(videos, params, expected):
         index = index_video(videos[kind])
         frames = list(select_frames(params, index.frames_count, index.fps))
         assert frames == expected
-        batch = FrameReader(index).next_batch(list(range(len(frames))), frames, (24, 32))
+        batch = FrameReader(str(videos[kind])).next_batch(list(range(len(frames))), frames, (24, 32))
         assert batch.errors == [None] * len(frames), kind
         assert [frame_number(img) for img in batch.images] == expected, kind
         assert all(img.shape == (24, 32, 3) for img in batch.images)
@@ -240,7 +240,7 @@ def test_reader_continues_across_calls_without_seeking(videos):
     """Consecutive calls on one reader decode on from where the last stopped: no GOP is decoded twice."""
     from workers.video import FrameReader, index_video
 
-    reader = FrameReader(index_video(videos["mp4_h264_bframes"]))
+    reader = FrameReader(str(videos["mp4_h264_bframes"]))
     got = []
     for start in range(0, 40, 4):
         frames = list(range(start, start + 4))
@@ -265,7 +265,7 @@ def test_truncated_mkv_decodes_up_to_the_break_and_reports_the_rest(tmp_path):
     assert index.broken is not None
     assert 30 < index.readable < 120 <= index.frames_count + 2  # the stated duration says how many are missing
     frames = list(range(index.frames_count))
-    batch = FrameReader(index).next_batch(frames, frames, None)
+    batch = FrameReader(str(cut)).next_batch(frames, frames, None)
     ok = [i for i, e in enumerate(batch.errors) if e is None]
     assert ok == list(range(index.readable))  # everything before the break
     assert [frame_number(batch.images[i]) for i in ok] == ok
@@ -280,7 +280,7 @@ def test_truncated_mp4_with_index_in_front(tmp_path):
     cut = truncate(whole, tmp_path / "cut.mp4", 0.6)
     index = index_video(cut)
     assert index.frames_count == 120 and 0 < index.readable < 120 and index.broken
-    batch = FrameReader(index).next_batch(list(range(120)), list(range(120)), None)
+    batch = FrameReader(str(cut)).next_batch(list(range(120)), list(range(120)), None)
     ok = [i for i, e in enumerate(batch.errors) if e is None]
     assert ok and ok == list(range(len(ok)))
     assert [frame_number(batch.images[i]) for i in ok] == ok
@@ -305,3 +305,15 @@ def test_unopenable_files_are_format_errors(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(FormatError):
         index_video(empty)
+
+
+def test_reader_of_a_file_that_changed_fails_each_frame_not_the_actor(tmp_path):
+    """A reader never raises: a file that vanished or changed after the driver indexed it fails every frame."""
+    from workers.video import FrameReader
+
+    path = write_video(tmp_path / "v.mp4", 20)
+    changed = FrameReader(str(path), expect=(30, 30)).next_batch([0, 1], [0, 1], None)
+    assert changed.images == [None, None] and all("changed while" in e for e in changed.errors)
+    path.unlink()
+    gone = FrameReader(str(path)).next_batch([0], [0], None)
+    assert gone.images == [None] and "does not exist" in gone.errors[0]
