@@ -157,7 +157,7 @@ def test_deploy_then_submit_a_relabel_job_whose_predictions_land(head, tiny_chec
     task_id = int(r.stdout.split("task ", 1)[1].split(":")[0])
     assert "stop it: pipeline stop" in r.stdout
     r = pipeline_cli("models", "--address", head.address)
-    assert r.returncode == 0 and str(task_id) in r.stdout and "tiny.pth" in r.stdout
+    assert r.returncode == 0 and str(task_id) in r.stdout and Path(tiny_checkpoint).name in r.stdout
 
     # The job connects to it by task id; the platform data dir reaches the job through the runtime_env.
     code, out, err = in_process(
