@@ -63,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
 
     p = sub.add_parser("run", help="run a YAML pipeline: deploy, predict, upload/export, summary, shut down",
-                       description="Run a YAML pipeline in this process (see docs/configs.md). Exit codes: 0 done, "
-                                   "1 the run failed, 2 bad config or arguments.")
+                       description="Run a YAML pipeline in this process (see docs/configs.md). Relative paths in "
+                                   "the config are relative to the current directory. Exit codes: 0 done, 1 the run "
+                                   "failed (or the Ray cluster at ray.address is unreachable), 2 bad config or "
+                                   "arguments.")
     p.add_argument("config", help="the pipeline YAML, e.g. configs/predict_directory.yaml")
     _add_config_args(p)
     p.add_argument("--fail-on-item-errors", action="store_true",

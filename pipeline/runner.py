@@ -255,6 +255,8 @@ def run_config(
         finally:
             progress.close()
         print_summary(summary, out)
+        if cfg.upload is not None:
+            out.write(f"  platform data dir: {api.data_dir}\n")
     finally:
         if shutdown:
             try:
