@@ -1,0 +1,317 @@
+"""Video uploads: create / append / replace / iou_merge into platform video annotations, read back; resume after a
+crash without duplicates; the `<name>_nn` rule; export and import of what was written. The merge rules themselves
+are table-tested on `merge_video_annotation` first (pure)."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))  # the shared video writers
+from test_video_decode import truncate, write_video  # noqa: E402
+
+from pipeline.annotation import (  # noqa: E402
+    CONFIDENCE_TAG,
+    Label,
+    ObjClass,
+    Rectangle,
+    Tag,
+    VideoAnnotation,
+    VideoFigure,
+    VideoObject,
+)
+from pipeline.exceptions import RunError  # noqa: E402
+from pipeline.upload_video import VideoTarget, labels_to_video, merge_video_annotation  # noqa: E402
+
+IMG = 64
+SETTINGS = {"conf": 0.0, "max_det": 3}  # three objects on every frame: small annotations, never empty
+
+A, B = ObjClass("a", "rectangle"), ObjClass("b", "rectangle")
+
+
+def _box(x1, y1, x2, y2) -> Rectangle:
+    return Rectangle.from_xyxy(x1, y1, x2, y2)
+
+
+def _current() -> VideoAnnotation:
+    """Frame 0: object `multi` (class a) and `only0` (class b); frame 1: `multi` again and `only1` (class a);
+    object `bare` has no figure at all."""
+    multi, only0, only1, bare = (VideoObject(A, key="m" * 32), VideoObject(B, key="0" * 32),
+                                 VideoObject(A, key="1" * 32), VideoObject(B, key="b" * 32))
+    figs = [VideoFigure(multi, _box(0, 0, 10, 10), 0), VideoFigure(only0, _box(20, 20, 30, 30), 0),
+            VideoFigure(multi, _box(1, 1, 11, 11), 1), VideoFigure(only1, _box(40, 0, 60, 20), 1)]
+    return VideoAnnotation((48, 64), 10, (multi, only0, only1, bare)).add_figures(figs)
+
+
+def _pred(cls, box, score=0.5) -> Label:
+    return Label(_box(*box), cls, (Tag(CONFIDENCE_TAG, score),))
+
+
+def _summary(ann: VideoAnnotation) -> dict[int, list[tuple[str, tuple]]]:
+    return {fr.index: sorted((f.video_object.obj_class.name, tuple(round(v) for v in f.geometry.to_xyxy()))
+                             for f in fr.figures) for fr in ann.frames}
+
+
+# (mode, predicted {frame: labels}, expected figures per frame, expected object keys kept from `_current`)
+MERGE_TABLE = [
+    ("append", {1: [_pred(A, (1, 1, 11, 11))], 2: [_pred(B, (5, 5, 9, 9))]},
+     {0: [("a", (0, 0, 10, 10)), ("b", (20, 20, 30, 30))],
+      1: [("a", (1, 1, 11, 11)), ("a", (1, 1, 11, 11)), ("a", (40, 0, 60, 20))],
+      2: [("b", (5, 5, 9, 9))]},
+     {"m", "0", "1", "b"}),
+    # replace: frame 1's figures go; `only1` had no other figure so it goes too; `multi` keeps frame 0; `bare` stays
+    ("replace", {1: [_pred(B, (2, 2, 8, 8))]},
+     {0: [("a", (0, 0, 10, 10)), ("b", (20, 20, 30, 30))], 1: [("b", (2, 2, 8, 8))]},
+     {"m", "0", "b"}),
+    ("replace", {1: []},  # an empty prediction clears the frame
+     {0: [("a", (0, 0, 10, 10)), ("b", (20, 20, 30, 30))]},
+     {"m", "0", "b"}),
+    # iou_merge: the same box of the same class is dropped; the same box of another class, or a far box, is kept
+    ("iou_merge", {1: [_pred(A, (1, 1, 11, 11)), _pred(B, (1, 1, 11, 11)), _pred(A, (30, 30, 40, 40))],
+                   0: [_pred(B, (20, 20, 30, 31))]},
+     {0: [("a", (0, 0, 10, 10)), ("b", (20, 20, 30, 30))],
+      1: [("a", (1, 1, 11, 11)), ("a", (30, 30, 40, 40)), ("a", (40, 0, 60, 20)), ("b", (1, 1, 11, 11))]},
+     {"m", "0", "1", "b"}),
+    ("create", {3: [_pred(A, (0, 0, 5, 5))]},
+     {0: [("a", (0, 0, 10, 10)), ("b", (20, 20, 30, 30))],
+      1: [("a", (1, 1, 11, 11)), ("a", (40, 0, 60, 20))], 3: [("a", (0, 0, 5, 5))]},
+     {"m", "0", "1", "b"}),
+]
+
+
+@pytest.mark.parametrize("mode,predicted,figures,kept", MERGE_TABLE, ids=[f"{m}-{i}" for i, (m, *_) in
+                                                                          enumerate(MERGE_TABLE)])
+def test_merge_video_annotation(mode, predicted, figures, kept):
+    before = _current()
+    after = merge_video_annotation(mode, before, predicted, 0.9)
+    assert _summary(after) == figures
+    old_keys = {o.key[0] for o in after.objects if o.key in {x.key for x in before.objects}}
+    assert old_keys == kept
+    new = [o for o in after.objects if o.key not in {x.key for x in before.objects}]
+    assert len(new) == len(after.figures) - sum(1 for f in after.figures if f.video_object.key in
+                                                {x.key for x in before.objects})  # one object per new figure
+    assert _summary(before) == _summary(_current())  # immutable: the input is untouched
+
+
+def test_labels_become_one_object_each_with_a_frame_confidence_tag():
+    objects, figures = labels_to_video(7, [_pred(A, (0, 0, 4, 4), 0.75), _pred(A, (1, 1, 5, 5), 0.5)])
+    assert len({o.key for o in objects}) == 2
+    assert [f.frame_index for f in figures] == [7, 7]
+    assert [f.video_object for f in figures] == objects
+    tag = objects[0].tags[0]
+    assert (tag.name, tag.value, tag.frame_range) == ("confidence", 0.75, (7, 7))
+    assert objects[0].to_json()["tags"][0]["frameRange"] == [7, 7]
+
+
+def test_unknown_mode_is_an_error():
+    with pytest.raises(ValueError, match="unknown upload mode"):
+        merge_video_annotation("merge", _current(), {}, 0.9)
+
+
+# ------------------------------------------------------------------------------------------- on the platform
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("upload") / "street.mp4", 24)
+
+
+def _figures_by_frame(ann: VideoAnnotation) -> dict[int, list[tuple]]:
+    return {fr.index: sorted(tuple(round(v, 2) for v in f.geometry.to_xyxy()) for f in fr.figures)
+            for fr in ann.frames}
+
+
+def _pred_boxes(preds) -> dict[int, list[tuple]]:
+    return {p.frame_idx: sorted(tuple(round(float(v), 2) for v in b) for b in p.boxes) for p in preds if len(p)}
+
+
+def test_create_from_a_video_file(tiny_model, api, clip, capfd):
+    preds = tiny_model.predict(input=str(clip), video_params={"stride": 4}, upload="create", img_size=IMG,
+                               settings=SETTINGS, progress=False)
+    assert "create into new project" in capfd.readouterr().err
+    assert [p.frame_idx for p in preds] == list(range(0, 24, 4))
+    (project,) = api.project.list()
+    assert (project.name, project.type) == ("street", "videos")
+    (ds,) = api.dataset.list(project.id)
+    (video,) = api.video.list(ds.id)
+    assert (video.name, video.frames_count, video.width, video.height) == ("street.mp4", 24, 64, 48)
+    assert video.hash == hashlib.sha256(clip.read_bytes()).hexdigest()  # the file itself is stored
+    assert all(p.target.video_id == video.id and p.target.frame_idx == p.frame_idx for p in preds)
+    ann = api.video.get_annotation(video.id)
+    assert _figures_by_frame(ann) == _pred_boxes(preds)
+    assert len(ann.objects) == len(ann.figures) == sum(len(p) for p in preds) == 3 * 6  # no tracking
+    scores = sorted(round(float(s), 4) for p in preds for s in p.scores)
+    assert sorted(o.tags[0].value for o in ann.objects) == scores
+    for obj in ann.objects:
+        (fig,) = [f for f in ann.figures if f.video_object.key == obj.key]
+        assert obj.tags[0].to_json()["frameRange"] == [fig.frame_index, fig.frame_index]
+    meta = api.project.get_meta(project.id)
+    assert {c.name for c in meta.obj_classes} == {c for p in preds for c in p.classes}
+    assert meta.get_tag_meta("confidence") is not None
+
+
+def test_export_and_import_round_trip(tiny_model, api, clip, tmp_path):
+    preds = tiny_model.predict(input=str(clip), video_params={"num_frames": 3}, upload="create", img_size=IMG,
+                               settings=SETTINGS, progress=False)
+    pid = preds[0].target.project_id
+    api.project.export_dir(pid, tmp_path / "out")
+    assert (tmp_path / "out" / "ds0" / "video" / "street.mp4").read_bytes() == clip.read_bytes()
+    new_pid = api.project.import_dir(tmp_path / "out")
+    (ds,) = api.dataset.list(new_pid)
+    (video,) = api.video.list(ds.id)
+    before = api.video.get_annotation(preds[0].target.video_id)
+    after = api.video.get_annotation(video.id)
+    assert after.to_json() == before.to_json()
+
+
+def test_create_from_a_platform_video_shares_its_blob(tiny_model, api, clip):
+    src = api.project.create("traffic", type="videos")
+    ds = api.dataset.create(src.id, "cams")
+    info = api.video.upload(ds.id, "cam1.mp4", clip)
+    preds = tiny_model.predict(video_id=info.id, video_params={"end_frame": 3}, upload="create", img_size=IMG,
+                               settings=SETTINGS, progress=False)
+    target = preds[0].target
+    assert api.project.get(target.project_id).name == "traffic (predictions)"
+    assert api.dataset.list(target.project_id)[0].name == "cams"  # datasets mirrored
+    copy = api.video.get(target.video_id)
+    assert (copy.name, copy.hash, copy.path) == ("cam1.mp4", info.hash, info.path)
+    assert _figures_by_frame(api.video.get_annotation(copy.id)) == _pred_boxes(preds)
+    assert len(api.video.get_annotation(info.id).figures) == 0  # the source is untouched
+
+
+@pytest.fixture
+def annotated(api, clip):
+    """A platform video with a human figure of class `a` on frames 0 and 5 (one object), and the class `b` as a
+    bitmap class in the meta (so predicted `b` boxes must go to `b_nn`)."""
+    from pipeline.annotation import ProjectMeta
+
+    project = api.project.create("labelled", type="videos")
+    ds = api.dataset.create(project.id, "ds0")
+    info = api.video.upload(ds.id, "street.mp4", clip)
+    api.project.merge_meta(project.id, ProjectMeta((A, ObjClass("b", "bitmap")), (CONFIDENCE_TAG,), "videos"))
+    obj = VideoObject(A)
+    ann = VideoAnnotation((48, 64), 24, (obj,)).add_figures(
+        [VideoFigure(obj, _box(2, 2, 20, 20), 0), VideoFigure(obj, _box(3, 3, 21, 21), 5)])
+    api.video.set_annotation(info.id, ann)
+    return info
+
+
+def test_append_keeps_what_was_there(tiny_model, api, annotated):
+    preds = tiny_model.predict(video_id=annotated.id, video_params={"stride": 5}, upload="append", img_size=IMG,
+                               settings=SETTINGS, progress=False)
+    ann = api.video.get_annotation(annotated.id)
+    got = _figures_by_frame(ann)
+    want = _pred_boxes(preds)
+    want[0] = sorted(want[0] + [(2.0, 2.0, 20.0, 20.0)])
+    want[5] = sorted(want[5] + [(3.0, 3.0, 21.0, 21.0)])
+    assert got == want
+    assert len(ann.objects) == 1 + sum(len(p) for p in preds)
+    classes = {f.video_object.obj_class.name for f in ann.figures if f.frame_index == 10}
+    assert classes <= {"a", "b_nn", "c"}  # `b` is a bitmap class here: predicted boxes go to b_nn
+    if any("b" in p.classes for p in preds):
+        assert api.project.get_meta(annotated.project_id).get_obj_class("b_nn").shape == "rectangle"
+
+
+def test_replace_only_touches_predicted_frames(tiny_model, api, annotated):
+    preds = tiny_model.predict(video_id=annotated.id, video_params={"start_frame": 5, "end_frame": 8},
+                               upload="replace", img_size=IMG, settings=SETTINGS, progress=False)
+    ann = api.video.get_annotation(annotated.id)
+    want = _pred_boxes(preds)
+    want[0] = [(2.0, 2.0, 20.0, 20.0)]  # frame 0 was not predicted: the human figure stays
+    assert _figures_by_frame(ann) == want  # frame 5's human figure is gone
+    assert len(ann.objects) == 1 + 3 * 3  # the human object lives on through frame 0
+
+
+def test_iou_merge_drops_what_is_already_there(tiny_model, api, annotated):
+    params = {"stride": 6}
+    first = tiny_model.predict(video_id=annotated.id, video_params=params, upload="append", img_size=IMG,
+                               settings=SETTINGS, progress=False)
+    before = api.video.get_annotation(annotated.id)
+    again = tiny_model.predict(video_id=annotated.id, video_params=params, upload="iou_merge", img_size=IMG,
+                               settings=SETTINGS, progress=False)
+    after = api.video.get_annotation(annotated.id)
+    assert [p.error for p in again] == [None] * len(first)
+    assert _figures_by_frame(after) == _figures_by_frame(before)  # every prediction is already there: IoU 1.0
+    assert len(after.objects) == len(before.objects)
+    # on frames that had only the human figure, nothing predicted is dropped (no overlap of the same class >= 0.9)
+    other = tiny_model.predict(video_id=annotated.id, video_params={"start_frame": 1, "end_frame": 3},
+                               upload="iou_merge", img_size=IMG, settings=SETTINGS, progress=False)
+    assert _figures_by_frame(api.video.get_annotation(annotated.id)) == {**_figures_by_frame(after),
+                                                                         **_pred_boxes(other)}
+
+
+def test_resume_after_a_crash_neither_loses_nor_duplicates(tiny_model, api, annotated, monkeypatch):
+    params = {"end_frame": 16}
+    clean = tiny_model.predict(video_id=annotated.id, video_params=params, img_size=IMG, settings=SETTINGS,
+                               progress=False)
+    calls = {"n": 0}
+    real_write = VideoTarget.write
+
+    def crash_on_second_group(self, preds):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash: the process died here")
+        real_write(self, preds)
+
+    monkeypatch.setattr(VideoTarget, "write", crash_on_second_group)
+    with pytest.raises(RunError, match="simulated crash"):
+        tiny_model.predict(video_id=annotated.id, video_params=params, upload="append", img_size=IMG,
+                           settings=SETTINGS, batch_size=2, job_id="video-resume", progress=False)
+    partial = api.video.get_annotation(annotated.id)
+    done_frames = {fr.index for fr in partial.frames} - {0, 5}
+    assert 0 < len(partial.figures) - 2 < 3 * 16  # the first group was written, not everything
+    monkeypatch.setattr(VideoTarget, "write", real_write)
+
+    rest = tiny_model.predict(video_id=annotated.id, video_params=params, upload="append", img_size=IMG,
+                              settings=SETTINGS, batch_size=2, job_id="video-resume", progress=False)
+    assert {p.frame_idx for p in rest}.isdisjoint(done_frames)  # the done frames were skipped
+    ann = api.video.get_annotation(annotated.id)
+    want = _pred_boxes(clean)
+    want[0] = sorted(want[0] + [(2.0, 2.0, 20.0, 20.0)])
+    want[5] = sorted(want[5] + [(3.0, 3.0, 21.0, 21.0)])
+    assert _figures_by_frame(ann) == want  # every frame once: nothing lost, nothing twice
+    assert len(ann.objects) == 1 + 3 * 16
+    # and a third run of the same job has nothing left to do
+    assert tiny_model.predict(video_id=annotated.id, video_params=params, upload="append", img_size=IMG,
+                              settings=SETTINGS, job_id="video-resume", progress=False) == []
+    assert len(api.video.get_annotation(annotated.id).figures) == len(ann.figures)
+
+
+def test_resume_create_reuses_the_video_it_made(tiny_model, api, clip, monkeypatch):
+    calls = {"n": 0}
+    real_write = VideoTarget.write
+
+    def crash(self, preds):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash")
+        real_write(self, preds)
+
+    monkeypatch.setattr(VideoTarget, "write", crash)
+    with pytest.raises(RunError):
+        tiny_model.predict(input=str(clip), upload="create", img_size=IMG, settings=SETTINGS, batch_size=2,
+                           job_id="create-resume", progress=False)
+    monkeypatch.setattr(VideoTarget, "write", real_write)
+    tiny_model.predict(input=str(clip), upload="create", img_size=IMG, settings=SETTINGS, batch_size=2,
+                       job_id="create-resume", progress=False)
+    (project,) = api.project.list()
+    (ds,) = api.dataset.list(project.id)
+    (video,) = api.video.list(ds.id)  # one video, not one per run
+    ann = api.video.get_annotation(video.id)
+    assert sorted(fr.index for fr in ann.frames) == list(range(24))
+    assert len(ann.figures) == 3 * 24
+
+
+def test_truncated_video_uploads_the_frames_before_the_break(tiny_model, api, tmp_path):
+    cut = truncate(write_video(tmp_path / "whole.mkv", 60, "mkv_mpeg4_bframes"), tmp_path / "cut.mkv", 0.6)
+    preds = tiny_model.predict(input=str(cut), upload="create", img_size=IMG, settings=SETTINGS, progress=False)
+    ok = [p for p in preds if p.error is None]
+    failed = [p for p in preds if p.error is not None]
+    assert ok and failed and all(p.target is None for p in failed)
+    ann = api.video.get_annotation(ok[0].target.video_id)
+    assert sorted(fr.index for fr in ann.frames) == [p.frame_idx for p in ok]
+    assert np.all([p.target.frame_idx == p.frame_idx for p in ok])
