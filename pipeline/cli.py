@@ -251,16 +251,48 @@ def submit_runtime_env(cfg: Any, root: Path | None, working_dir: Path) -> dict[s
     return env
 
 
+def _left_out_of_upload(root: Path, rel: str, extra_excludes: list[str]) -> str | None:
+    """What keeps `rel` (relative to the project root) out of the job's working_dir upload, or None if it travels.
+    The same rules as Ray's packaging: the excludes, then the root's .gitignore and .rayignore."""
+    rel = os.path.normpath(rel)
+    if rel.startswith(".."):
+        return "it is outside the project"
+    try:
+        from ray._private.ray_constants import get_runtime_env_default_excludes
+        from ray._private.thirdparty.pathspec import PathSpec
+    except ImportError:  # another Ray layout: let the job report it
+        return None
+    rules = [("the upload's excludes", SUBMIT_EXCLUDES + get_runtime_env_default_excludes() + extra_excludes)]
+    for name in (".gitignore", ".rayignore"):
+        if (root / name).is_file():
+            rules.append((f"the project's {name}", (root / name).read_text(errors="replace").splitlines()))
+    parts = Path(rel).parts
+    # Ray tests each directory on the way down, then the file; a directory pattern ("out/") needs the slash.
+    candidates = ["/".join(parts[:i]) + "/" for i in range(1, len(parts) + 1)] + ["/".join(parts)]
+    for label, lines in rules:
+        spec = PathSpec.from_lines("gitwildmatch", lines)
+        if any(spec.match_file(c) for c in candidates):
+            return f"{label} leave it out"
+    return None
+
+
 def _check_submit_paths(cfg: Any, root: Path | None, err: Any) -> None:
-    """A job runs in its uploaded copy of the project: a relative input/checkpoint must be inside it."""
+    """A job runs in its uploaded copy of the project: a relative input/checkpoint must be inside it and travel."""
+    extra = list(cfg.ray.runtime_env.get("excludes") or [])
     for key, p in cfg.local_paths():
         if os.path.isabs(p) or p.startswith("file://"):
             continue
-        if root is None or not (root / p).exists():
-            where = f"the project ({root})" if root is not None else "the job's working directory"
+        problem = None
+        if root is None:
+            problem = "there is no project checkout to upload"
+        elif not (root / p).exists():
+            problem = f"it is not in the project ({root})"
+        else:
+            problem = _left_out_of_upload(root, p, extra)
+        if problem:
             raise InvalidArgumentError(
-                f"{cfg.path}: {key}: {p!r} is relative, and a submitted job runs in a copy of the project, but it is "
-                f"not in {where}; use an absolute path that exists on the cluster's head node (or a URI)"
+                f"{cfg.path}: {key}: {p!r} is relative, and a submitted job runs in an uploaded copy of the project, "
+                f"but {problem}; use an absolute path that exists on the cluster's nodes (or a URI)"
             )
     for key, p in ((k, v) for k, v in (cfg.output.model_dump().items() if cfg.output else []) if v):
         if not os.path.isabs(p) and "://" not in p:

@@ -235,6 +235,23 @@ def test_relative_paths_must_travel_with_the_project(tmp_path, capsys):
     assert cli.main(["submit", str(cfg), "--address", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
     assert "model.checkpoint" in err and "relative" in err and "copy of the project" in err
+    cfg.write_text("model: {checkpoint: /m.pth}\ninput: {path: tests/fixtures/sly_project}\n")
+    assert cli.main(["submit", str(cfg), "--address", "http://127.0.0.1:9"]) == 2
+    assert "input.path" in (err := capsys.readouterr().err) and "the upload's excludes leave it out" in err
+
+
+@pytest.mark.parametrize("rel,travels", [
+    ("checkpoints/shapes.pth", True),  # the demo's model goes with the project
+    ("configs/relabel_project.yaml", True),
+    ("tests/fixtures/sly_project", False),  # tests/ stays home
+    ("demo_output/images", False),  # git-ignored
+    ("out/x.parquet", False),
+    ("pipeline/__pycache__/x.pyc", False),
+    ("../elsewhere.pth", False),
+])
+def test_which_relative_paths_travel_with_the_project(rel, travels):
+    assert (cli._left_out_of_upload(ROOT, rel, []) is None) is travels
+    assert cli._left_out_of_upload(ROOT, "configs/relabel_project.yaml", ["configs/"]) is not None
 
 
 def test_runtime_env_merges_the_config(tmp_path):
