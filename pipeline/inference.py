@@ -63,6 +63,7 @@ def pick_replica(in_flight: list[int], alive: list[bool], max_in_flight: int) ->
 
 @dataclass
 class SchedulerStats:
+    submitted: int = 0  # items sent to loading so far
     batches: int = 0
     images: int = 0
     compute_seconds: float = 0.0
@@ -107,6 +108,8 @@ class Scheduler:
             if batch.load_ref is None:
                 batch.load_ref = batch.submit(self.nodes[r])
             ref = self.replicas[r].predict.remote(batch.load_ref, self.settings, self.input_resized)
+            if batch.attempts == 0:
+                self.stats.submitted += len(batch.items)
             batch.attempts += 1
             in_flight[ref] = (batch, r)
             counts[r] += 1

@@ -230,6 +230,7 @@ class PredictionSession:
             "items_per_s": round(rate, 3),
             "eta_s": round((total - done) / rate, 1) if rate > 0 and total else None,
             "is_done": self._finished.is_set(),
+            "submitted": self.scheduler.stats.submitted if self.scheduler is not None else 0,
         }
 
     def __enter__(self) -> PredictionSession:

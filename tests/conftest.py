@@ -92,3 +92,52 @@ def direct_tiny(tiny_checkpoint):
     from helpers import DirectModel
 
     return DirectModel(tiny_checkpoint)
+
+
+class _Server:
+    """A local HTTP server for URL inputs: serves files from a root, 404s the rest, and sleeps on /slow/."""
+
+    def __init__(self):
+        import http.server
+        import threading
+        import time
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's API
+                if self.path.startswith("/slow/"):
+                    time.sleep(server.slow_seconds)
+                path = server.files.get(self.path)
+                if path is None:
+                    self.send_error(404, "Not Found")
+                    return
+                data = Path(path).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.files: dict[str, str] = {}
+        self.slow_seconds = 5.0
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name: str, root: Path, prefix: str = "/") -> str:
+        route = f"{prefix}{name}"
+        self.files[route] = str(Path(root) / name)
+        return f"http://127.0.0.1:{self.httpd.server_port}{route}"
+
+    def missing(self, name: str = "missing.jpg") -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}/{name}"
+
+
+@pytest.fixture(scope="session")
+def http_server():
+    server = _Server()
+    yield server
+    server.httpd.shutdown()

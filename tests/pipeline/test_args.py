@@ -1,0 +1,77 @@
+"""Argument rules of predict(): each mistake is a ValueError raised before any work starts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import _args
+from pipeline.exceptions import InvalidArgumentError
+
+IMG = np.zeros((8, 8, 3), np.uint8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, "nothing to predict"),
+        ({"input": IMG, "project_id": 1}, "exactly one source"),
+        ({"project_id": 1, "dataset_id": 2}, "exactly one source"),
+        ({"image_ids": [1], "video_id": 2}, "exactly one source"),
+        ({"project_id": 0}, "project_id must be a positive int"),
+        ({"project_id": "1"}, "project_id must be a positive int"),
+        ({"image_ids": []}, "image_ids is empty"),
+        ({"image_ids": [1, -2]}, "image_ids must be a positive int"),
+        ({"input": IMG, "batch_size": 0}, "batch_size must be a positive int"),
+        ({"input": IMG, "batch_size": -4}, "batch_size must be a positive int"),
+        ({"input": IMG, "batch_size": 2.5}, "batch_size must be a positive int"),
+        ({"input": IMG, "img_size": 0}, "img_size"),
+        ({"input": IMG, "img_size": (10,)}, "img_size"),
+        ({"input": IMG, "img_size": (10, -1)}, "img_size"),
+        ({"input": IMG, "img_size": "big"}, "img_size"),
+        ({"input": IMG, "classes": ["zebra"]}, r"unknown class name\(s\) \['zebra'\]"),
+        ({"input": IMG, "classes": [1]}, "list of class names"),
+        ({"input": IMG, "upload": "merge"}, "unknown upload mode 'merge'"),
+        ({"input": IMG, "upload": "append"}, "upload='append' needs platform items"),
+        ({"input": "x.jpg", "upload": "iou_merge"}, "upload='iou_merge' needs platform items"),
+        ({"input": IMG, "upload": "replace"}, "needs platform items"),
+        ({"project_id": 1, "upload": "iou_merge", "settings": {"iou_merge_threshold": 0}}, r"iou_merge_threshold"),
+        ({"project_id": 1, "upload": "iou_merge", "settings": {"iou_merge_threshold": 1.5}}, r"iou_merge_threshold"),
+        ({"input": IMG, "conf": 2}, r"settings\['conf'\] must be in"),
+        ({"input": IMG, "conf": 0.3, "settings": {"conf": 0.5}}, "conf given twice"),
+        ({"input": IMG, "max_det": 0}, "max_det"),
+        ({"input": IMG, "image_id": 1}, "exactly one source"),
+        ({"image_id": 1, "image_ids": [2]}, "either image_id or image_ids"),
+        ({"input": IMG, "upload_mode": "x"}, "unknown upload mode"),
+        ({"input": IMG, "batchsize": 4}, "did you mean 'batch_size'"),
+        ({"input": IMG, "job_id": "abc"}, "job_id resumes an upload"),
+        ({"input": IMG, "output": {"csv": "x"}}, "output must be a dict with keys"),
+        ({"input": IMG, "recursive": "yes"}, "recursive must be True or False"),
+    ],
+)
+def test_argument_errors(kwargs, message):
+    with pytest.raises(InvalidArgumentError, match=message) as info:
+        _args.normalize(kwargs, model_classes=["a", "b", "c"])
+    assert isinstance(info.value, ValueError)
+
+
+def test_aliases_and_defaults():
+    a = _args.normalize({"image_id": 5, "upload_mode": "append", "conf": 0.4, "iou": 0.6}, ["a"])
+    assert a.image_ids == [5] and a.upload == "append" and a.settings == {"conf": 0.4, "iou": 0.6}
+    b = _args.normalize({"input": IMG, "img_size": 320}, ["a"])
+    assert b.img_size == (320, 320) and b.batch_size is None and b.upload is None
+    assert _args.normalize({"input": IMG, "img_size": [240, 320]}, ["a"]).img_size == (240, 320)
+
+
+def test_errors_come_before_any_work(tiny_model, api, tmp_path):
+    """Through the real model: a bad call starts nothing on the platform or the replicas."""
+    before = api.project.list()
+    with pytest.raises(ValueError, match="unknown class"):
+        tiny_model.predict(input=IMG, classes=["zebra"], upload="create")
+    with pytest.raises(ValueError, match="needs platform items"):
+        tiny_model.predict(input=IMG, upload="append")
+    assert api.project.list() == before
+    from pipeline.exceptions import NotFoundError
+
+    with pytest.raises(NotFoundError, match="999"):
+        tiny_model.predict(image_ids=[999])
