@@ -1,0 +1,93 @@
+"""Jobs that survive a crash (SIGKILL mid-run, then resume by job id) and jobs that run side by side."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import write_images
+
+SCRIPT = str(Path(__file__).with_name("upload_job_script.py"))
+S = {"conf": 0.0, "max_det": 3}
+N = 40
+
+
+@pytest.fixture
+def project(api, tmp_path):
+    project = api.project.create("jobs")
+    ds = api.dataset.create(project.id, "ds")
+    infos = [api.image.upload(ds.id, p.name, p) for p in write_images(tmp_path / "src", N, size=(40, 50))]
+    return project, infos
+
+
+def _start(ray_session, tiny_deployment, data_dir, project_id, mode, job_id):
+    address = ray_session.get_runtime_context().gcs_address
+    return subprocess.Popen(
+        [sys.executable, SCRIPT, address, str(tiny_deployment.task_id), str(data_dir), str(project_id), mode, job_id],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+
+def _done_items(data_dir, job_id) -> int:
+    try:
+        with sqlite3.connect(Path(data_dir) / "platform.db", timeout=30) as conn:
+            row = conn.execute("SELECT COUNT(*) FROM upload_job_items WHERE job_id = ?", (job_id,)).fetchone()
+            return row[0]
+    except sqlite3.OperationalError:  # the job tables are not there yet
+        return 0
+
+
+def _expected(tiny_model, infos):
+    """What each image must hold: its predicted objects, exactly once (boxes rounded as stored)."""
+    preds = tiny_model.predict(image_ids=[i.id for i in infos], settings=S, progress=False)
+    return {p.image_id: sorted(tuple(round(float(v), 2) for v in b) for b in p.boxes) for p in preds}
+
+
+def _boxes(api, image_id):
+    return sorted(tuple(round(v, 2) for v in lab.geometry.to_xyxy()) for lab in api.annotation.get(image_id).labels)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["append", "iou_merge"])
+def test_sigkill_midway_then_resume_loses_and_duplicates_nothing(ray_session, tiny_deployment, tiny_model, api,
+                                                                   data_dir, project, mode):
+    project, infos = project
+    job_id = f"crash-{mode}"
+    proc = _start(ray_session, tiny_deployment, data_dir, project.id, mode, job_id)
+    deadline = time.time() + 240
+    while _done_items(data_dir, job_id) < 5:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "the job made no progress"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver dies mid-run, between two uploads or inside one
+    proc.wait()
+    done_at_kill = _done_items(data_dir, job_id)
+    assert 5 <= done_at_kill < N, "kill the job midway"
+
+    resumed = tiny_model.predict(project_id=project.id, upload=mode, job_id=job_id, batch_size=4, settings=S,
+                                 progress=False)
+    assert len(resumed) == N - done_at_kill  # the items already done are skipped
+    assert _done_items(data_dir, job_id) == N
+    expected = _expected(tiny_model, infos)
+    for info in infos:
+        assert _boxes(api, info.id) == expected[info.id], f"image {info.id}"
+
+
+@pytest.mark.slow
+def test_two_jobs_appending_to_one_project_at_once_lose_nothing(ray_session, tiny_deployment, tiny_model, api,
+                                                                 data_dir, project):
+    project, infos = project
+    procs = [_start(ray_session, tiny_deployment, data_dir, project.id, "append", f"side-{i}") for i in range(2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        assert f"DONE {N}" in out and "ERROR" not in out
+    expected = _expected(tiny_model, infos)
+    for info in infos:
+        assert _boxes(api, info.id) == sorted(expected[info.id] * 2), f"image {info.id}"
