@@ -17,6 +17,7 @@ packets fail to decode, come back as errors for those frames alone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -122,33 +123,103 @@ def _open(path: str, name: str | None = None) -> Any:
     return container
 
 
+@contextlib.contextmanager
+def _demuxer_errors() -> Iterator[list]:
+    """Collect FFmpeg's error messages on this thread: (level, source name, message) tuples. A demuxer that meets
+    damaged data skips to the next place it can read, and its error message is the only sign of the gap. PyAV
+    forwards no FFmpeg messages by default, so the level is raised to ERROR for the duration, then restored."""
+    import av.logging
+
+    previous, skip = av.logging.get_level(), av.logging.get_skip_repeated()
+    if previous is None or previous < av.logging.ERROR:
+        av.logging.set_level(av.logging.ERROR)
+    av.logging.set_skip_repeated(False)  # the same damage seen a second time must be reported a second time
+    try:
+        with av.logging.Capture(local=True) as logs:
+            yield logs
+    finally:
+        av.logging.set_level(previous)
+        av.logging.set_skip_repeated(skip)
+
+
+def _container_damage(logs: list, seen: int, format_name: str) -> str | None:
+    """The first error the demuxer (not a codec parser) logged since `seen`, if any."""
+    for level, source, message in logs[seen:]:
+        if level <= 16 and source == format_name:  # 16: AV_LOG_ERROR
+            return message.strip()
+    return None
+
+
+def _avi_gap(path: str) -> int | None:
+    """In an AVI file, the number of video packets before the first place where the chunk chain is broken (bytes
+    between two chunks that do not start another chunk: damage the demuxer skipped), or None if it is unbroken.
+    Chunks follow each other (8-byte header, data padded to even length); what lies between two packets' chunks
+    must itself be chunks (LIST, JUNK, index), whose ids are four printable characters."""
+    import av
+
+    video_packets = 0
+    prev_end = None
+    with av.open(path) as container, open(path, "rb") as raw:
+        video = container.streams.video[0]
+        try:
+            for pkt in container.demux():
+                if pkt.size == 0 or pkt.pos is None or pkt.pos < 0:
+                    continue
+                if prev_end is not None and pkt.pos > prev_end:  # pos: where the packet's chunk header starts
+                    raw.seek(prev_end)
+                    fourcc = raw.read(4)
+                    if len(fourcc) < 4 or not all(0x20 <= b <= 0x7E for b in fourcc):
+                        return video_packets
+                prev_end = pkt.pos + 8 + pkt.size + (pkt.size & 1)
+                if pkt.stream is video:
+                    video_packets += 1
+        except _av_error():
+            return video_packets
+    return None
+
+
 def index_video(path: str | os.PathLike, name: str | None = None) -> VideoIndex:
     """Demux every packet of the first video stream (no decoding) and build the `VideoIndex`.
 
     A file that is not a video, has no video stream or no frames is a `FormatError` naming it (`name`, else the
-    path). A file that breaks off part way is indexed up to the break and says so in `broken`.
+    path). A file that breaks off part way, or whose container is damaged part way (the demuxer reports it and
+    skips ahead), is indexed up to that point, and `broken` says why: frames after it cannot be placed exactly.
     """
     path = os.fspath(path)
     label = name or path
     container = _open(path, name)
     broken = None
+    damaged_at: int | None = None  # packets read before the demuxer skipped damaged data
     pts_l: list[int] = []
     dts_l: list[int | None] = []
     key_l: list[bool] = []
     try:
         stream = container.streams.video[0]
-        try:
-            for pkt in container.demux(stream):
-                if pkt.size == 0:  # the end-of-stream flush packet
-                    continue
-                pts = pkt.pts if pkt.pts is not None else pkt.dts
-                if pts is None:  # a packet with no timestamp at all cannot be placed; FFmpeg drops these too
-                    continue
-                pts_l.append(int(pts))
-                dts_l.append(None if pkt.dts is None else int(pkt.dts))
-                key_l.append(bool(pkt.is_keyframe))
-        except _av_error() as exc:
-            broken = f"the file is corrupt or cut short after packet {len(pts_l)} ({type(exc).__name__}: {exc})"
+        format_name = container.format.name if container.format else ""
+        with _demuxer_errors() as logs:
+            try:
+                for pkt in container.demux(stream):
+                    if damaged_at is None:
+                        message = _container_damage(logs, 0, format_name)
+                        if message is not None:
+                            damaged_at = len(pts_l)
+                            broken = f"the container is damaged after packet {damaged_at} ({message})"
+                    if pkt.size == 0:  # the end-of-stream flush packet
+                        continue
+                    pts = pkt.pts if pkt.pts is not None else pkt.dts
+                    if pts is None:  # a packet with no timestamp at all cannot be placed; FFmpeg drops these too
+                        continue
+                    pts_l.append(int(pts))
+                    dts_l.append(None if pkt.dts is None else int(pkt.dts))
+                    key_l.append(bool(pkt.is_keyframe))
+            except _av_error() as exc:
+                damaged_at = len(pts_l) if damaged_at is None else damaged_at
+                broken = f"the file is corrupt or cut short after packet {len(pts_l)} ({type(exc).__name__}: {exc})"
+            if damaged_at is None:
+                message = _container_damage(logs, 0, format_name)  # e.g. "File ended prematurely"
+                if message is not None:
+                    damaged_at = len(pts_l)
+                    broken = f"the file is cut short or damaged after packet {damaged_at} ({message})"
         time_base = stream.time_base or Fraction(1, 1)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = Fraction(rate) if rate else None
@@ -162,27 +233,46 @@ def index_video(path: str | os.PathLike, name: str | None = None) -> VideoIndex:
         raise FormatError(f"video {label!r} has no frames that can be read" + (f" ({broken})" if broken else ""))
 
     pts = np.asarray(pts_l, dtype=np.int64)
-    if declared <= 0 and container_us and fps:
-        # No stated frame count (Matroska, WebM): compare the stated duration with the packets found.
+    by_duration = int(round(container_us / 1_000_000 * float(fps))) if container_us and fps else 0
+    if declared <= 0 and by_duration:
+        # No stated frame count (Matroska, WebM): a file whose packets end well before its stated duration was
+        # cut short; how many frames are missing is the time left times the frame rate.
         first = int(start_time) if start_time is not None else int(pts.min())
         found_s = float((int(pts.max()) - first) * time_base) + float(1 / fps)
         missing = int(round((container_us / 1_000_000 - found_s) * float(fps)))
         if missing > TRUNCATION_SLACK_FRAMES:
             declared = len(pts) + missing
     if declared > len(pts) and broken is None:
+        damaged_at = len(pts)
         broken = f"the file holds {len(pts)} of the {declared} frames it states (truncated?)"
+        if format_name == "avi":
+            # AVI has no timestamps: FFmpeg numbers the chunks it finds, so chunks skipped in the middle shift
+            # every later number. Find where the chunk chain breaks.
+            gap = _avi_gap(path)
+            if gap is not None and gap < len(pts):
+                damaged_at = gap
+                broken = (f"the file holds {len(pts)} of the {declared} frames it states; its data is damaged "
+                          f"after frame {gap}")
     keep = np.ones(len(pts), dtype=bool)
-    if broken is not None and len(pts) >= 2:
-        # Packets come in decode order with increasing dts, and pts >= dts, so every frame not read has
-        # pts > the dts of the last packet read. Frames up to the second-to-last packet's dts are therefore all
-        # known and their indices exact; the last packet may itself be cut short, so it is not trusted either.
-        known = [d for d in dts_l[-2:-1] if d is not None]
-        limit = known[0] if known else int(pts[-8:].min()) - 1
-        keep = pts <= limit
+    if damaged_at is not None:
+        # Packets come in decode order with increasing dts, and pts >= dts, so a frame not read before the damage
+        # has pts > the dts of the last packet read before it. Frames up to the dts of the packet before that one
+        # are all known and their indices exact (the last packet may itself be cut short, so it is not trusted).
+        # Packets after a skipped gap are left out: the frames of the gap are unknown, so theirs would be shifted.
+        before = damaged_at
+        known = [d for d in dts_l[max(0, before - 2):before - 1] if d is not None]
+        if before >= 2:
+            limit = known[0] if known else int(pts[max(0, before - 8):before].min()) - 1
+        else:
+            limit = int(pts.min()) - 1
+        keep = (pts <= limit) & (np.arange(len(pts)) < before)
+        declared = max(declared, len(pts), by_duration)
     keys = np.asarray(key_l, dtype=bool)
-    sorted_pts, first_of = np.unique(pts[keep], return_index=True)
-    key_pts = np.unique(pts[keep][keys[keep]])
+    sorted_pts = np.unique(pts[keep])
+    key_pts = np.unique(pts[keep & keys])
     keyframes = np.searchsorted(sorted_pts, key_pts).astype(np.int64)
+    if not len(sorted_pts):
+        raise FormatError(f"video {label!r} has no frames that can be read ({broken})")
     return VideoIndex(
         path=path,
         pts=sorted_pts.astype(np.int64),
@@ -231,13 +321,31 @@ class _Decoder:
                 self._stream.codec_context.thread_count = self.threads
 
     def _decode(self) -> Iterator[tuple[int, Any]]:
-        """(frame index, av.VideoFrame) from the current position to the end, in presentation order. Packets that
-        fail to decode are skipped (their frames come out missing); a demux error ends the stream."""
+        """(frame index, av.VideoFrame or None) from the current position to the end, in presentation order.
+
+        Packets that fail to decode are skipped (their frames come out missing); a demux error ends the stream.
+        After a packet fails, or a frame comes out flagged corrupt, the frames that follow are built on damaged
+        references (the decoder conceals, it does not refuse): they come out as None until the next keyframe.
+        """
         errors = _av_error()
         stream = self._stream
         packets = self._container.demux(stream)
         flushed = False
         prev = None
+        damaged = False
+
+        def placed(frames: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+            nonlocal prev, damaged
+            for fr in frames:
+                if fr.is_corrupt:
+                    damaged = True
+                elif fr.key_frame:
+                    damaged = False
+                idx = self._index_of(fr, prev)
+                if idx is not None:
+                    prev = idx
+                    yield idx, None if damaged else fr
+
         while True:
             try:
                 pkt = next(packets)
@@ -250,19 +358,12 @@ class _Decoder:
             try:
                 frames = pkt.decode()
             except errors:
+                damaged = True
                 continue
-            for fr in frames:
-                idx = self._index_of(fr, prev)
-                if idx is not None:
-                    prev = idx
-                    yield idx, fr
+            yield from placed(frames)
         if not flushed:
             try:
-                for fr in stream.codec_context.decode(None):
-                    idx = self._index_of(fr, prev)
-                    if idx is not None:
-                        prev = idx
-                        yield idx, fr
+                yield from placed(stream.codec_context.decode(None))
             except errors:
                 pass
 
@@ -336,7 +437,7 @@ class _Decoder:
                         self._peek = item  # the target never came out: keep this one for the next target
                         break
                     self._last = idx
-                    got = fr.to_ndarray(format="rgb24")
+                    got = fr.to_ndarray(format="rgb24") if fr is not None else _DAMAGED
                     break
             except FormatError as exc:
                 self.close()
@@ -348,9 +449,14 @@ class _Decoder:
                 continue
             if got is None:
                 yield target, ItemError(f"frame {target} could not be decoded: its data is missing or corrupt")
+            elif got is _DAMAGED:
+                yield target, ItemError(f"frame {target} is damaged: it was decoded from corrupt data (it, or a "
+                                        "frame it is predicted from, did not decode cleanly)")
             else:
                 yield target, got
 
+
+_DAMAGED = object()  # a frame the decoder produced from damaged data
 
 _cache_lock = threading.Lock()
 _index_cache: OrderedDict[tuple[str, int, int], VideoIndex] = OrderedDict()

@@ -148,8 +148,6 @@ def test_index_counts_every_frame_and_finds_keyframes(videos, kind):
 def test_every_frame_decodes_to_its_own_index(videos, kind):
     from workers.video import FrameReader
 
-    from workers.video import index_video
-
     reader = FrameReader(str(videos[kind]))
     batch = reader.next_batch(list(range(90)), list(range(90)), None)
     assert batch.errors == [None] * 90
@@ -238,7 +236,7 @@ def test_selection_table_decodes_exact_frames(videos, params, expected):
 
 def test_reader_continues_across_calls_without_seeking(videos):
     """Consecutive calls on one reader decode on from where the last stopped: no GOP is decoded twice."""
-    from workers.video import FrameReader, index_video
+    from workers.video import FrameReader
 
     reader = FrameReader(str(videos["mp4_h264_bframes"]))
     got = []
@@ -317,3 +315,31 @@ def test_reader_of_a_file_that_changed_fails_each_frame_not_the_actor(tmp_path):
     path.unlink()
     gone = FrameReader(str(path)).next_batch([0], [0], None)
     assert gone.images == [None] and "does not exist" in gone.errors[0]
+
+
+def _damage_middle(src: Path, dst: Path, n_bytes: int = 300) -> Path:
+    data = bytearray(Path(src).read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + n_bytes] = bytes(n_bytes)
+    Path(dst).write_bytes(bytes(data))
+    return Path(dst)
+
+
+@pytest.mark.parametrize("kind", ["mp4_h264_bframes", "mkv_mpeg4_bframes", "avi_mpeg4"])
+def test_damage_in_the_middle_never_gives_a_wrong_frame(tmp_path, kind):
+    """Zeroed bytes in the middle of the file: every frame is either its own picture or an error. The frames
+    before the damage decode; a container that loses its place (Matroska) fails every frame after it rather than
+    shift their indices; a codec that conceals (h264 in MP4) fails the frames built on the damaged ones."""
+    from workers.video import FrameReader, index_video
+
+    suffix = VIDEO_KINDS[kind][0]
+    bad = _damage_middle(write_video(tmp_path / f"v{suffix}", 120, kind), tmp_path / f"bad{suffix}")
+    index = index_video(bad)
+    assert index.frames_count >= 118  # the frames after the damage are still counted (and reported)
+    frames = list(range(index.frames_count))
+    batch = FrameReader(str(bad)).next_batch(frames, frames, None)
+    decoded = [i for i, img in enumerate(batch.images) if img is not None]
+    assert [frame_number(batch.images[i]) for i in decoded] == decoded  # never a shifted or garbled frame
+    assert decoded[:15] == list(range(15))  # the frames well before the damage are untouched
+    failed = [i for i, e in enumerate(batch.errors) if e is not None]
+    assert failed and sorted(decoded + failed) == frames
