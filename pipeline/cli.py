@@ -134,6 +134,8 @@ def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="the main job end to end: a generated shapes project relabeled by the demo model",
                        description="Create a shapes project on the embedded platform, deploy the demo checkpoint, "
                                    "relabel the project (iou_merge), print a summary and write pictures.")
+    p.add_argument("--out", default="demo_output", help="folder for the pictures and the exported project")
+    p.add_argument("--images", type=int, default=24, help="images in the generated project (default 24)")
     p.set_defaults(func=cmd_demo)
 
 

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
@@ -172,8 +173,10 @@ def _live(s: dict[str, Any]) -> str:
     return f"done={s['done']} failed={s['failed']} {s['items_per_s']:.1f} img/s {eta}"
 
 
-def collect(session: PredictionSession, progress: _Progress | None = None) -> RunSummary:
-    """Read every prediction of `session` (it pauses when nobody reads), counting as we go."""
+def collect(session: PredictionSession, progress: _Progress | None = None,
+            on_prediction: Callable[[Any], None] | None = None) -> RunSummary:
+    """Read every prediction of `session` (it pauses when nobody reads), counting as we go; `on_prediction` sees
+    each one."""
     summary = RunSummary()
     try:
         while True:
@@ -186,6 +189,8 @@ def collect(session: PredictionSession, progress: _Progress | None = None) -> Ru
             except StopIteration:
                 break
             summary.add(pred)
+            if on_prediction is not None:
+                on_prediction(pred)
             if progress is not None:
                 progress.tick(1, session)
     except KeyboardInterrupt:

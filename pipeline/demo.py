@@ -1,0 +1,156 @@
+"""`pipeline demo`: the main job end to end on the embedded platform, on a laptop with no set-up.
+
+1. generate a shapes project (circles, squares, triangles with masks), half of its objects "already annotated",
+   as a Supervisely project folder, and import it into the platform;
+2. deploy the demo checkpoint (checkpoints/shapes.pth);
+3. relabel the project with `iou_merge` through configs/demo.yaml, the same path as `pipeline run`;
+4. print a summary (items, objects per class, mean confidence, images/s), write a few `Prediction.draw()`
+   pictures and export the relabeled project to the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: configs/ and checkpoints/ live here
+DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
+DEMO_CHECKPOINT = ROOT / "checkpoints" / "shapes.pth"
+DEFAULT_OUT = "demo_output"
+DEFAULT_IMAGES = 24
+PICTURES = 4
+SEED = 2026
+
+
+def build_shapes_project(folder: Path, n: int, seed: int = SEED, annotated_fraction: float = 0.5) -> dict[str, int]:
+    """Write a Supervisely project folder `folder` of `n` shapes images in datasets "train" and "train/hard";
+    about `annotated_fraction` of the objects carry their (true) mask as an annotation. Returns counts."""
+    from PIL import Image
+
+    from pipeline.annotation import Annotation, Bitmap, Label, ObjClass, ProjectMeta
+    from pipeline.shapes import CLASSES, generate_sample
+
+    rng = np.random.default_rng(seed)
+    classes = {name: ObjClass(name, "bitmap") for name in CLASSES}
+    (folder).mkdir(parents=True)
+    (folder / "meta.json").write_text(json.dumps(ProjectMeta(obj_classes=tuple(classes.values())).to_json()))
+    counts = Counter()
+    for i in range(n):
+        ds = folder / "train" if i < n * 2 // 3 else folder / "train" / "datasets" / "hard"
+        (ds / "img").mkdir(parents=True, exist_ok=True)
+        (ds / "ann").mkdir(parents=True, exist_ok=True)
+        sample = generate_sample(rng, max_objects=4 if i < n * 2 // 3 else 6)
+        name = f"shapes_{i:04d}.png"
+        Image.fromarray(sample.image).save(ds / "img" / name)
+        labels = []
+        for mask, cls in zip(sample.masks, sample.class_names):
+            counts["objects"] += 1
+            if rng.random() < annotated_fraction:
+                labels.append(Label(Bitmap.from_mask(mask), classes[cls]))
+                counts["annotated"] += 1
+        ann = Annotation(sample.image.shape[:2], tuple(labels))
+        (ds / "ann" / f"{name}.json").write_text(json.dumps(ann.to_json()))
+        counts["images"] += 1
+    return dict(counts)
+
+
+def _table(rows: list[list[str]], out) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for k, row in enumerate(rows):
+        out.write("  " + "  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths))) + "\n")
+        if k == 0:
+            out.write("  " + "  ".join("-" * w for w in widths) + "\n")
+
+
+def main(args: argparse.Namespace | None = None) -> int:
+    from pipeline import Api
+    from pipeline.config import load_config
+    from pipeline.runner import _Progress, attach, collect, deploy_from_config, start_from_config
+
+    out = sys.stdout
+    n_images = int(getattr(args, "images", None) or DEFAULT_IMAGES)
+    out_dir = Path(getattr(args, "out", None) or DEFAULT_OUT).resolve()
+    t_start = time.time()
+    api = Api(getattr(args, "data_dir", None))
+    out.write(f"pipeline demo: platform data dir {api.data_dir}\n")
+
+    # 1. a generated project, imported like any Supervisely project folder
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "shapes"
+        counts = build_shapes_project(folder, n_images)
+        project_id = api.project.import_dir(folder)
+    project = api.project.get(project_id)
+    before = {info.id: len(api.annotation.get(info.id).labels) for info in api.image.iterate(project_id=project_id)}
+    out.write(f"created project {project.id} ({project.name!r}): {counts['images']} images, {counts['objects']} "
+              f"objects of which {counts['annotated']} already annotated\n")
+
+    # 2-3. the demo config: deploy, relabel with iou_merge, collect
+    checkpoint = os.environ.get("DEMO_CHECKPOINT") or str(DEMO_CHECKPOINT)
+    cfg = load_config(DEMO_CONFIG, [f"input.project_id={project.id}", f"model.checkpoint={checkpoint}"])
+    attach(None)
+    model, deployed = deploy_from_config(api, cfg, out=out)
+    try:
+        session = start_from_config(model, cfg)
+        preds_kept: list[Any] = []
+        progress = _Progress(sys.stderr)
+
+        def keep_some(pred: Any) -> None:  # the first predictions with objects become the pictures
+            if len(preds_kept) < PICTURES and pred.error is None and len(pred):
+                preds_kept.append(pred)
+
+        try:
+            summary = collect(session, progress, on_prediction=keep_some)
+        finally:
+            progress.close()
+    finally:
+        if deployed:
+            model.shutdown()
+    if summary.error is not None:
+        out.write(f"demo failed: {summary.error}\n")
+        return 1
+
+    # 4. summary, pictures, export
+    status = summary.status
+    scores: dict[str, list[float]] = defaultdict(list)
+    added = Counter()
+    for info in api.image.iterate(project_id=project_id):
+        ann = api.annotation.get(info.id)
+        for lab in ann.labels[before[info.id]:]:
+            added[lab.obj_class.name] += 1
+            if lab.confidence is not None:
+                scores[lab.obj_class.name].append(lab.confidence)
+    elapsed = status.get("elapsed_s") or 0.0
+    out.write(f"\nrelabeled {summary.items} images in {elapsed:.1f}s ({summary.items / max(elapsed, 1e-9):.2f} "
+              f"images/s), {summary.failed} failed; job {status['context'].get('job_id')}\n")
+    rows = [["class", "predicted", "duplicates dropped", "added", "mean confidence"]]
+    for name in sorted(set(summary.objects) | set(added)):
+        predicted = summary.objects[name]
+        conf = f"{np.mean(scores[name]):.3f}" if scores[name] else "-"
+        rows.append([name, str(predicted), str(predicted - added[name]), str(added[name]), conf])
+    total_pred, total_added = sum(summary.objects.values()), sum(added.values())
+    rows.append(["all", str(total_pred), str(total_pred - total_added), str(total_added), "-"])
+    _table(rows, out)
+
+    for sub in ("pictures", "project"):
+        shutil.rmtree(out_dir / sub, ignore_errors=True)
+    (out_dir / "pictures").mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    for p in preds_kept:
+        Image.fromarray(p.draw()).save(out_dir / "pictures" / f"{Path(p.name).stem}_predicted.png")
+    api.project.export_dir(project_id, out_dir / "project")
+    out.write(f"\nwrote {len(preds_kept)} pictures to {out_dir / 'pictures'}\n")
+    out.write(f"exported the relabeled project to {out_dir / 'project'}\n")
+    out.write(f"demo finished in {time.time() - t_start:.1f}s. Next: `pipeline platform ls {project_id}`, "
+              f"`pipeline run configs/demo.yaml --set input.project_id={project_id}`\n")
+    return 0
