@@ -8,8 +8,8 @@
     ├── CheckpointError(ValueError)        a file that is not a loadable checkpoint (or would run code)
     ├── ModelLoadError                     a checkpoint or pretrained model that could not be built
     ├── DeploymentError                    replicas that could not start, or asked for a device the cluster lacks
-    ├── UploadError                        an upload that could not be written
     └── RunError                           an error that ended a whole prediction run
+        └── UploadError                    the upload stage could not write (database or disk unusable)
 
 Each message says what was wrong and what to change, e.g.
 "upload='append' needs platform items (project_id, dataset_id or image_ids); got a directory".
@@ -66,9 +66,9 @@ class DeploymentError(PipelineError):
     """Replicas that could not be started or reached."""
 
 
-class UploadError(PipelineError):
-    """An upload to the platform that could not be written."""
-
-
 class RunError(PipelineError):
     """An error that ended a whole prediction run (not a single item's error)."""
+
+
+class UploadError(RunError):
+    """The upload stage could not write (the database or the disk is unusable); the run ends."""

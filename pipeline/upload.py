@@ -22,7 +22,7 @@ from typing import Any
 
 from pipeline._args import DEFAULT_IOU_MERGE_THRESHOLD, PredictArgs
 from pipeline._merge import merge_annotation
-from pipeline.exceptions import InvalidArgumentError, NotFoundError, PipelineError, RunError
+from pipeline.exceptions import InvalidArgumentError, NotFoundError, PipelineError, UploadError
 from pipeline.prediction import Prediction, UploadTarget
 from pipeline.source import Item, SourcePlan
 
@@ -351,7 +351,7 @@ class UploadStage:
 
     def put(self, preds: list[Prediction]) -> None:
         if self._error is not None:
-            raise RunError(f"the upload failed: {type(self._error).__name__}: {self._error}") from self._error
+            raise UploadError(f"the upload failed: {type(self._error).__name__}: {self._error}") from self._error
         self._queue.put(preds)
 
     def _loop(self) -> None:
@@ -396,7 +396,7 @@ class UploadStage:
         for w in self.writers:
             w.close()
         if self._error is not None and not abort:
-            raise RunError(f"the upload failed: {type(self._error).__name__}: {self._error}") from self._error
+            raise UploadError(f"the upload failed: {type(self._error).__name__}: {self._error}") from self._error
 
 
 def make_uploader(args: PredictArgs, plan: SourcePlan, platform: Any, model: Any) -> UploadStage:
