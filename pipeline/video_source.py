@@ -177,11 +177,21 @@ class VideoLoading:
         one range and in frame order. Holds at most one unfinished batch per lane."""
         from pipeline.inference import Batch
 
+        try:
+            yield from self._batches(items, batch_size, factory, Batch)
+        finally:
+            # The run is over, finished or stopped (the scheduler dropped this generator): every reader's handle
+            # goes, so no reader keeps its CPU once its queued calls have run, even while the session is kept.
+            for video in list(self.videos.values()):
+                video.release()
+            self.videos.clear()
+
+    def _batches(self, items: Iterator[Item], batch_size: int, factory: Callable, Batch: type) -> Iterator[Any]:
         images: list[Item] = []
         open_: dict[int, list[Item]] = {}  # lane -> items of the current video
         current: VideoFrames | None = None
 
-        def finish_video() -> Iterator[Batch]:
+        def finish_video() -> Iterator[Any]:
             nonlocal current
             if current is None:
                 return

@@ -317,3 +317,22 @@ def test_plan_count_and_context_before_any_work(clips):
     assert plan.count() == 7 and plan.project_type == "videos" and plan.kind == "video"
     assert plan.name == "clip"
     assert list(select_frames(args.video_params, 90, 30)) == [0, 5, 10, 15, 20, 25, 30]
+
+
+def test_a_stopped_run_gives_its_readers_cpus_back(tiny_model, tmp_path):
+    """Readers hold a CPU each; once a run ends (here: stopped early, the session still held), they exit."""
+    import time
+
+    import ray
+
+    path = write_video(tmp_path / "long.mp4", 300)
+    free_before = ray.available_resources().get("CPU", 0)
+    session = tiny_model.predict_detached(input=str(path), img_size=IMG, batch_size=2, progress=False)
+    first = [session.next(timeout=120) for _ in range(3)]
+    assert all(p.error is None for p in first)
+    session.stop()
+    assert session.is_done() and session.status()["done"] < 300
+    deadline = time.time() + 60
+    while ray.available_resources().get("CPU", 0) < free_before and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) >= free_before
