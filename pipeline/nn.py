@@ -107,8 +107,14 @@ def _resolve_model(model: str | os.PathLike) -> tuple[Any, bytes | None]:
     )
     if looks_pretrained:
         framework, name = text.split("/", 1)
-        spec = get_adapter(framework).resolve_pretrained(name)
-        return spec, None
+        try:
+            adapter = get_adapter(framework)
+        except ModelLoadError as exc:
+            raise ModelLoadError(
+                f"{exc}. {text!r} was read as a pretrained model '<framework>/<name>'; if it is a checkpoint "
+                "file, it does not exist"
+            ) from None
+        return adapter.resolve_pretrained(name), None
     data = read_bytes(text)
     ckpt = parse_checkpoint(data, text)
     spec = ModelSpec(
