@@ -336,3 +336,23 @@ def test_a_stopped_run_gives_its_readers_cpus_back(tiny_model, tmp_path):
     while ray.available_resources().get("CPU", 0) < free_before and time.time() < deadline:
         time.sleep(0.5)
     assert ray.available_resources().get("CPU", 0) >= free_before
+
+
+def test_yaml_pipeline_with_video_params(tiny_model, api, clips, tmp_path):
+    """A YAML pipeline's predict.video_params reach the video stage (the keys left out keep their defaults)."""
+    from pipeline.config import load_config
+
+    config = tmp_path / "video.yaml"
+    config.write_text(
+        f"model:\n  task_id: {tiny_model.task_id}\n"
+        f"input:\n  path: {clips['mkv']}\n"
+        "predict:\n  img_size: 64\n  video_params:\n    stride: 4\n    start_frame: 2\n    duration: 1\n"
+        "upload:\n  mode: create\n"
+    )
+    kwargs = load_config(config).predict_kwargs()
+    assert kwargs["video_params"] == {"stride": 4, "start_frame": 2, "duration": 1}
+    preds = tiny_model.predict(**kwargs, progress=False)
+    assert [p.frame_idx for p in preds] == list(range(2, 32, 4))
+    assert [_drawn(p) for p in preds[:2]] == [2, 6]
+    ann = api.video.get_annotation(preds[0].target.video_id)
+    assert {fr.index for fr in ann.frames} <= set(range(2, 32, 4))
