@@ -31,7 +31,7 @@ from pipeline._video_params import DEFAULT_VIDEO_PARAMS, select_frames, split_ra
 from pipeline.exceptions import NotFoundError
 from pipeline.source import Item, SourcePlan
 
-__all__ = ["VideoFrames", "VideoLoading", "platform_video_plan", "video_file_plan"]
+__all__ = ["VideoFrames", "VideoLoading", "directory_plan_with_videos", "platform_video_plan", "video_file_plan"]
 
 # Ranges per reader: progress moves front to back through the video (what a stopped or crashed run leaves done is
 # close to a prefix) while each reader pays a seek into a new range only this many times.
