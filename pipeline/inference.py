@@ -167,6 +167,10 @@ class Scheduler:
         try:
             return ray.get(ref)
         except ray.exceptions.RayActorError as exc:
+            dead = getattr(exc, "actor_id", None)
+            if dead and dead != self.replicas[r]._actor_id.hex():
+                # the actor that died produced the batch (a video reader), not the replica: only the batch fails
+                return _failed(batch, f"loading failed: the reader of this batch died ({type(exc).__name__})")
             # Ray already restarted the actor and retried (max_task_retries); a replica still failing is gone.
             alive[r] = False
             log.warning("replica %d failed (%s); moving its batches to the other replicas", r, exc)

@@ -405,6 +405,12 @@ def make_uploader(args: PredictArgs, plan: SourcePlan, platform: Any, model: Any
     if args.upload is not None:
         if args.upload != "create" and not plan.platform_items:
             raise InvalidArgumentError(f"upload={args.upload!r} needs platform items; got {plan.description}")
+        if args.upload == "create" and plan.project_type == "images" and plan.context.get("videos"):
+            raise InvalidArgumentError(
+                f"upload='create' of a directory that holds videos ({plan.context['videos']}) would need an images "
+                "project and a videos project; predict the videos on their own (input=<video file>) or move them "
+                "out of the directory"
+            )
         if plan.project_type == "videos":
             from pipeline.upload_video import VideoTarget
 

@@ -197,3 +197,19 @@ def test_an_item_whose_upload_fails_is_its_error(tiny_model, api, tmp_path):
     for info in infos[:-1]:
         assert preds[info.id].error is None
         assert len(api.annotation.get(info.id).labels) == len(preds[info.id])
+
+
+def test_create_of_a_directory_with_videos_is_refused_before_any_work(tiny_model, api, tmp_path):
+    import av
+
+    write_images(tmp_path / "mixed", 1)
+    with av.open(str(tmp_path / "mixed" / "clip.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(4):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * i, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with pytest.raises(ValueError, match="directory that holds videos"):
+        tiny_model.predict(input=tmp_path / "mixed", upload="create")
+    assert api.project.list() == []
