@@ -235,6 +235,19 @@ class PlatformTarget:
         labels = tuple(lab.clone(obj_class=meta.resolve_class(lab.obj_class.name, self.shape)) for lab in ann.labels)
         return ann.clone(labels=labels)
 
+    def _put_json(self, conn: Any, row: Any, cur: Any, predicted: Any, meta: Any) -> None:
+        """append / replace at the JSON level: the current objects (append) or none (replace), plus the
+        predicted ones; image tags and everything else of the current annotation kept."""
+        where = f"image {row['id']} ({row['name']!r})"
+        self.ops.check_annotation(predicted, meta, (row["height"], row["width"]), where)
+        new_objects = [lab.to_json() for lab in predicted.labels]
+        if cur is None:
+            data = predicted.to_json()
+        else:
+            data = json.loads(cur[0])
+            data["objects"] = (list(data.get("objects", [])) if self.mode == "append" else []) + new_objects
+        self.ops.put_annotation_json(conn, row["id"], data, len(data["objects"]))
+
     def write(self, preds: list[Prediction]) -> None:
         """Upload a group of predictions; an item that fails gets `error` and the others go on."""
         from pipeline.annotation import Annotation
@@ -271,14 +284,21 @@ class PlatformTarget:
                                 row = self.ops.get_image_row(conn, p.image_id)
                                 pid = row["project_id"]
                                 meta = self._resolve(conn, pid, [p], metas)
-                                cur = conn.execute("SELECT ann FROM annotations WHERE image_id = ?", (p.image_id,)).fetchone()
-                                current = (Annotation.from_json(json.loads(cur[0]), meta) if cur
-                                           else Annotation((row["height"], row["width"])))
-                                ann = merge_annotation(self.mode, current, self._predicted_annotation(p, meta),
-                                                       self.threshold)
                                 image_id = p.image_id
                                 target = UploadTarget(pid, row["dataset_id"], image_id)
-                            self.ops.set_annotation(conn, image_id, ann, meta=meta)
+                                cur = conn.execute("SELECT ann FROM annotations WHERE image_id = ?", (image_id,)).fetchone()
+                                predicted = self._predicted_annotation(p, meta)
+                                if self.mode in ("append", "replace"):
+                                    # The stored annotation was checked when it was written: its objects stay
+                                    # JSON (no bitmap decoded and encoded again); only the new ones are checked.
+                                    self._put_json(conn, row, cur, predicted, meta)
+                                    ann = None
+                                else:
+                                    current = (Annotation.from_json(json.loads(cur[0]), meta) if cur
+                                               else Annotation((row["height"], row["width"])))
+                                    ann = merge_annotation(self.mode, current, predicted, self.threshold)
+                            if ann is not None:
+                                self.ops.set_annotation(conn, image_id, ann, meta=meta)
                             conn.execute(
                                 "INSERT INTO upload_job_items (job_id, item_key, target_id, done_at) VALUES (?, ?, ?, ?)",
                                 (self.job_id, p._key, image_id, time.time()),

@@ -284,11 +284,17 @@ def set_annotation(conn: sqlite3.Connection, image_id: int, ann: Annotation | di
     elif meta is None:
         meta = get_meta(conn, row["project_id"])
     check_annotation(ann, meta, (row["height"], row["width"]), f"image {image_id} ({row['name']!r})")
+    put_annotation_json(conn, image_id, ann.to_json(), len(ann.labels))
+
+
+def put_annotation_json(conn: sqlite3.Connection, image_id: int, data: dict[str, Any], objects_count: int) -> None:
+    """Store an image's annotation JSON as it is: for callers that checked it already (the upload stage appends
+    checked objects to an annotation that was valid when stored, without decoding its bitmaps again)."""
     conn.execute(
         "INSERT INTO annotations (image_id, ann, objects_count, updated_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (image_id) DO UPDATE SET ann = excluded.ann, objects_count = excluded.objects_count, "
         "updated_at = excluded.updated_at",
-        (image_id, dumps(ann.to_json()), len(ann.labels), now()),
+        (image_id, dumps(data), int(objects_count), now()),
     )
 
 
