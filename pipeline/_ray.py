@@ -65,7 +65,8 @@ def cluster_resources() -> dict[str, float]:
     return dict(ray.cluster_resources())
 
 
-def node_cpu_counts() -> list[float]:
+def node_cpus() -> dict[str, float]:
+    """node id -> CPUs, of the alive nodes."""
     import ray
 
-    return [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
+    return {n["NodeID"]: n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")}

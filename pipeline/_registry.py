@@ -55,9 +55,12 @@ class DeploymentRegistry:
             )
             rec["replica_names"].append(entry["name"])
 
-    def deploy(self, spec: dict, weights: list, device: str, replicas: int, options: dict, threads: int | None):
-        """Start `replicas` replica actors and record the deployment; returns its record (status "starting")."""
+    def deploy(self, spec: dict, weights: list, device: str, replicas: int, options: dict, threads: int | None,
+               placement: list | None = None):
+        """Start `replicas` replica actors and record the deployment; returns its record (status "starting").
+        `placement[i]`: the node id replica i should run on (soft: elsewhere if that node is gone), or None."""
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from workers.replica import Replica
 
@@ -74,11 +77,14 @@ class DeploymentRegistry:
         names = []
         for i in range(replicas):
             name = replica_name(tid, i)
+            node = placement[i] if placement else None
+            where = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)} if node else {}
             actor_cls.options(
                 name=name,
                 namespace=self.namespace,
                 lifetime="detached",
                 **options,
+                **where,
             ).remote(spec, device, threads, name, tid)
             names.append(name)
         record = {

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from pipeline.api import Api
     from pipeline.session import PredictionSession
 
-__all__ = ["NnApi", "Model", "resolve_device", "plan_replicas"]
+__all__ = ["NnApi", "Model", "resolve_device", "plan_replicas", "spread_nodes"]
 
 # How long deploy() waits for every replica to load its model. Generous: a cold node may first pull torch and
 # the weights; a replica that cannot be placed at all is caught before waiting (see plan_replicas).
@@ -62,9 +62,10 @@ def plan_replicas(
     """How many replicas and with which Ray resources.
 
     GPU: one replica per `gpus_per_replica` GPUs of the cluster by default; each holds `num_gpus` and one CPU.
-    CPU: one replica by default, reserving no logical CPU: loading tasks must always be schedulable, and a CPU
-    replica that held a CPU could starve them (two deployments on a 2-CPU machine would hold both). Its torch
-    threads share the node's cores with the loaders instead; SPREAD places replicas on different nodes.
+    CPU: one replica by default, with Ray's default actor resources: a free CPU to be placed, none held while it
+    runs. Loading tasks must always be schedulable, and a CPU replica that held a CPU could starve them (two
+    deployments on a 2-CPU machine would hold both); its torch threads share the node's cores with the loaders
+    instead. `spread_nodes` chooses its node (Ray would not spread actors that hold nothing).
     """
     if replicas is not None and (not isinstance(replicas, int) or replicas < 1):
         raise InvalidArgumentError(f"replicas must be a positive int or None; got {replicas!r}")
@@ -84,7 +85,16 @@ def plan_replicas(
         return ReplicaPlan(n, {**base, "num_gpus": gpus_per_replica, "num_cpus": 1}, None)
     n = replicas if replicas is not None else 1
     threads = max(1, int(max_node_cpus // n)) if max_node_cpus else None
-    return ReplicaPlan(n, {**base, "num_cpus": 0, "scheduling_strategy": "SPREAD"}, threads)
+    return ReplicaPlan(n, dict(base), threads)
+
+
+def spread_nodes(node_cpus: dict[str, float], replicas: int) -> list[str | None]:
+    """A node for each CPU replica: round-robin over the nodes with CPUs, most CPUs first (ties by id), so
+    replicas land on different nodes while there are nodes to spare. [None] * replicas when no node has a CPU."""
+    nodes = sorted((nid for nid, cpus in node_cpus.items() if cpus > 0), key=lambda nid: (-node_cpus[nid], nid))
+    if not nodes:
+        return [None] * replicas
+    return [nodes[i % len(nodes)] for i in range(replicas)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -179,16 +189,20 @@ class NnApi:
         spec, weights = _resolve_model(model)
         registry = self._ray()
         res = ray.cluster_resources()
-        from pipeline._ray import node_cpu_counts
+        from pipeline._ray import node_cpus
 
+        cpus = node_cpus()
         dev = resolve_device(device, res.get("GPU", 0.0))
-        plan = plan_replicas(dev, replicas, gpus_per_replica, res.get("GPU", 0.0), max(node_cpu_counts() or [0]))
+        plan = plan_replicas(dev, replicas, gpus_per_replica, res.get("GPU", 0.0), max(cpus.values(), default=0))
+        # GPU replicas are placed by their GPU demand; CPU replicas, which demand nothing, by spread_nodes.
+        placement = spread_nodes(cpus, plan.replicas) if dev == "cpu" else [None] * plan.replicas
         if reuse:
             rec = ray.get(registry.find.remote(spec.identity, dev))
             if rec is not None:
                 return Model(self._api, rec)
         weights_arg = [ray.put(weights)] if weights is not None else []
-        rec = ray.get(registry.deploy.remote(spec.to_dict(), weights_arg, dev, plan.replicas, plan.options, plan.threads))
+        rec = ray.get(registry.deploy.remote(spec.to_dict(), weights_arg, dev, plan.replicas, plan.options, plan.threads,
+                                             placement))
         handle = Model(self._api, rec)
         try:
             infos = ray.get([h.ready.remote() for h in handle._replicas()], timeout=timeout or DEPLOY_TIMEOUT_S)

@@ -34,8 +34,8 @@ def main(checkpoint: str, workdir: str, n_images: int = 24) -> None:
     trace.mkdir(exist_ok=True)
 
     t0 = time.time()
-    # One CPU per node (the machine has two cores for all three). CPU replicas hold no logical CPU and are
-    # SPREAD over the nodes; each node's CPU runs the loading tasks placed next to its replica.
+    # One CPU per node (the machine has two cores for all three). CPU replicas hold no CPU while they run and
+    # are spread over the nodes; each node's CPU runs the loading tasks placed next to its replica.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1, resources={"node_a": 1})
     cluster.add_node(num_cpus=1, resources={"node_b": 1})

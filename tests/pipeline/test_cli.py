@@ -122,6 +122,17 @@ def test_run_relabel_project_merges_into_the_platform(ray_session, tiny_deployme
     n_predicted = int(captured.out.split("0 failed, ")[1].split(" object")[0])
     assert sum(objects) == n_predicted > 0
 
+    # the same --job-id again: a resumed job skips what is done, nothing is uploaded twice
+    code = cli.main([
+        "--data-dir", str(home), "run", str(ROOT / "configs" / "relabel_project.yaml"),
+        "--set", "model.checkpoint=null", "--set", f"model.task_id={tiny_deployment.task_id}",
+        "--set", f"input.project_id={project.id}", "--set", "predict.settings.conf=0.0", "--job-id", "relabel-test",
+    ])
+    again = capsys.readouterr()
+    assert code == 0, again.err
+    assert "resuming, 3 item(s) already done are skipped" in again.err and "0 items" in again.out
+    assert [len(api.annotation.get(im.id).to_json()["objects"]) for im in images] == objects
+
 
 @pytest.mark.slow
 def test_run_video_example(ray_session, tiny_deployment, tmp_path, capsys):

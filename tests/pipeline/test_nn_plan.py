@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.exceptions import DeploymentError, InvalidArgumentError
-from pipeline.nn import plan_replicas, resolve_device
+from pipeline.nn import plan_replicas, resolve_device, spread_nodes
 
 
 @pytest.mark.parametrize(
@@ -29,14 +29,16 @@ def test_resolve_device_errors(device, error):
         ("cuda", None, 1.0, 4, 16, 4, {"num_gpus": 1.0, "num_cpus": 1}, None),
         ("cuda", None, 0.5, 1, 16, 2, {"num_gpus": 0.5, "num_cpus": 1}, None),
         ("cuda", 2, 1.0, 4, 16, 2, {"num_gpus": 1.0, "num_cpus": 1}, None),
-        ("cpu", None, 1.0, 0, 2, 1, {"num_cpus": 0}, 2),  # never holds a CPU loading needs
-        ("cpu", 2, 1.0, 0, 2, 2, {"num_cpus": 0, "scheduling_strategy": "SPREAD"}, 1),
-        ("cpu", 2, 1.0, 0, 8, 2, {"num_cpus": 0}, 4),
+        ("cpu", None, 1.0, 0, 2, 1, {}, 2),  # Ray's default: placed on a free CPU, holds none while running
+        ("cpu", 2, 1.0, 0, 2, 2, {}, 1),
+        ("cpu", 2, 1.0, 0, 8, 2, {}, 4),
     ],
 )
 def test_plan_replicas(device, replicas, gpr, gpus, node_cpus, n, resources, threads):
     plan = plan_replicas(device, replicas, gpr, gpus, node_cpus)
     assert plan.replicas == n
+    if device == "cpu":
+        assert "num_cpus" not in plan.options and "num_gpus" not in plan.options
     for k, v in resources.items():
         assert plan.options[k] == v
     assert plan.options["max_restarts"] == -1
@@ -52,3 +54,16 @@ def test_plan_refuses_more_gpus_than_the_cluster_has():
 def test_plan_bad_replicas(replicas):
     with pytest.raises(InvalidArgumentError):
         plan_replicas("cpu", replicas, 1.0, 0, 2)
+
+
+@pytest.mark.parametrize(
+    "node_cpus, replicas, expected",
+    [
+        ({"a": 2, "b": 2}, 2, ["a", "b"]),
+        ({"a": 1, "b": 4, "c": 2}, 4, ["b", "c", "a", "b"]),
+        ({"head": 0, "w1": 1}, 2, ["w1", "w1"]),
+        ({"head": 0}, 2, [None, None]),
+    ],
+)
+def test_spread_nodes(node_cpus, replicas, expected):
+    assert spread_nodes(node_cpus, replicas) == expected
