@@ -99,7 +99,7 @@ class PredictionSession:
 
     def _run(self) -> None:
         from pipeline.collector import Collector
-        from pipeline.inference import Scheduler, batched
+        from pipeline.inference import DEFAULT_MAX_IN_FLIGHT, Scheduler, batched
 
         error: BaseException | None = None
         try:
@@ -114,10 +114,10 @@ class PredictionSession:
             items = self.plan.iter_items()
             if self.uploader is not None:
                 items = self.uploader.filter_done(items)
-            factory = self.plan_submit_factory(img_size, settings)
+            factory = self._submit_factory(img_size, settings)
             self.scheduler = Scheduler(
                 replicas, nodes, settings, input_resized=img_size is not None,
-                max_in_flight=args.max_in_flight or _default_in_flight(), stop_event=self._stop,
+                max_in_flight=args.max_in_flight or DEFAULT_MAX_IN_FLIGHT, stop_event=self._stop,
             )
             self._message = "predicting"
             collector = Collector(model.classes, args.classes, self._sink)
@@ -142,7 +142,8 @@ class PredictionSession:
             self._finished.set()
             self._queue.put(_Done(error))
 
-    def plan_submit_factory(self, img_size, settings):
+    def _submit_factory(self, img_size: tuple[int, int] | None, settings: dict[str, Any]) -> Any:
+        """How a batch of this plan's items is loaded: the plan's own hook (videos), else image loading tasks."""
         factory = self.plan.submit_factory
         if factory is not None:
             return factory(img_size, settings)
@@ -246,12 +247,6 @@ class PredictionSession:
 
 def _spec_size(size: Any) -> tuple[int, int] | None:
     return _args.parse_img_size(list(size) if isinstance(size, tuple) else size)
-
-
-def _default_in_flight() -> int:
-    from pipeline.inference import DEFAULT_MAX_IN_FLIGHT
-
-    return DEFAULT_MAX_IN_FLIGHT
 
 
 def start_session(model: Model, input: Any = None, **kwargs: Any) -> PredictionSession:  # noqa: A002
