@@ -24,14 +24,23 @@ def iou_merge_keep(existing: Sequence[Label], new: Sequence[Label], threshold: f
     Boxes compare as boxes, masks as masks, a box with a mask as the box filled in (`geometry_iou`). New labels are
     never compared with each other: predictions that overlap each other all stay.
     """
-    by_class: dict[str, list[Label]] = {}
+    by_class: dict[str, list[tuple[Label, tuple[float, ...]]]] = {}
     for lab in existing:
-        by_class.setdefault(base_class_name(lab.obj_class.name), []).append(lab)
+        by_class.setdefault(base_class_name(lab.obj_class.name), []).append((lab, lab.geometry.to_bbox().to_xyxy()))
     keep = []
     for lab in new:
+        box = lab.geometry.to_bbox().to_xyxy()
         same = by_class.get(base_class_name(lab.obj_class.name), ())
-        keep.append(not any(geometry_iou(lab.geometry, old.geometry, img_h, img_w) >= threshold for old in same))
+        keep.append(not any(
+            _boxes_overlap(box, old_box) and geometry_iou(lab.geometry, old.geometry, img_h, img_w) >= threshold
+            for old, old_box in same
+        ))
     return keep
+
+
+def _boxes_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Disjoint boxes have IoU 0 whatever their shapes: no need to rasterise them."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def merge_annotation(mode: str, current: Annotation | None, predicted: Annotation, threshold: float) -> Annotation:

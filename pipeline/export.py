@@ -11,11 +11,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 from typing import Any
 
 import numpy as np
 
+from pipeline.exceptions import InvalidArgumentError
 from pipeline.prediction import Prediction
 
 __all__ = ["ParquetWriter", "CocoWriter", "mask_to_rle", "rle_to_mask"]
@@ -23,6 +25,7 @@ __all__ = ["ParquetWriter", "CocoWriter", "mask_to_rle", "rle_to_mask"]
 # Rows buffered before a part file is written: big enough for efficient Parquet, small enough that a crash loses
 # at most this many rows.
 PARQUET_ROWS_PER_PART = 20_000
+_PART = re.compile(r"part-(\d+)\.parquet")
 
 
 def _schema():
@@ -59,15 +62,27 @@ def _mask_png(mask: np.ndarray) -> tuple[bytes, int, int]:
 
 
 class ParquetWriter:
-    """Appends one row per object (and one per failed item, with `error`) to a directory of Parquet parts."""
+    """Appends one row per object (and one per failed item, with `error`) to a directory of Parquet parts.
 
-    def __init__(self, path: str | os.PathLike):
+    A new run replaces the parts an earlier run left in the folder (as the COCO file is replaced); `resume=True`
+    (a resumed upload job) keeps them and adds its own after them.
+    """
+
+    def __init__(self, path: str | os.PathLike, resume: bool = False):
         self.path = os.path.abspath(os.fspath(path))
-        if os.path.isfile(self.path):
-            raise FileExistsError(f"{self.path} is a file; the Parquet output is a directory of part files")
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise InvalidArgumentError(
+                f"output parquet {self.path} is a file; the Parquet output is a directory of part files: give a "
+                "new path or a folder"
+            )
         os.makedirs(self.path, exist_ok=True)
-        existing = [f for f in os.listdir(self.path) if f.startswith("part-") and f.endswith(".parquet")]
-        self._part = len(existing)
+        existing = sorted(f for f in os.listdir(self.path) if _PART.fullmatch(f))
+        self.replaced = 0
+        if existing and not resume:
+            for f in existing:
+                os.unlink(os.path.join(self.path, f))
+            self.replaced, existing = len(existing), []
+        self._part = max((int(_PART.fullmatch(f).group(1)) for f in existing), default=-1) + 1
         self._rows: dict[str, list] = {f.name: [] for f in _schema()}
         self._n = 0
         self.rows_written = 0
@@ -125,14 +140,20 @@ class ParquetWriter:
 
 
 def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO uncompressed RLE: column-major run lengths starting with a run of zeros."""
-    flat = np.asarray(mask, dtype=np.uint8).flatten(order="F")
-    changes = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], changes, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0] == 1:
-        counts = [0] + counts
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": counts}
+    """COCO uncompressed RLE: column-major run lengths starting with a run of zeros. Computed from the mask's
+    bounding box only (the runs outside it are zeros), so a small object in a large frame costs little."""
+    mask = np.asarray(mask, dtype=bool)
+    h, w = mask.shape
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return {"size": [int(h), int(w)], "counts": [int(h * w)]}
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    padded = np.zeros((y1 - y0 + 2, x1 - x0), np.int8)
+    padded[1:-1] = mask[y0:y1, x0:x1]
+    rr, cc = np.nonzero(np.diff(padded, axis=0))  # a run starts at local row rr of crop column cc
+    starts = np.sort((x0 + cc).astype(np.int64) * h + y0 + rr)
+    counts = np.diff(np.concatenate([[0], starts, [h * w]])).tolist()
+    return {"size": [int(h), int(w)], "counts": counts}
 
 
 def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
@@ -189,4 +210,5 @@ class CocoWriter:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path) or ".", prefix=".coco-")
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; others on a shared volume read results too
         os.replace(tmp, self.path)

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_IN_FLIGHT = 4
 # A batch whose replica died for good is resubmitted to another replica this many times before its items fail.
 MAX_BATCH_ATTEMPTS = 3
+# How long a replica whose call failed has to answer a probe before it counts as gone for good (a restart of a
+# replica reloads its model: seconds on CPU, longer for a big model on a cold GPU node).
+REPLICA_PROBE_S = 60.0
 # How often the loop wakes to check for stop() while waiting on results, seconds.
 WAIT_SLICE_S = 0.2
 
@@ -161,6 +164,9 @@ class Scheduler:
                     except Exception:  # already finished or not cancellable: nothing to free
                         pass
 
+    def _answers(self, r: int) -> bool:
+        return _probe(self.replicas[r], REPLICA_PROBE_S)
+
     def _get(self, ref: Any, batch: Batch, r: int, alive: list[bool], pending: list[Batch]) -> BatchResult | None:
         import ray
 
@@ -171,20 +177,37 @@ class Scheduler:
             if dead and dead != self.replicas[r]._actor_id.hex():
                 # the actor that died produced the batch (a video reader), not the replica: only the batch fails
                 return _failed(batch, f"loading failed: the reader of this batch died ({type(exc).__name__})")
-            # Ray already restarted the actor and retried (max_task_retries); a replica still failing is gone.
-            alive[r] = False
-            log.warning("replica %d failed (%s); moving its batches to the other replicas", r, exc)
+            # The call failed on the replica even after Ray's restarts and retries (max_task_retries). Often the
+            # batch itself is the cause (an image that kills the process): the replica is back, so it stays in
+            # the pool and only the batch is retried, MAX_BATCH_ATTEMPTS times at most. A replica that does not
+            # answer a probe is gone for good.
+            if not self._answers(r):
+                alive[r] = False
+                log.warning("replica %d is gone (%s); its batches go to the other replicas", r, exc)
             if batch.attempts < MAX_BATCH_ATTEMPTS and any(alive):
                 self.stats.resubmitted += 1
                 pending.append(batch)
                 return None
-            return _failed(batch, f"the replica died while predicting this item: {type(exc).__name__}")
+            return _failed(batch, f"the replica died while predicting this item ({batch.attempts} attempts): "
+                                  f"{type(exc).__name__}")
         except ray.exceptions.TaskCancelledError:
             return _failed(batch, "cancelled")
         except ray.exceptions.RayTaskError as exc:
             # The loading task itself crashed (not an item error: those come back inside the batch).
             first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             return _failed(batch, f"loading failed: {first}")
+
+
+def _probe(replica: Any, timeout: float) -> bool:
+    import ray
+
+    try:
+        ray.get(replica.ready.remote(), timeout=timeout)
+        return True
+    except ray.exceptions.GetTimeoutError:
+        return True  # still restarting: it will answer (or fail) the next call
+    except ray.exceptions.RayActorError:
+        return False
 
 
 def _failed(batch: Batch, error: str) -> BatchResult:

@@ -268,15 +268,21 @@ class Model:
         return self._record["device"]
 
     def _replicas(self) -> list:
+        """Handles of the live replicas (a replica killed for good is left out)."""
+        return [h for h, _ in self._replicas_and_nodes()]
+
+    def _replicas_and_nodes(self) -> list[tuple[Any, str | None]]:
+        """(handle, node id it was placed on) of each live replica, aligned."""
         import ray
 
         from pipeline._ray import NAMESPACE
 
         if self._handles is None:
+            nodes = {i.get("name"): i.get("node_id") for i in self._record.get("replicas_info", [])}
             handles = []
             for name in self._record["replica_names"]:
                 try:
-                    handles.append(ray.get_actor(name, namespace=NAMESPACE))
+                    handles.append((ray.get_actor(name, namespace=NAMESPACE), nodes.get(name)))
                 except ValueError:
                     continue  # killed for good; the others carry on
             if not handles:

@@ -104,8 +104,8 @@ class PredictionSession:
         error: BaseException | None = None
         try:
             model, args = self.model, self.args
-            replicas = model._replicas()
-            nodes = [info.get("node_id") for info in model._record.get("replicas_info", [])]
+            pairs = model._replicas_and_nodes()
+            replicas, nodes = [h for h, _ in pairs], [n for _, n in pairs]
             img_size = args.img_size or _spec_size(model.spec.img_size)
             batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(model.device, 4)
             settings = dict(args.settings)

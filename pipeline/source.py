@@ -74,17 +74,28 @@ def _abs(p: str | os.PathLike) -> str:
 
 
 def _walk(root: str, recursive: bool) -> Iterator[tuple[tuple[str, ...], str]]:
-    """(relative dir parts, absolute file path) of image and video files, sorted per folder, one folder at a time."""
+    """(relative dir parts, absolute file path) of image and video files, sorted per folder, one folder at a time.
+    Symlinked folders are followed once: a folder already walked (same device and inode) is not entered again, so
+    a link loop cannot repeat files or recurse without end."""
     stack: list[tuple[str, tuple[str, ...]]] = [(root, ())]
+    seen: set[tuple[int, int]] = set()
     while stack:
         folder, parts = stack.pop()
         try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:
             continue
         subdirs = []
         for e in entries:
-            if e.is_dir(follow_symlinks=True):
+            try:
+                is_dir = e.is_dir(follow_symlinks=True)
+            except OSError:  # a broken or looping link: not a folder; as a file it reports its own error
+                is_dir = False
+            if is_dir:
                 if recursive and not e.name.startswith("."):
                     subdirs.append((e.path, parts + (e.name,)))
             elif is_image_file(e.name) or is_video_file(e.name):

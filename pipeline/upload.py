@@ -25,6 +25,7 @@ from pipeline._merge import merge_annotation
 from pipeline.exceptions import InvalidArgumentError, NotFoundError, PipelineError, UploadError
 from pipeline.prediction import Prediction, UploadTarget
 from pipeline.source import Item, SourcePlan
+from workers.decode import ItemError
 
 log = logging.getLogger(__name__)
 
@@ -149,22 +150,26 @@ class PlatformTarget:
 
     # -- writing ----------------------------------------------------------------------------------------------
     def _dataset_for(self, conn: Any, path: tuple[str, ...]) -> int:
+        """The target dataset of a source dataset path, created (with its parents) in a SAVEPOINT of its own; the
+        cache learns new ids only once that savepoint is released, so a rollback never leaves a stale id."""
         path = path or (DEFAULT_DATASET,)
         if path in self._datasets:
             return self._datasets[path]
-        parent = None
-        for depth in range(1, len(path) + 1):
-            sub = path[:depth]
-            if sub in self._datasets:
-                parent = self._datasets[sub]
-                continue
-            row = conn.execute(
-                "SELECT id FROM datasets WHERE project_id = ? AND COALESCE(parent_id, 0) = ? AND name = ?",
-                (self.project_id, parent or 0, sub[-1]),
-            ).fetchone()
-            ds_id = row[0] if row else self.ops.insert_dataset(conn, self.project_id, sub[-1], parent)
-            self._datasets[sub] = ds_id
-            parent = ds_id
+        found: dict[tuple[str, ...], int] = {}
+        with self.store.write():
+            parent = None
+            for depth in range(1, len(path) + 1):
+                sub = path[:depth]
+                ds_id = self._datasets.get(sub)
+                if ds_id is None:
+                    row = conn.execute(
+                        "SELECT id FROM datasets WHERE project_id = ? AND COALESCE(parent_id, 0) = ? AND name = ?",
+                        (self.project_id, parent or 0, sub[-1]),
+                    ).fetchone()
+                    ds_id = row[0] if row else self.ops.insert_dataset(conn, self.project_id, sub[-1], parent)
+                    found[sub] = ds_id
+                parent = ds_id
+        self._datasets.update(found)
         return self._datasets[path]
 
     def _free_item_name(self, conn: Any, ds_id: int, name: str, index: int) -> str:
@@ -258,7 +263,7 @@ class PlatformTarget:
             for p in list(todo):
                 try:
                     staged[id(p)] = self._stage_image(p)
-                except (OSError, PipelineError) as exc:
+                except (OSError, PipelineError, ItemError) as exc:  # e.g. a URL that no longer answers
                     p.error = f"upload failed: cannot store the image: {exc}"
                     todo.remove(p)
         targets: dict[int, UploadTarget] = {}
@@ -268,7 +273,16 @@ class PlatformTarget:
                 metas: dict[int, Any] = {}
                 if self.mode == "create":
                     self._resolve(conn, self.project_id, todo, metas)
+                    for path in dict.fromkeys(p.dataset for p in todo):
+                        try:
+                            self._dataset_for(conn, path)
+                        except PipelineError as exc:  # e.g. a folder name the platform refuses
+                            for p in todo:
+                                if p.dataset == path:
+                                    p.error = f"upload failed: cannot create dataset {'/'.join(path)!r}: {exc}"
+                    todo = [p for p in todo if p.error is None]
                 for p in todo:
+                    name = None
                     try:
                         with self.store.write():  # a SAVEPOINT: this item alone is undone if it fails
                             if self.mode == "create":
@@ -277,7 +291,6 @@ class PlatformTarget:
                                 ds_id = self._dataset_for(conn, p.dataset)
                                 name = self._free_item_name(conn, ds_id, p.name or f"image_{p.index:06d}.png", p.index)
                                 image_id = self.ops.insert_image(conn, ds_id, name, w, h, sha, size, ext)
-                                self._names[ds_id].add(name)
                                 ann = self._predicted_annotation(p, meta)
                                 target = UploadTarget(self.project_id, ds_id, image_id)
                             else:
@@ -305,6 +318,8 @@ class PlatformTarget:
                             )
                             targets[id(p)] = target
                             done_rows.append(p)
+                        if name is not None:  # taken only once the item's savepoint is released
+                            self._names[target.dataset_id].add(name)
                     except PipelineError as exc:
                         p.error = f"upload failed: {exc}"
                 if done_rows:
@@ -343,6 +358,8 @@ class UploadStage:
         self._closed = False
         self.written = 0
         self.write_seconds = 0.0
+        self._queued = 0  # predictions put and not yet written (backpressure counts predictions, not groups)
+        self._lock = threading.Lock()
 
     # -- resume -----------------------------------------------------------------------------------------------
     def filter_done(self, items: Iterator[Item]) -> Iterator[Item]:
@@ -361,7 +378,8 @@ class UploadStage:
         return ctx
 
     def backlog(self) -> int:
-        return self._queue.qsize()
+        """Predictions waiting to be written."""
+        return self._queued
 
     # -- the thread -------------------------------------------------------------------------------------------
     def start(self, emit: Callable[[list[Prediction]], None]) -> None:
@@ -372,6 +390,8 @@ class UploadStage:
     def put(self, preds: list[Prediction]) -> None:
         if self._error is not None:
             raise UploadError(f"the upload failed: {type(self._error).__name__}: {self._error}") from self._error
+        with self._lock:
+            self._queued += len(preds)
         self._queue.put(preds)
 
     def _loop(self) -> None:
@@ -395,6 +415,10 @@ class UploadStage:
                     self.target.write(group)
                 for w in self.writers:
                     w.add(group)
+                    if self.target is not None and hasattr(w, "flush"):
+                        # a job's done items are skipped on resume: their rows must be on disk once committed
+                        # (a crash between the two loses at most this group's rows)
+                        w.flush()
                 self.write_seconds += time.perf_counter() - t0
                 self.written += len(group)
             except BaseException as exc:  # the database or a file is unusable: the run must end
@@ -403,6 +427,8 @@ class UploadStage:
                 for p in group:
                     if p.error is None:
                         p.error = f"upload failed: {exc}"
+            with self._lock:
+                self._queued -= len(group)
             self._emit(group)
 
     def close(self, abort: bool = False) -> None:
@@ -442,8 +468,18 @@ def make_uploader(args: PredictArgs, plan: SourcePlan, platform: Any, model: Any
     if args.output:
         from pipeline.export import CocoWriter, ParquetWriter
 
+        resumed = target is not None and target.resumed
+        if args.output.get("coco") and resumed:
+            raise InvalidArgumentError(
+                f"output.coco cannot resume: job {target.job_id!r} skips the items it has done, so the COCO file "
+                "would hold only the rest; export COCO in a run of its own (output.parquet resumes)"
+            )
         if args.output.get("parquet"):
-            writers.append(ParquetWriter(args.output["parquet"]))
+            writer = ParquetWriter(args.output["parquet"], resume=resumed)
+            if writer.replaced:
+                print(f"output.parquet: replaced {writer.replaced} part file(s) of an earlier run in {writer.path}",
+                      file=sys.stderr)
+            writers.append(writer)
         if args.output.get("coco"):
             writers.append(CocoWriter(args.output["coco"], model.classes))
     return UploadStage(target, writers)

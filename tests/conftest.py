@@ -109,6 +109,8 @@ class _Server:
                 if self.path.startswith("/slow/"):
                     time.sleep(server.slow_seconds)
                 path = server.files.get(self.path)
+                if self.path.startswith("/once/"):  # served the first time only, then 404
+                    server.files.pop(self.path, None)
                 if path is None:
                     self.send_error(404, "Not Found")
                     return

@@ -88,3 +88,30 @@ def test_draw_shows_the_objects(tiny_model, tmp_path):
     drawn = p.draw()
     assert drawn.shape == img.shape and drawn.dtype == np.uint8
     assert (drawn != img).any()
+
+
+def test_parquet_resumes_with_its_job_and_a_new_run_replaces_it(tiny_model, api, tmp_path, capsys):
+    project = api.project.create("exp")
+    ds = api.dataset.create(project.id, "ds")
+    infos = [api.image.upload(ds.id, p.name, p) for p in write_images(tmp_path / "src", 4, size=(40, 60))]
+    out = str(tmp_path / "rows.parquet")
+    first = tiny_model.predict(image_ids=[i.id for i in infos[:2]], upload="append", job_id="exp-job", settings=S,
+                               output={"parquet": out}, progress=False)
+    rest = tiny_model.predict(project_id=project.id, upload="append", job_id="exp-job", settings=S,
+                              output={"parquet": out}, progress=False)
+    assert len(rest) == 2  # resumed: the first two were done
+    rows = pq.read_table(out).to_pylist()
+    assert sorted({r["image_id"] for r in rows}) == [i.id for i in infos]
+    assert len(rows) == sum(len(p) for p in first + rest)
+    with pytest.raises(ValueError, match="output.coco cannot resume"):
+        tiny_model.predict(project_id=project.id, upload="append", job_id="exp-job",
+                           output={"coco": str(tmp_path / "c.json")})
+    again = tiny_model.predict(image_ids=[infos[0].id], settings=S, output={"parquet": out}, progress=False)
+    assert "replaced" in capsys.readouterr().err
+    assert pq.read_table(out).num_rows == len(again[0])
+
+
+def test_parquet_path_that_is_a_file_is_an_argument_error(tiny_model, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        tiny_model.predict(input=np.zeros((8, 8, 3), np.uint8), output={"parquet": str(tmp_path / "afile")})

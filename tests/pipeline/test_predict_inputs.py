@@ -175,3 +175,15 @@ def test_instance_masks_in_original_pixels(ray_session, api, tiny_mask_checkpoin
         assert all(lab.geometry.geometry_type == "bitmap" for lab in ann.labels)
     finally:
         model.shutdown()
+
+
+def test_directory_symlink_loops_are_walked_once(tiny_model, tmp_path):
+    import os
+
+    root = tmp_path / "loop"
+    [img] = write_images(root, 1)
+    sub = write_images(root / "sub", 1, seed=9)
+    os.symlink(root, root / "self")  # a loop
+    os.symlink(root / "sub", root / "again")  # the same folder twice
+    preds = tiny_model.predict(input=root, recursive=True, settings=S, progress=False)
+    assert sorted(p.name for p in preds) == sorted([img.name, sub[0].name])

@@ -213,3 +213,28 @@ def test_create_of_a_directory_with_videos_is_refused_before_any_work(tiny_model
     with pytest.raises(ValueError, match="directory that holds videos"):
         tiny_model.predict(input=tmp_path / "mixed", upload="create")
     assert api.project.list() == []
+
+
+def test_create_a_bad_name_fails_that_item_only_and_its_dataset_still_fills(tiny_model, api, tmp_path):
+    root = tmp_path / "names"
+    bad = write_images(root / "sub", 1, seed=3)[0].rename(root / "sub" / "a\\b.jpg")
+    good = write_images(root / "sub", 2, seed=4)  # img_0000.jpg, img_0001.jpg
+    other = write_images(root / "zz", 1, seed=5)
+    preds = tiny_model.predict(input=root, recursive=True, upload="create", settings=S, progress=False)
+    by_name = {p.name: p for p in preds}
+    assert "upload failed" in by_name[bad.name].error
+    project_id = next(p.target.project_id for p in preds if p.target)
+    datasets = {d.id: d.name for d in api.dataset.list(project_id)}
+    for path, ds in [(good[0], "sub"), (good[1], "sub"), (other[0], "zz")]:
+        p = next(q for q in preds if q.image_path == str(path))
+        assert p.error is None and datasets[p.target.dataset_id] == ds
+        assert api.image.get(p.target.image_id).dataset_id == p.target.dataset_id
+
+
+def test_create_from_a_url_that_stops_answering_fails_that_item_only(tiny_model, api, tmp_path, http_server):
+    paths = write_images(tmp_path / "www", 2)
+    once = http_server.url(paths[0].name, root=tmp_path / "www", prefix="/once/")  # gone when the upload refetches
+    ok = http_server.url(paths[1].name, root=tmp_path / "www")
+    preds = tiny_model.predict(input=[once, ok], upload="create", settings=S, progress=False)
+    assert "upload failed" in preds[0].error and "404" in preds[0].error
+    assert preds[1].error is None and preds[1].target is not None
