@@ -89,6 +89,11 @@ def main(args: argparse.Namespace | None = None) -> int:
         folder = Path(tmp) / "shapes"
         counts = build_shapes_project(folder, n_images)
         project_id = api.project.import_dir(folder)
+        # the raw images too, for the directory examples (configs/predict_directory.yaml reads demo_output/images)
+        shutil.rmtree(out_dir / "images", ignore_errors=True)
+        (out_dir / "images").mkdir(parents=True)
+        for img in sorted(folder.rglob("img/*.png")):
+            shutil.copy(img, out_dir / "images" / img.name)
     project = api.project.get(project_id)
     before = {info.id: len(api.annotation.get(info.id).labels) for info in api.image.iterate(project_id=project_id)}
     out.write(f"created project {project.id} ({project.name!r}): {counts['images']} images, {counts['objects']} "
@@ -151,6 +156,8 @@ def main(args: argparse.Namespace | None = None) -> int:
     api.project.export_dir(project_id, out_dir / "project")
     out.write(f"\nwrote {len(preds_kept)} pictures to {out_dir / 'pictures'}\n")
     out.write(f"exported the relabeled project to {out_dir / 'project'}\n")
-    out.write(f"demo finished in {time.time() - t_start:.1f}s. Next: `pipeline platform ls {project_id}`, "
-              f"`pipeline run configs/demo.yaml --set input.project_id={project_id}`\n")
+    dd = f"--data-dir {args.data_dir} " if getattr(args, "data_dir", None) else ""
+    out.write(f"wrote the {counts['images']} generated images to {out_dir / 'images'}\n")
+    out.write(f"demo finished in {time.time() - t_start:.1f}s. Next: `pipeline {dd}platform ls {project_id}`, "
+              f"`pipeline {dd}run configs/demo.yaml --set input.project_id={project_id}`\n")
     return 0

@@ -247,6 +247,8 @@ def run_config(
     cfg.check_paths()  # before anything is deployed: a typo in a path costs no model start
 
     api = Api(data_dir, ray_address=cfg.ray.address)
+    precheck(api, cfg.predict_kwargs(job_id))
+    _terminate_cleanly()
     attach(cfg.ray.address)
     model, deployed = deploy_from_config(api, cfg, out=out)
     out.flush()
@@ -283,6 +285,41 @@ def run_config(
         err.write(f"error: {_n(summary.failed, 'item')} failed (--fail-on-item-errors)\n")
         return 1
     return 0
+
+
+def precheck(api: Api, kwargs: dict[str, Any]) -> None:
+    """What can be checked without the model, checked before it is deployed: the arguments, that the platform
+    ids exist, that an output path is usable. (Class names are checked against the model once it is up.)"""
+    from pipeline import _args
+
+    args = _args.normalize(kwargs, model_classes=None)
+    if args.project_id is not None:
+        api.project.get(args.project_id)
+    if args.dataset_id is not None:
+        api.dataset.get(args.dataset_id)
+    if args.video_id is not None:
+        api.video.get(args.video_id)
+    for image_id in args.image_ids or ():
+        api.image.get(image_id)
+    parquet = (args.output or {}).get("parquet")
+    if parquet and os.path.exists(parquet) and not os.path.isdir(parquet):
+        from pipeline.exceptions import InvalidArgumentError
+
+        raise InvalidArgumentError(f"output.parquet {parquet!r} is a file; the Parquet output is a folder of parts")
+
+
+def _terminate_cleanly() -> None:
+    """SIGTERM (`pipeline cancel`, a job stopped by Ray, `kill`) becomes SystemExit, so the `finally` that shuts
+    down what this run deployed still runs; Python's default would exit at once and leave the replicas up."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _n(count: int, noun: str) -> str:

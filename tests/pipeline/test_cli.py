@@ -85,6 +85,47 @@ def test_run_predict_directory_deploys_predicts_exports_and_shuts_down(ray_sessi
 
 
 @pytest.mark.slow
+def test_sigterm_mid_run_still_shuts_down_what_the_run_deployed(ray_session, tiny_checkpoint, tmp_path):
+    import signal
+
+    import pipeline
+
+    make_images(tmp_path / "imgs", 400, size=(48, 64))
+    address = ray_session.get_runtime_context().gcs_address
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "--data-dir", str(tmp_path / "home"), "run",
+         str(ROOT / "configs" / "predict_directory.yaml"), "--set", f"model.checkpoint={tiny_checkpoint}",
+         "--set", "model.device=cpu", "--set", f"input.path={tmp_path / 'imgs'}", "--set", "predict.batch_size=1",
+         "--set", f"output.parquet={tmp_path / 'out' / 'p.parquet'}", "--set", "output.coco=null",
+         "--set", f"ray.address={address}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)},
+    )
+    task_id = None
+    deadline = time.time() + 180
+    for line in proc.stdout:
+        if " as task " in line:
+            task_id = int(line.split(" as task ")[1].split(":")[0])
+        if task_id is not None and line.startswith("progress:"):
+            break
+        assert time.time() < deadline, "the run did not start"
+    assert task_id is not None
+    proc.send_signal(signal.SIGTERM)  # what `pipeline cancel` does to a job's driver
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, rest
+    assert f"stopped deployment {task_id}" in rest
+    assert task_id not in {d["task_id"] for d in pipeline.Api(data_dir=tmp_path / "x").nn.list()}
+
+
+def test_a_platform_id_that_does_not_exist_fails_before_deploying(tmp_path, capsys, tiny_checkpoint):
+    code = cli.main(["--data-dir", str(tmp_path / "home"), "run", str(ROOT / "configs" / "relabel_project.yaml"),
+                     "--set", f"model.checkpoint={tiny_checkpoint}", "--set", "input.project_id=999"])
+    captured = capsys.readouterr()
+    assert code == 2 and "project 999 does not exist" in captured.err
+    assert "deploying" not in captured.out
+
+
+@pytest.mark.slow
 def test_run_fail_on_item_errors(ray_session, tiny_deployment, tmp_path, capsys):
     make_images(tmp_path / "imgs", 1)
     (tmp_path / "imgs" / "broken.jpg").write_bytes(b"not an image")

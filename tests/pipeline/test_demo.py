@@ -15,6 +15,7 @@ def test_demo_runs_twice_and_writes_pictures_and_the_project(ray_session, tmp_pa
     assert main(args) == 0
     first = capsys.readouterr().out
     assert "relabeled 6 images" in first and "mean confidence" in first
+    assert len(list((tmp_path / "out" / "images").glob("*.png"))) == 6  # for configs/predict_directory.yaml
     pictures = sorted((tmp_path / "out" / "pictures").glob("*.png"))
     assert 1 <= len(pictures) <= 4
     meta = json.loads((tmp_path / "out" / "project" / "meta.json").read_text())
