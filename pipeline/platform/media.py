@@ -48,8 +48,10 @@ class VideoProbe:
 
 
 def probe_image(path: str | os.PathLike, name: str) -> ImageProbe:
-    """Check that the file is an image PIL decodes (`Image.verify()`), and read its size and format. The size is
-    the one `decode_image` returns: an EXIF orientation of 5..8 swaps width and height."""
+    """Check that the file is an image PIL decodes, and read its size and format. The whole image is decoded
+    (`img.load()`; `Image.verify()` alone checks PNG chunks but no JPEG data), so a truncated or corrupt file is
+    refused here rather than failing on every read. The size is the one `decode_image` returns: an EXIF orientation
+    of 5..8 swaps width and height."""
     from PIL import Image
 
     try:
@@ -58,6 +60,7 @@ def probe_image(path: str | os.PathLike, name: str) -> ImageProbe:
         with Image.open(path) as img:
             width, height, fmt = img.size[0], img.size[1], img.format or ""
             orientation = img.getexif().get(0x0112, 1)
+            img.load()
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBombError)
         raise FormatError(f"image {name!r} is not an image PIL can read ({_why(exc, path)})") from None
     if orientation in _SWAPS_SIDES:

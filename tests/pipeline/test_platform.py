@@ -230,6 +230,16 @@ def test_a_corrupt_image_is_refused_and_leaves_no_row(platform, dataset, content
     assert platform.image.count(dataset_id=dataset.id) == 0
 
 
+def test_a_truncated_jpeg_is_refused_on_upload(platform, dataset):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(buf, format="JPEG")
+    whole = buf.getvalue()
+    assert platform.image.upload(dataset.id, "whole.jpg", whole).ext == "jpg"
+    with pytest.raises(FormatError, match="cut.jpg"):
+        platform.image.upload(dataset.id, "cut.jpg", whole[: len(whole) // 2])
+    assert [i.name for i in platform.image.list(dataset.id)] == ["whole.jpg"]
+
+
 def test_upload_errors(platform, dataset, tmp_path):
     platform.image.upload(dataset.id, "a.png", png_bytes())
     with pytest.raises(InvalidArgumentError, match="already has a image named 'a.png'"):

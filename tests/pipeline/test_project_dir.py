@@ -401,6 +401,11 @@ def _edit_json(path: Path, fn) -> None:
     path.write_text(json.dumps(data))
 
 
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:-300])  # the headers stay whole (PIL opens and verifies it), the scan data is cut
+
+
 def _bad_symlink(root: Path) -> None:
     outside = root.parent / "secret.png"
     outside.write_bytes((SLY_PROJECT / "ds1" / "img" / "img_3.png").read_bytes())
@@ -426,6 +431,7 @@ BAD_INPUTS = {
         lambda r: _edit_json(r / "ds1" / "ann" / "img_3.png.json", lambda d: d["tags"][0].update(name="season")),
         "img_3.png.json"),
     "image does not open": (lambda r: (r / "ds1" / "img" / "img_3.png").write_bytes(b"\x89PNG broken"), "img_3.png"),
+    "truncated JPEG": (lambda r: _truncate(r / "ds0" / "img" / "img_1.jpg"), "img_1.jpg"),
     "annotation without its image": (lambda r: (r / "ds1" / "img" / "img_3.png").unlink(), "img_3.png.json"),
     "annotation size differs from the image": (
         lambda r: _edit_json(r / "ds0" / "datasets" / "child" / "ann" / "img_2.png.json",
