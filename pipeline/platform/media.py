@@ -16,7 +16,9 @@ import numpy as np
 
 from pipeline.exceptions import FormatError, InvalidArgumentError
 
-__all__ = ["ImageProbe", "VideoProbe", "decode_image", "encode_array", "probe_image", "probe_video"]
+__all__ = [
+    "ImageProbe", "VideoProbe", "decode_image", "encode_array", "item_extensions", "probe_image", "probe_video",
+]
 
 # PIL format -> the extension blobs get (and exports add when a name has no image extension)
 _IMAGE_EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "BMP": "bmp", "WEBP": "webp", "TIFF": "tiff", "GIF": "gif"}
@@ -132,8 +134,20 @@ def _why(exc: Exception, path: str | os.PathLike) -> str:
     return f"{type(exc).__name__}: {exc}".replace(f" '{os.fspath(path)}'", "").replace(os.fspath(path), "the file")
 
 
-def has_ext(name: str, extensions: tuple[str, ...]) -> bool:
+def has_ext(name: str, extensions: tuple[str, ...] | frozenset[str]) -> bool:
     return Path(name).suffix.lower() in extensions
+
+
+def item_extensions(project_type: str) -> frozenset[str]:
+    """The extensions of the files `import_dir` reads as items of a project of `project_type` ("images" or
+    "videos"): the SDK's, plus, for images, every extension of a format PIL opens (an image of a format the SDK does
+    not know, e.g. GIF, is exported under its format's extension and must import back)."""
+    if project_type != "images":
+        return frozenset(VIDEO_EXTENSIONS)
+    from PIL import Image
+
+    opens = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return frozenset(IMAGE_EXTENSIONS) | opens
 
 
 def as_stream(source: Any) -> Any:

@@ -53,11 +53,16 @@ def dumps(data: Any) -> str:
 
 def check_item_name(name: Any, kind: str) -> str:
     """`name` if it is usable as a file name in an exported project folder: a non-empty string without '/', '\\'
-    or NUL, and not '.' or '..' (else `InvalidArgumentError`): a name can never make an export escape its folder."""
+    or NUL, not starting with '.' (else `InvalidArgumentError`): a name can never make an export escape its folder,
+    and never names a hidden file, which file managers, archivers and `import_dir` pass over."""
     if not isinstance(name, str) or not name.strip():
         raise InvalidArgumentError(f"{kind} name must be a non-empty string; got {name!r}")
-    if name in (".", "..") or any(c in name for c in _FORBIDDEN_CHARS):
-        raise InvalidArgumentError(f"{kind} name {name!r} may not be '.' or '..' or contain '/', '\\' or NUL")
+    if any(c in name for c in _FORBIDDEN_CHARS):
+        raise InvalidArgumentError(f"{kind} name {name!r} may not contain '/', '\\' or NUL")
+    if name.startswith("."):
+        raise InvalidArgumentError(
+            f"{kind} name {name!r} may not start with '.': it would be a hidden file or folder in an exported project"
+        )
     if len(name.encode("utf-8")) > 255:
         raise InvalidArgumentError(f"{kind} name is longer than 255 bytes: {name[:40]!r}...")
     return name

@@ -8,6 +8,10 @@ write; layout in the SDK's `supervisely/project/project.py` and `video_project.p
     <project>/<dataset>/img_info/, meta/, seg/    ignored on import
     <project>/<dataset>/datasets/<child>/...      a nested dataset, recursively
 
+Files in an item folder without an image (or video) extension are skipped with a warning, as the SDK's reader skips
+them; so are junk files that operating systems leave (`.DS_Store`, `._*`, `Thumbs.db`), silently. Any other name
+starting with '.' is refused: the platform does not take such names (`ops.check_item_name`).
+
 Import validates everything first (every JSON file, every image or video, every name) and only then writes all
 rows in one transaction: a bad folder is a `FormatError` naming the file and the problem, and leaves no project
 behind (files already copied into the blob store are unreferenced, harmless). Export writes into an empty or new
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +38,7 @@ __all__ = ["export_dir", "import_dir"]
 
 _ITEM_DIRS = {"images": "img", "videos": "video"}
 _PAGE = 500  # images exported per query page: bounded memory for projects of any size
+_JUNK_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")  # left by file managers; "._*" too (macOS AppleDouble)
 
 
 @dataclass
@@ -79,7 +85,7 @@ def import_dir(platform: Platform, path: str | os.PathLike) -> int:
         project_type = "videos"
     if (root / "key_id_map.json").is_file():
         _read_key_id_map(root / "key_id_map.json")
-    plans = _scan(root, _ITEM_DIRS[project_type])
+    plans = _scan(root, project_type)
     store = platform.store
     for plan in plans:  # validate and store the files; nothing is written to the database yet
         for item in plan.items:
@@ -151,9 +157,10 @@ def _prepare(store: Any, item: _Item, meta: ProjectMeta, project_type: str) -> N
     item.ann_json = ops.dumps(data)
 
 
-def _scan(root: Path, item_dir: str) -> list[_Dataset]:
+def _scan(root: Path, project_type: str) -> list[_Dataset]:
     """The datasets under `root`, parents before children, with their items paired with annotation files."""
     plans: list[_Dataset] = []
+    item_dir, extensions = _ITEM_DIRS[project_type], media.item_extensions(project_type)
 
     def visit(ds_dir: Path, parent: int | None) -> None:
         _inside(root, ds_dir)
@@ -161,15 +168,15 @@ def _scan(root: Path, item_dir: str) -> list[_Dataset]:
         plan = _Dataset(name, ds_dir, parent)
         plans.append(plan)
         index = len(plans) - 1
-        plan.items = _pair(root, ds_dir / item_dir, ds_dir / "ann")
+        plan.items = _pair(root, ds_dir / item_dir, ds_dir / "ann", extensions)
         nested = ds_dir / "datasets"
         if nested.is_dir():
-            for child in sorted(nested.iterdir()):
-                if child.is_dir() and not child.name.startswith("."):
+            for child in sorted(nested.iterdir()):  # a hidden folder that holds no dataset is no dataset
+                if child.is_dir() and (not child.name.startswith(".") or _is_dataset(child, item_dir)):
                     visit(child, index)
 
     for child in sorted(root.iterdir()):
-        if child.is_dir() and not child.name.startswith(".") and _is_dataset(child, item_dir):
+        if child.is_dir() and _is_dataset(child, item_dir):  # a hidden one is refused by name, not skipped
             visit(child, None)
     return plans
 
@@ -182,15 +189,21 @@ def _has_video_dirs(root: Path) -> bool:
     return any((d / "video").is_dir() for d in root.iterdir() if d.is_dir())
 
 
-def _pair(root: Path, item_dir: Path, ann_dir: Path) -> list[_Item]:
+def _pair(root: Path, item_dir: Path, ann_dir: Path, extensions: frozenset[str]) -> list[_Item]:
     items = []
-    files = sorted(p for p in item_dir.iterdir() if not p.name.startswith(".")) if item_dir.is_dir() else []
-    anns = {p.name: p for p in ann_dir.iterdir() if p.suffix == ".json" and p.is_file()} if ann_dir.is_dir() else {}
+    files = sorted(p for p in item_dir.iterdir() if not _junk(p)) if item_dir.is_dir() else []
+    anns: dict[str, Path] = {}
+    if ann_dir.is_dir():
+        anns = {p.name: p for p in ann_dir.iterdir() if p.suffix == ".json" and not _junk(p) and p.is_file()}
     used: dict[str, Path] = {}
     for path in files:
         _inside(root, path)
         if not path.is_file():
             raise FormatError(f"{path}: expected a file in {item_dir.name}/, found a folder")
+        if not media.has_ext(path.name, extensions):  # the SDK's reader skips it too
+            kind = "an image" if item_dir.name == _ITEM_DIRS["images"] else "a video"
+            warnings.warn(f"{path}: skipped, its extension is not that of {kind}", stacklevel=2)
+            continue
         name = _name(path, "item")
         ann_name = name + ".json" if name + ".json" in anns else (Path(name).stem + ".json")  # SDK: old "<stem>.json"
         ann_path = anns.get(ann_name)
@@ -205,6 +218,11 @@ def _pair(root: Path, item_dir: Path, ann_dir: Path) -> list[_Item]:
             expected = item_dir / ann_name[: -len(".json")]
             raise FormatError(f"{ann_path}: annotation file without its item: {expected} does not exist")
     return items
+
+
+def _junk(path: Path) -> bool:
+    """A file that file managers leave, or a hidden folder (e.g. of thumbnails): no item, skipped silently."""
+    return path.name in _JUNK_FILES or path.name.startswith("._") or (path.name.startswith(".") and path.is_dir())
 
 
 def _name(path: Path, kind: str) -> str:

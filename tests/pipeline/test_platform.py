@@ -167,6 +167,19 @@ def test_datasets_nested_listed_parents_first(platform):
             platform.dataset.create(p.id, bad)
 
 
+def test_hidden_names_are_refused_they_would_be_lost_on_export(platform, dataset):
+    with pytest.raises(InvalidArgumentError, match="'.cache' may not start with '.'"):
+        platform.dataset.create(dataset.project_id, ".cache")
+    with pytest.raises(InvalidArgumentError, match="'.hidden.png' may not start with '.'"):
+        platform.image.upload(dataset.id, ".hidden.png", png_bytes())
+    videos = platform.project.create("v", type="videos")
+    vds = platform.dataset.create(videos.id, "d")
+    with pytest.raises(InvalidArgumentError, match="'.clip.mp4' may not start with '.'"):
+        platform.video.upload(vds.id, ".clip.mp4", CLIP)
+    platform.image.upload(dataset.id, "a.b.png", png_bytes())  # a dot elsewhere is fine
+    assert platform.dataset.list(dataset.project_id) == [dataset] and platform.video.count(dataset_id=vds.id) == 0
+
+
 def test_meta_update_merge_and_delete(platform, dataset):
     pid = dataset.project_id
     meta = ProjectMeta([ObjClass("car", "rectangle")], [CONFIDENCE_TAG])

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 import zlib
 from pathlib import Path
 
@@ -312,6 +313,36 @@ def test_an_image_without_annotation_file_gets_an_empty_one_and_old_ann_names_ar
     assert len(platform.annotation.get(by_name["img_1.jpg"].id).labels) == 1
 
 
+def test_junk_files_are_skipped_and_files_without_an_image_extension_skipped_with_a_warning(platform, tmp_path):
+    root = copy_project(SLY_PROJECT, tmp_path)
+    for folder in (root, root / "ds0" / "img", root / "ds0" / "ann"):
+        (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "ds0" / "img" / "._img_0.png").write_bytes(b"\x00\x05\x16\x07")  # macOS AppleDouble
+    (root / "ds0" / "ann" / "._img_0.png.json").write_bytes(b"\x00\x05\x16\x07")
+    (root / "ds1" / "img" / "README.txt").write_text("frames from camera 3")
+    (root / ".git").mkdir()  # a hidden folder that is no dataset
+    (root / "ds1" / "img" / ".thumbnails").mkdir()
+    with pytest.warns(UserWarning, match=r"README.txt: skipped") as record:
+        project_id = platform.project.import_dir(root)
+    assert len(record) == 1
+    assert snapshot(platform, project_id) == snapshot(platform, platform.project.import_dir(SLY_PROJECT))
+
+
+def test_an_image_of_a_format_the_sdk_does_not_know_comes_back_from_an_export(platform, tmp_path):
+    project = platform.project.create("gifs")
+    ds = platform.dataset.create(project.id, "d")
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(buf, format="GIF")
+    platform.image.upload(ds.id, "anim", buf.getvalue())
+    out = tmp_path / "out"
+    platform.project.export_dir(project.id, out)
+    assert (out / "d" / "img" / "anim.gif").is_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = platform.project.import_dir(out)
+    assert [i.name for i in platform.image.iterate(project_id=again)] == ["anim.gif"]
+
+
 def test_import_export_import_gives_the_same_project(platform, tmp_path):
     first = platform.project.import_dir(SLY_PROJECT)
     out = tmp_path / "exported"
@@ -432,6 +463,13 @@ BAD_INPUTS = {
         "img_3.png.json"),
     "image does not open": (lambda r: (r / "ds1" / "img" / "img_3.png").write_bytes(b"\x89PNG broken"), "img_3.png"),
     "truncated JPEG": (lambda r: _truncate(r / "ds0" / "img" / "img_1.jpg"), "img_1.jpg"),
+    "a file with an image extension that is not one": (
+        lambda r: (r / "ds1" / "img" / "notes.png").write_text("not an image"), "notes.png"),
+    "a hidden image": (
+        lambda r: shutil.copy(r / "ds1" / "img" / "img_3.png", r / "ds1" / "img" / ".hidden.png"), ".hidden.png"),
+    "a hidden dataset": (lambda r: shutil.copytree(r / "ds1", r / ".cache"), ".cache"),
+    "a hidden nested dataset": (
+        lambda r: shutil.copytree(r / "ds1", r / "ds0" / "datasets" / ".cache"), ".cache"),
     "annotation without its image": (lambda r: (r / "ds1" / "img" / "img_3.png").unlink(), "img_3.png.json"),
     "annotation size differs from the image": (
         lambda r: _edit_json(r / "ds0" / "datasets" / "child" / "ann" / "img_2.png.json",
