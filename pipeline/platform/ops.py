@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # imported in the functions: `import pipeline` stays free of 
 
 __all__ = [
     "check_annotation",
+    "check_dataset_name",
     "check_item_name",
     "free_project_name",
     "get_dataset_row",
@@ -44,6 +45,8 @@ __all__ = [
 ]
 
 _FORBIDDEN_CHARS = ("/", "\\", "\x00")
+RESERVED_DATASET_NAMES = ("meta.json", "key_id_map.json")
+"""Names a top-level dataset may not have: its folder would collide with a file at the root of an exported project."""
 
 
 def dumps(data: Any) -> str:
@@ -65,6 +68,17 @@ def check_item_name(name: Any, kind: str) -> str:
         )
     if len(name.encode("utf-8")) > 255:
         raise InvalidArgumentError(f"{kind} name is longer than 255 bytes: {name[:40]!r}...")
+    return name
+
+
+def check_dataset_name(name: Any, top_level: bool) -> str:
+    """`check_item_name` for a dataset, which at the top level may also not be one of `RESERVED_DATASET_NAMES`."""
+    check_item_name(name, "dataset")
+    if top_level and name in RESERVED_DATASET_NAMES:
+        raise InvalidArgumentError(
+            f"dataset name {name!r} is reserved at the top level of a project: an exported project has a file of "
+            f"that name there"
+        )
     return name
 
 
@@ -187,8 +201,9 @@ def merge_meta(conn: sqlite3.Connection, project_id: int, meta: ProjectMeta | di
 
 
 def insert_dataset(conn: sqlite3.Connection, project_id: int, name: str, parent_id: int | None = None) -> int:
-    """A new dataset; a name taken under the same parent is an `InvalidArgumentError`."""
-    check_item_name(name, "dataset")
+    """A new dataset; a name taken under the same parent, or reserved (`check_dataset_name`), is an
+    `InvalidArgumentError`."""
+    check_dataset_name(name, parent_id is None)
     get_project_row(conn, project_id)
     if parent_id is not None:
         parent = get_dataset_row(conn, parent_id)

@@ -15,19 +15,22 @@ starting with '.' is refused: the platform does not take such names (`ops.check_
 Import validates everything first (every JSON file, every image or video, every name) and only then writes all
 rows in one transaction: a bad folder is a `FormatError` naming the file and the problem, and leaves no project
 behind (files already copied into the blob store are unreferenced, harmless). Export writes into an empty or new
-folder and refuses any path that would leave it.
+folder and refuses any path that would leave it; it writes into a temporary folder next to the target and renames
+it into place at the end, so the target is complete or absent.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.exceptions import FormatError, InvalidArgumentError, NotFoundError
+from pipeline.exceptions import FormatError, InvalidArgumentError, NotFoundError, PipelineError
 from pipeline.platform import media, ops
 
 if TYPE_CHECKING:
@@ -164,7 +167,7 @@ def _scan(root: Path, project_type: str) -> list[_Dataset]:
 
     def visit(ds_dir: Path, parent: int | None) -> None:
         _inside(root, ds_dir)
-        name = _name(ds_dir, "dataset")
+        name = _name(ds_dir, "dataset", top_level=parent is None)
         plan = _Dataset(name, ds_dir, parent)
         plans.append(plan)
         index = len(plans) - 1
@@ -225,8 +228,10 @@ def _junk(path: Path) -> bool:
     return path.name in _JUNK_FILES or path.name.startswith("._") or (path.name.startswith(".") and path.is_dir())
 
 
-def _name(path: Path, kind: str) -> str:
+def _name(path: Path, kind: str, top_level: bool = False) -> str:
     try:
+        if kind == "dataset":
+            return ops.check_dataset_name(path.name, top_level)
         return ops.check_item_name(path.name, kind)
     except InvalidArgumentError as exc:
         raise FormatError(f"{path}: {exc}") from None
@@ -273,32 +278,54 @@ def export_dir(platform: Platform, project_id: int, path: str | os.PathLike) -> 
     """Write project `project_id` as a Supervisely project folder at `path` (created; if it exists it must be an
     empty folder). Every image gets an annotation file, empty datasets get their `img/` and `ann/` folders, and a
     videos project gets a `key_id_map.json`, as the SDK's reader expects. An image name without an image extension
-    the SDK knows gets its format's extension appended (".png", ".jpg")."""
+    the SDK knows gets its format's extension appended (".png", ".jpg").
+
+    The folder is written as a temporary sibling of `path` and renamed into place at the end: a failed export
+    leaves nothing behind. A file system error is a `PipelineError` naming the path."""
     info = platform.project.get(project_id)
-    target = Path(path).expanduser()
+    target = Path(path).expanduser().resolve()  # a link to an empty folder: the folder is replaced, not the link
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise InvalidArgumentError(f"export target {str(target)!r} exists and is not an empty folder; choose another")
     meta = platform.project.get_meta(project_id)
     datasets = platform.dataset.list(project_id)
     rel: dict[int, tuple[str, ...]] = {}
     for ds in datasets:  # parents come before children
-        _check_export_name(ds.name, f"dataset {ds.id}")
+        _check_export_name(ds.name, f"dataset {ds.id}", top_level=not ds.parent_id)
         rel[ds.id] = (rel[ds.parent_id] + ("datasets", ds.name)) if ds.parent_id else (ds.name,)
     _check_item_names(platform, info.type, [ds.id for ds in datasets])
-    target.mkdir(parents=True, exist_ok=True)
-    root = target.resolve()
+    tmp = target.parent / f".{target.name[:64]}.export-{uuid.uuid4().hex[:12]}"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise PipelineError(f"cannot create the export folder {target}: {exc}") from None
+    try:
+        _write_project(platform, info.type, meta, datasets, rel, tmp.resolve())
+        os.replace(tmp, target)  # a target that exists is an empty folder, which the rename replaces
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = str(exc).replace(str(tmp.resolve()), str(target)).replace(str(tmp), str(target))
+        raise PipelineError(f"export of project {project_id} to {target} failed: {why}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_project(platform: Platform, project_type: str, meta: ProjectMeta, datasets: list[Any],
+                   rel: dict[int, tuple[str, ...]], root: Path) -> None:
+    """Write the project folder's contents into the empty folder `root`."""
     _write_json(root / "meta.json", meta.to_json())
     key_id_map: dict[str, dict[str, int]] = {"tags": {}, "objects": {}, "figures": {}, "videos": {}}
     for ds in datasets:
         ds_dir = _safe(root, *rel[ds.id])
-        item_dir, ann_dir = ds_dir / _ITEM_DIRS[info.type], ds_dir / "ann"
+        item_dir, ann_dir = ds_dir / _ITEM_DIRS[project_type], ds_dir / "ann"
         item_dir.mkdir(parents=True, exist_ok=True)
         ann_dir.mkdir(parents=True, exist_ok=True)
-        if info.type == "images":
+        if project_type == "images":
             _export_images(platform, ds.id, root, item_dir, ann_dir)
         else:
             _export_videos(platform, ds.id, root, item_dir, ann_dir, key_id_map)
-    if info.type == "videos":
+    if project_type == "videos":
         _write_json(root / "key_id_map.json", key_id_map)
 
 
@@ -359,11 +386,16 @@ def _check_item_names(platform: Platform, project_type: str, dataset_ids: list[i
                 seen[name] = row["id"]
 
 
-def _check_export_name(name: str, what: str) -> None:
+def _check_export_name(name: str, what: str, top_level: bool | None = None) -> None:
+    """A name stored before the API refused it (or written to the database directly) stops the export here;
+    `top_level` is given for a dataset's name."""
     try:
-        ops.check_item_name(name, what)
+        if top_level is None:
+            ops.check_item_name(name, what)
+        else:
+            ops.check_dataset_name(name, top_level)
     except InvalidArgumentError as exc:
-        raise FormatError(f"{what}: {exc}; it would be written outside its folder") from None
+        raise FormatError(f"{what}: {exc}; rename it to export the project") from None
 
 
 def _safe(root: Path, *parts: str) -> Path:
@@ -376,8 +408,6 @@ def _safe(root: Path, *parts: str) -> Path:
 
 
 def _copy(src: Path, dest: Path, what: str) -> None:
-    import shutil
-
     try:
         shutil.copyfile(src, dest)
     except FileNotFoundError:
@@ -385,7 +415,5 @@ def _copy(src: Path, dest: Path, what: str) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(path, "w", encoding="utf-8") as f:  # the whole folder is renamed into place when complete
         json.dump(data, f, ensure_ascii=False, indent=2)
-    os.replace(tmp, path)

@@ -180,6 +180,15 @@ def test_hidden_names_are_refused_they_would_be_lost_on_export(platform, dataset
     assert platform.dataset.list(dataset.project_id) == [dataset] and platform.video.count(dataset_id=vds.id) == 0
 
 
+@pytest.mark.parametrize("name", ["meta.json", "key_id_map.json"])
+def test_top_level_dataset_names_of_project_files_are_reserved(platform, dataset, name):
+    with pytest.raises(InvalidArgumentError, match="reserved"):
+        platform.dataset.create(dataset.project_id, name)
+    with pytest.raises(InvalidArgumentError, match="reserved"):
+        platform.dataset.get_or_create(dataset.project_id, name)
+    assert platform.dataset.create(dataset.project_id, name, parent_id=dataset.id).name == name  # nested: no clash
+
+
 def test_meta_update_merge_and_delete(platform, dataset):
     pid = dataset.project_id
     meta = ProjectMeta([ObjClass("car", "rectangle")], [CONFIDENCE_TAG])

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from pipeline.annotation import Annotation, Bitmap, Label, ObjClass, Polygon, Rectangle
-from pipeline.exceptions import FormatError, InvalidArgumentError, NotFoundError
-from pipeline.platform import Platform, ops
+from pipeline.exceptions import FormatError, InvalidArgumentError, NotFoundError, PipelineError
+from pipeline.platform import Platform, ops, project_dir
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SLY_PROJECT = FIXTURES / "sly_project"
@@ -391,6 +391,48 @@ def test_export_refuses_a_non_empty_target_and_names_that_escape(platform, tmp_p
         platform.project.export_dir(project_id, target)
     assert not target.exists() or not any(target.iterdir())
     assert not list(tmp_path.rglob("evil.png"))
+
+
+def test_a_dataset_named_like_a_project_file_is_refused_before_anything_is_written(platform, tmp_path):
+    project_id = platform.project.import_dir(SLY_PROJECT)
+    with platform.store.write() as conn:  # a name stored before dataset.create refused it
+        conn.execute("UPDATE datasets SET name = 'meta.json' WHERE name = 'ds1'")
+    target = tmp_path / "out"
+    with pytest.raises(FormatError, match="'meta.json' is reserved"):
+        platform.project.export_dir(project_id, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_a_failed_export_leaves_nothing_and_a_retry_succeeds(platform, tmp_path):
+    project_id = platform.project.import_dir(SLY_PROJECT)
+    [img3] = [i for i in platform.image.iterate(project_id=project_id) if i.name == "img_3.png"]
+    blob = Path(img3.path)
+    content = blob.read_bytes()
+    blob.unlink()  # exported last: the folder is half written when it fails
+    target = tmp_path / "out"
+    with pytest.raises(FormatError, match="stored file of image"):
+        platform.project.export_dir(project_id, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # neither the target nor a temporary folder
+    blob.write_bytes(content)
+    target.mkdir()  # an empty folder is a fine target too, and so is a link to one
+    (tmp_path / "link").symlink_to(target)
+    platform.project.export_dir(project_id, tmp_path / "link")
+    assert check_sly_project(target) == [] and len(list(target.rglob("img/*"))) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "link", "out"]
+
+
+def test_a_file_system_error_during_export_is_a_pipeline_error_naming_the_path(platform, tmp_path, monkeypatch):
+    project_id = platform.project.import_dir(SLY_PROJECT)
+
+    def full(src, dest):
+        raise OSError(28, "No space left on device", str(dest))
+
+    monkeypatch.setattr(project_dir.shutil, "copyfile", full)
+    target = tmp_path / "out"
+    with pytest.raises(PipelineError, match=r"No space left on device: '.*/out/ds0/img/img_0.png'") as info:
+        platform.project.export_dir(project_id, target)
+    assert ".export-" not in str(info.value)  # the path the user asked for, not the temporary one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 def test_video_project_import_export_round_trip(platform, tmp_path):
