@@ -28,6 +28,7 @@ __all__ = [
     "check_annotation",
     "check_dataset_name",
     "check_item_name",
+    "check_video_fits",
     "free_project_name",
     "get_dataset_row",
     "get_image_row",
@@ -335,6 +336,24 @@ def insert_video(conn: sqlite3.Connection, dataset_id: int, name: str, frames_co
     return int(cur.lastrowid)
 
 
+def check_video_fits(ann: VideoAnnotation, img_size: tuple[int, int], frames_count: int,
+                     where: str = "video annotation") -> None:
+    """`FormatError` unless `ann` is of the video's size `img_size` (height, width), and neither its figures nor its
+    `framesCount` go past the video's `frames_count` frames."""
+    if tuple(ann.img_size) != tuple(img_size):
+        raise FormatError(
+            f"{where}: annotation size {ann.img_size[0]}x{ann.img_size[1]} (height x width) differs from the "
+            f"video's {img_size[0]}x{img_size[1]}"
+        )
+    last = max((fr.index for fr in ann.frames), default=-1)
+    if last >= frames_count:
+        raise FormatError(f"{where}: the annotation has figures on frame {last}; the video has {frames_count} frames")
+    if ann.frames_count > frames_count:
+        raise FormatError(
+            f"{where}: the annotation's framesCount is {ann.frames_count}; the video has {frames_count} frames"
+        )
+
+
 def check_video_annotation(ann: VideoAnnotation, meta: ProjectMeta, where: str = "video annotation") -> None:
     """`FormatError` unless every class and tag of `ann` is in `meta` and fits."""
     for obj in ann.objects:
@@ -350,7 +369,7 @@ def check_video_annotation(ann: VideoAnnotation, meta: ProjectMeta, where: str =
 def set_video_annotation(conn: sqlite3.Connection, video_id: int, ann: VideoAnnotation | dict, *,
                          meta: ProjectMeta | None = None, add_to_meta: bool = False) -> None:
     """Store the annotation of a video, replacing any; checked against the project meta like `set_annotation`,
-    and its frames must be within the video."""
+    and against the video (`check_video_fits`: its size, its frames within the video's)."""
     from pipeline.annotation import VideoAnnotation
 
     row = get_video_row(conn, video_id)
@@ -364,9 +383,7 @@ def set_video_annotation(conn: sqlite3.Connection, video_id: int, ann: VideoAnno
         meta = get_meta(conn, row["project_id"])
     where = f"video {video_id} ({row['name']!r})"
     check_video_annotation(ann, meta, where)
-    last = max((fr.index for fr in ann.frames), default=-1)
-    if last >= row["frames_count"]:
-        raise FormatError(f"{where}: the annotation has figures on frame {last}; the video has {row['frames_count']}")
+    check_video_fits(ann, (row["height"], row["width"]), row["frames_count"], where)
     conn.execute(
         "INSERT INTO video_annotations (video_id, ann, objects_count, updated_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (video_id) DO UPDATE SET ann = excluded.ann, objects_count = excluded.objects_count, "

@@ -151,11 +151,8 @@ def _prepare(store: Any, item: _Item, meta: ProjectMeta, project_type: str) -> N
         item.objects = len(ann.labels)
     else:
         ann = _wrap(item.ann_path, VideoAnnotation.from_json, data, meta)
-        last = max((fr.index for fr in ann.frames), default=-1)
-        if last >= item.probe.frames_count:
-            raise FormatError(
-                f"{item.ann_path}: figures on frame {last}, but {item.path.name} has {item.probe.frames_count} frames"
-            )
+        ops.check_video_fits(ann, (item.probe.height, item.probe.width), item.probe.frames_count,
+                             f"{item.ann_path} (video {item.path.name})")
         item.objects = len(ann.objects)
     item.ann_json = ops.dumps(data)
 

@@ -411,6 +411,11 @@ def test_video_upload_probe_and_annotation(platform, video_dataset):
     late = VideoAnnotation((24, 32), 20, [car]).add_figures([VideoFigure(car, Rectangle(0, 0, 1, 1), 12)])
     with pytest.raises(FormatError, match="frame 12"):
         platform.video.set_annotation(info.id, late)
+    with pytest.raises(FormatError, match="framesCount is 9; the video has 8 frames"):
+        platform.video.set_annotation(info.id, VideoAnnotation((24, 32), 9, [car]))
+    with pytest.raises(FormatError, match="size 24x40 .* differs from the video's 24x32"):
+        platform.video.set_annotation(info.id, VideoAnnotation((24, 40), 8, [car]))
+    assert platform.video.get_annotation(info.id).to_json() == ann.to_json()
     assert platform.project.stats(video_dataset.project_id)["objects"] == 1
 
 

@@ -543,6 +543,11 @@ VIDEO_BAD_INPUTS = {
     "figure of an unknown object": (
         lambda r: _edit_json(r / "ds0" / "ann" / "clip.mp4.json",
                              lambda d: d["frames"][0]["figures"][0].update(objectKey="ab" * 16)), "clip.mp4.json"),
+    "size differs from the video": (
+        lambda r: _edit_json(r / "ds0" / "ann" / "clip.mp4.json", lambda d: d["size"].update(width=64)),
+        "clip.mp4.json"),
+    "framesCount past the video's": (
+        lambda r: _edit_json(r / "ds0" / "ann" / "clip.mp4.json", lambda d: d.update(framesCount=50)), "clip.mp4.json"),
     "frame past the end": (
         lambda r: _edit_json(r / "ds0" / "ann" / "clip.mp4.json", lambda d: d.update(framesCount=50) or
                              d["frames"][0].update(index=40)), "clip.mp4.json"),
