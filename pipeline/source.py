@@ -75,7 +75,7 @@ def _abs(p: str | os.PathLike) -> str:
 
 def _walk(root: str, recursive: bool) -> Iterator[tuple[tuple[str, ...], str]]:
     """(relative dir parts, absolute file path) of image and video files, sorted per folder, one folder at a time.
-    Symlinked folders are followed once: a folder already walked (same device and inode) is not entered again, so
+    Hidden files and folders (names starting with ".") are skipped. Symlinked folders are followed once: a folder already walked (same device and inode) is not entered again, so
     a link loop cannot repeat files or recurse without end."""
     stack: list[tuple[str, tuple[str, ...]]] = [(root, ())]
     seen: set[tuple[int, int]] = set()
@@ -98,6 +98,8 @@ def _walk(root: str, recursive: bool) -> Iterator[tuple[tuple[str, ...], str]]:
             if is_dir:
                 if recursive and not e.name.startswith("."):
                     subdirs.append((e.path, parts + (e.name,)))
+            elif e.name.startswith("."):
+                continue  # hidden files (e.g. macOS "._x.jpg" resource forks) are not the user's images
             elif is_image_file(e.name) or is_video_file(e.name):
                 yield parts, e.path
         stack.extend(reversed(subdirs))  # depth-first, in name order

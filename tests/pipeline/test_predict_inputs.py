@@ -85,6 +85,7 @@ def test_directory_sorted_images_only_and_recursive(tiny_model, direct_tiny, tmp
     top = write_images(root, 3, seed=1)
     sub = write_images(root / "sub" / "deeper", 2, seed=2, fmt="png")
     (root / "notes.txt").write_text("not an image")
+    (root / "._img_0000.jpg").write_bytes(b"\x00\x05\x16\x07")  # a macOS resource fork: hidden, skipped
     (root / "sub" / "data.csv").write_text("1,2")
     flat = tiny_model.predict(input=root, settings=S, progress=False)
     assert [p.image_path for p in flat] == [str(p) for p in top]
