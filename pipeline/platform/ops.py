@@ -390,3 +390,15 @@ def set_video_annotation(conn: sqlite3.Connection, video_id: int, ann: VideoAnno
         "updated_at = excluded.updated_at",
         (video_id, dumps(ann.to_json()), len(ann.objects), now()),
     )
+
+
+def put_video_annotation_json(conn: sqlite3.Connection, video_id: int, data: dict[str, Any],
+                              objects_count: int) -> None:
+    """Store a video's annotation JSON as it is: for callers that checked it already (the upload stage adds checked
+    objects and figures to an annotation that was valid when stored, without decoding its figures again)."""
+    conn.execute(
+        "INSERT INTO video_annotations (video_id, ann, objects_count, updated_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (video_id) DO UPDATE SET ann = excluded.ann, objects_count = excluded.objects_count, "
+        "updated_at = excluded.updated_at",
+        (video_id, dumps(data), int(objects_count), now()),
+    )

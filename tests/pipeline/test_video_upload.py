@@ -1,12 +1,16 @@
 """Video uploads: create / append / replace / iou_merge into platform video annotations, read back; resume after a
 crash without duplicates; the `<name>_nn` rule; export and import of what was written. The merge rules themselves
-are table-tested on `merge_video_annotation` first (pure)."""
+are table-tested first (pure): on `merge_video_annotation` and on `merge_video_json`, which the upload uses and
+which must give the same annotation without decoding what is stored."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,18 +18,29 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))  # the shared video writers
 from test_video_decode import truncate, write_video  # noqa: E402
 
+import pipeline.annotation  # noqa: E402
 from pipeline.annotation import (  # noqa: E402
     CONFIDENCE_TAG,
+    Bitmap,
     Label,
     ObjClass,
+    ProjectMeta,
     Rectangle,
     Tag,
+    TagMeta,
     VideoAnnotation,
     VideoFigure,
     VideoObject,
 )
-from pipeline.exceptions import RunError  # noqa: E402
-from pipeline.upload_video import VideoTarget, labels_to_video, merge_video_annotation  # noqa: E402
+from pipeline.exceptions import FormatError, RunError  # noqa: E402
+from pipeline.prediction import Prediction  # noqa: E402
+from pipeline.upload_video import (  # noqa: E402
+    VideoTarget,
+    frame_labels,
+    labels_to_video,
+    merge_video_annotation,
+    merge_video_json,
+)
 
 IMG = 64
 SETTINGS = {"conf": 0.0, "max_det": 3}  # three objects on every frame: small annotations, never empty
@@ -95,6 +110,51 @@ def test_merge_video_annotation(mode, predicted, figures, kept):
     assert len(new) == len(after.figures) - sum(1 for f in after.figures if f.video_object.key in
                                                 {x.key for x in before.objects})  # one object per new figure
     assert _summary(before) == _summary(_current())  # immutable: the input is untouched
+
+
+@pytest.mark.parametrize("mode,predicted,figures,kept", MERGE_TABLE, ids=[f"{m}-{i}" for i, (m, *_) in
+                                                                          enumerate(MERGE_TABLE)])
+def test_merge_video_json(mode, predicted, figures, kept):
+    """The same table on the stored JSON: the same figures and objects as `merge_video_annotation`, and every
+    stored object and figure that stays is the very dict that was stored (never decoded and encoded again)."""
+    before = _current().to_json()
+    data = copy.deepcopy(before)
+    stored_objects = {id(o) for o in data["objects"]}
+    stored_figures = {id(f) for fr in data["frames"] for f in fr["figures"]}
+    objects, new_figures, changed = merge_video_json(mode, data, predicted, 0.9)
+    after = VideoAnnotation.from_json(json.loads(json.dumps(data)))  # what is stored reads back
+    assert _summary(after) == figures
+    assert {o.key[0] for o in after.objects if o.key in {x["key"] for x in before["objects"]}} == kept
+    assert [o["key"] for o in data["objects"][len(data["objects"]) - len(objects):]] == [o.key for o in objects]
+    assert len(objects) == len(new_figures) == sum(len(fr["figures"]) for fr in data["frames"]) - sum(
+        1 for fr in data["frames"] for f in fr["figures"] if id(f) in stored_figures)
+    assert all(id(o) in stored_objects for o in data["objects"][:len(data["objects"]) - len(objects)])
+    assert [fr["index"] for fr in data["frames"]] == sorted(fr["index"] for fr in data["frames"])
+    assert changed == (data != before)
+    assert (data["key"], data["size"], data["framesCount"]) == (before["key"], before["size"], before["framesCount"])
+    reference = merge_video_annotation(mode, _current(), predicted, 0.9)
+    assert len(after.objects) == len(reference.objects) and _summary(after) == _summary(reference)
+
+
+def test_merge_video_json_iou_merge_decodes_only_the_predicted_frames(monkeypatch):
+    data = _current().to_json()
+    data["frames"].append({"index": 7, "figures": [{"key": "f" * 32, "objectKey": "b" * 32, "geometryType": "bitmap",
+                                                    "geometry": {"bitmap": {"data": "not a png", "origin": [0, 0]}}}]})
+    decoded = []
+    real = pipeline.annotation.geometry_from_json
+
+    def counting(geometry_type, geometry, where="geometry"):
+        decoded.append(where)
+        return real(geometry_type, geometry, where)
+
+    monkeypatch.setattr(pipeline.annotation, "geometry_from_json", counting)
+    assert [lab.obj_class.name for lab in frame_labels(data, [1])[1]] == ["a", "a"]
+    assert len(decoded) == 2  # frame 1's two figures; frame 0's and frame 7's (an unreadable bitmap) never
+    decoded.clear()
+    objects, _, _ = merge_video_json("iou_merge", data, {1: [_pred(A, (1, 1, 11, 11)), _pred(A, (30, 30, 40, 40))]})
+    assert len(decoded) == 2 and len(objects) == 1  # the same box is dropped, the other one kept
+    with pytest.raises(FormatError, match="frame 7"):  # the stored figure is decoded once its frame is predicted
+        merge_video_json("iou_merge", data, {7: [_pred(B, (0, 0, 4, 4))]})
 
 
 def test_labels_become_one_object_each_with_a_frame_confidence_tag():
@@ -315,3 +375,108 @@ def test_truncated_video_uploads_the_frames_before_the_break(tiny_model, api, tm
     ann = api.video.get_annotation(ok[0].target.video_id)
     assert sorted(fr.index for fr in ann.frames) == [p.frame_idx for p in ok]
     assert np.all([p.target.frame_idx == p.frame_idx for p in ok])
+
+
+# ------------------------------------------------------- the write itself, on a platform video (no model needed)
+
+
+@pytest.fixture
+def stored(tmp_path):
+    """(platform, video id): a 24-frame video whose annotation has a box of class `a` on frames 0 and 5 and a
+    bitmap of class `m` on frame 3; the meta has those classes and the confidence tag."""
+    from pipeline.platform import Platform, ops
+
+    platform = Platform(tmp_path / "platform")
+    project = platform.project.create("labelled", type="videos")
+    ds = platform.dataset.create(project.id, "ds0")
+    with platform.store.write() as conn:
+        video_id = ops.insert_video(conn, ds.id, "street.mp4", 24, 30.0, 64, 48, "0" * 64, 0, "mp4")
+    mask_cls = ObjClass("m", "bitmap")
+    platform.project.merge_meta(project.id, ProjectMeta((A, mask_cls), (CONFIDENCE_TAG,), "videos"))
+    obj, blob = VideoObject(A), VideoObject(mask_cls)
+    mask = np.zeros((48, 64), bool)
+    mask[10:20, 5:30] = True
+    ann = VideoAnnotation((48, 64), 24, (obj, blob)).add_figures(
+        [VideoFigure(obj, _box(2, 2, 20, 20), 0), VideoFigure(obj, _box(3, 3, 21, 21), 5),
+         VideoFigure(blob, Bitmap.from_mask(mask), 3)])
+    platform.video.set_annotation(video_id, ann)
+    return platform, video_id
+
+
+def _target(platform, mode: str) -> VideoTarget:
+    return VideoTarget(SimpleNamespace(upload=mode, settings={}, job_id=None),
+                       SimpleNamespace(name="street", project_type="videos", description="video"),
+                       platform, SimpleNamespace(spec=SimpleNamespace(task_type="detection")))
+
+
+def _frame_pred(video_id: int, frame: int, *boxes) -> Prediction:
+    return Prediction(boxes=list(boxes), scores=[0.75] * len(boxes), class_ids=[0] * len(boxes),
+                      classes=["a"] * len(boxes), video_id=video_id, frame_idx=frame, img_size=(48, 64),
+                      _key=f"video:{video_id}:{frame}")
+
+
+def _boxes(ann: VideoAnnotation) -> dict[int, list[tuple]]:
+    return {fr.index: sorted(tuple(round(v, 2) for v in f.geometry.to_bbox().to_xyxy()) for f in fr.figures)
+            for fr in ann.frames}
+
+
+def _row(platform, video_id: int):
+    with platform.store.read() as conn:
+        row = conn.execute("SELECT ann, objects_count, updated_at FROM video_annotations WHERE video_id = ?",
+                           (video_id,)).fetchone()
+    return json.loads(row["ann"]), row["objects_count"], row["updated_at"]
+
+
+def test_append_keeps_the_stored_json_as_it_is(stored, monkeypatch):
+    platform, video_id = stored
+    before, _, _ = _row(platform, video_id)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the stored annotation was decoded")
+
+    monkeypatch.setattr(VideoAnnotation, "from_json", no_decoding)
+    monkeypatch.setattr(Bitmap, "from_json", no_decoding)
+    preds = [_frame_pred(video_id, 3, (1, 1, 9, 9)), _frame_pred(video_id, 7, (4, 4, 12, 12), (30, 5, 50, 25))]
+    _target(platform, "append").write(preds)
+    monkeypatch.undo()
+    assert [p.error for p in preds] == [None, None] and all(p.target.video_id == video_id for p in preds)
+    after, count, _ = _row(platform, video_id)
+    assert after["objects"][:2] == before["objects"] and count == len(after["objects"]) == 2 + 3
+    frames = {fr["index"]: fr["figures"] for fr in after["frames"]}
+    assert sorted(frames) == [0, 3, 5, 7]
+    assert frames[3][0] == before["frames"][1]["figures"][0]  # the stored bitmap, as it was
+    assert _boxes(platform.video.get_annotation(video_id)) == {
+        0: [(2.0, 2.0, 20.0, 20.0)], 3: [(1.0, 1.0, 9.0, 9.0), (5.0, 10.0, 30.0, 20.0)], 5: [(3.0, 3.0, 21.0, 21.0)],
+        7: [(4.0, 4.0, 12.0, 12.0), (30.0, 5.0, 50.0, 25.0)]}
+
+
+def test_replace_and_iou_merge_write_the_json(stored):
+    platform, video_id = stored
+    _target(platform, "replace").write([_frame_pred(video_id, 5, (6, 6, 16, 16)), _frame_pred(video_id, 3)])
+    ann = platform.video.get_annotation(video_id)
+    assert _boxes(ann) == {0: [(2.0, 2.0, 20.0, 20.0)], 5: [(6.0, 6.0, 16.0, 16.0)]}
+    assert len(ann.objects) == 2  # `a` lives on through frame 0; the bitmap's object went with frame 3
+    preds = [_frame_pred(video_id, 0, (2, 2, 20, 20)), _frame_pred(video_id, 5, (6, 6, 16, 16))]
+    _, _, stamp = _row(platform, video_id)
+    _target(platform, "iou_merge").write(preds)
+    assert [p.error for p in preds] == [None, None]
+    assert _row(platform, video_id)[2] == stamp  # everything already there: nothing to write
+    assert _boxes(platform.video.get_annotation(video_id)) == _boxes(ann)
+
+
+def test_new_objects_are_checked_against_the_video_and_the_meta(stored):
+    platform, video_id = stored
+    before = _row(platform, video_id)
+    target = _target(platform, "append")
+    past = [_frame_pred(video_id, 23, (1, 1, 5, 5)), _frame_pred(video_id, 24, (1, 1, 5, 5))]
+    target.write(past)
+    assert past[0].error and "frame 24" in past[1].error and "has 24" in past[1].error  # the video's frames fail
+    meta = platform.project.get_meta(platform.video.get(video_id).project_id)
+    platform.project.update_meta(platform.video.get(video_id).project_id, ProjectMeta(
+        meta.obj_classes, (TagMeta("confidence", "any_string"),), "videos"))
+    wrong_tag = [_frame_pred(video_id, 1, (1, 1, 5, 5))]
+    target.write(wrong_tag)
+    assert "confidence" in wrong_tag[0].error
+    assert _row(platform, video_id) == before  # nothing written
+    with platform.store.read() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM upload_job_items WHERE job_id = ?", (target.job_id,)).fetchone()[0] == 0
