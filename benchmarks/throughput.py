@@ -8,7 +8,7 @@
 Prints the ratios b/a (how much of the model's own speed the pipeline keeps) and b/c.
 
     .venv/bin/python benchmarks/throughput.py                                 # CPU defaults (small run)
-    python benchmarks/throughput.py --device cuda --images 2000 --batch 16    # the GPU figure of docs/PERFORMANCE.md
+    python benchmarks/throughput.py --device cuda --images 4000 --batch 16    # the GPU figure of docs/PERFORMANCE.md
 """
 
 from __future__ import annotations
@@ -25,15 +25,14 @@ import numpy as np
 from pipeline._ray import NAMESPACE
 
 
-def make_images(folder: str, n: int, size: tuple[int, int], seed: int = 0) -> list[str]:
-    """`n` JPEGs of `size` (h, w) with some structure (gradients and blocks, so JPEG sizes are realistic)."""
+def _write_images(folder: str, indices: range, size: tuple[int, int], seed: int) -> list[str]:
     from PIL import Image
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, indices.start])
     h, w = size
     yy, xx = np.mgrid[:h, :w]
     paths = []
-    for i in range(n):
+    for i in indices:
         img = np.stack([(xx * (i % 7 + 1)) % 256, (yy * 3 + i) % 256, ((xx + yy) // 4) % 256], axis=2)
         for _ in range(6):
             y, x = rng.integers(0, h - 40), rng.integers(0, w - 40)
@@ -42,6 +41,18 @@ def make_images(folder: str, n: int, size: tuple[int, int], seed: int = 0) -> li
         Image.fromarray(img.astype(np.uint8)).save(path, quality=90)
         paths.append(path)
     return paths
+
+
+def make_images(folder: str, n: int, size: tuple[int, int], seed: int = 0) -> list[str]:
+    """`n` JPEGs of `size` (h, w) with some structure (gradients and blocks, so JPEG sizes are realistic),
+    written by a process per core."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    step = 250
+    with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        parts = pool.map(_write_images, *zip(*[(folder, range(i, min(i + step, n)), size, seed)
+                                               for i in range(0, n, step)]))
+        return [p for part in parts for p in part]
 
 
 def save_random_checkpoint(arch: str, path: str) -> None:
@@ -86,22 +97,39 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def pipeline_predict(api, ckpt_path: str, folder: str, n: int, batch: int, device: str, settings: dict) -> float:
-    """(b): deploy + predict(input=directory); images/s of the predict() call (deployment excluded)."""
+def pipeline_predict(api, ckpt_path: str, folder: str, n: int, batch: int, device: str,
+                     settings: dict) -> tuple[float, float, float]:
+    """(b): deploy + predict(input=directory); images/s of the predict() call (deployment excluded), the
+    fraction of a second run's wall time the replica spent in the model, and images/s counting the deployment
+    and a first, cold predict() (what one job that deploys, predicts once and stops would see)."""
+    t_cold = time.perf_counter()
     model = api.nn.deploy(ckpt_path, device=device, replicas=1)
     try:
+        preds = model.predict(input=folder + "/images", batch_size=batch, settings=settings, progress=False)
+        cold = n / (time.perf_counter() - t_cold)
+        assert len(preds) == n
+        del preds
         model.predict(input=folder + "/warmup", batch_size=batch, settings=settings, progress=False)
         t0 = time.perf_counter()
         preds = model.predict(input=folder + "/images", batch_size=batch, settings=settings, progress=False)
         elapsed = time.perf_counter() - t0
         assert len(preds) == n and not any(p.error for p in preds)
-        return n / elapsed
+        # The same run once more through predict_detached, to read how long the replica spent inside the model:
+        # compute / wall time is how busy the pipeline kept it (1.0: the model, not the pipeline, sets the pace).
+        t0 = time.perf_counter()
+        with model.predict_detached(input=folder + "/images", batch_size=batch, settings=settings) as session:
+            count = sum(1 for _ in session)
+            busy = session.scheduler.stats.compute_seconds / (time.perf_counter() - t0)
+        assert count == n
+        return n / elapsed, busy, cold
     finally:
         model.shutdown()
 
 
-def ray_data(ckpt_path: str, folder: str, n: int, batch: int, device: str, settings: dict) -> float:
-    """(c): plain Ray Data batch inference with the same adapter as a callable class."""
+def ray_data(ckpt_path: str, folder: str, n: int, batch: int, device: str,
+             settings: dict) -> tuple[float, float]:
+    """(c): plain Ray Data batch inference with the same adapter as a callable class: images/s in steady state
+    and end to end (the actor's start-up included)."""
     import ray
 
     class Predictor:
@@ -131,10 +159,15 @@ def ray_data(ckpt_path: str, folder: str, n: int, batch: int, device: str, setti
 
     # Ray Data starts its actor and reads ahead inside the iteration, so one run's wall time includes start-up.
     # Two runs, a short one and the full one, pay the same start-up: the difference is the steady-state rate.
+    # Ray Data also decodes ahead while its actor loads the model, so with few images the steady-state figure
+    # is the model's speed on images already decoded; the end-to-end figure is the job's wall time.
     n_warm, t_warm = run("warmup")
     n_full, t_full = run("images")
     assert n_full == n
-    return (n_full - n_warm) / (t_full - t_warm)
+    end_to_end = n_full / t_full
+    if n_full <= n_warm or t_full <= t_warm:  # a run too small to tell start-up from steady state
+        return end_to_end, end_to_end
+    return (n_full - n_warm) / (t_full - t_warm), end_to_end
 
 
 def main() -> None:
@@ -176,17 +209,24 @@ def main() -> None:
         res["a_plain_loop"] = plain_loop(ckpt, paths, args.batch, device, settings, warmup=2)
         print(f"(a) plain model loop, pre-decoded:   {res['a_plain_loop']:8.2f} images/s", flush=True)
     if "b" not in skip:
-        res["b_predict"] = pipeline_predict(api, ckpt, work, args.images, args.batch, device, settings)
-        print(f"(b) model.predict(input=directory):  {res['b_predict']:8.2f} images/s", flush=True)
+        res["b_predict"], res["b_replica_busy"], res["b_cold"] = pipeline_predict(
+            api, ckpt, work, args.images, args.batch, device, settings)
+        print(f"(b) model.predict(input=directory):  {res['b_predict']:8.2f} images/s "
+              f"(replica busy {res['b_replica_busy']:.0%} of the time; "
+              f"{res['b_cold']:.2f} images/s counting deploy and a cold first run)", flush=True)
     if "c" not in skip:
-        res["c_ray_data"] = ray_data(ckpt, work, args.images, args.batch, device, settings)
-        print(f"(c) plain Ray Data pipeline:         {res['c_ray_data']:8.2f} images/s", flush=True)
+        res["c_ray_data"], res["c_end_to_end"] = ray_data(ckpt, work, args.images, args.batch, device, settings)
+        print(f"(c) plain Ray Data pipeline:         {res['c_ray_data']:8.2f} images/s "
+              f"({res['c_end_to_end']:.2f} images/s end to end)", flush=True)
     if "a_plain_loop" in res and "b_predict" in res:
         res["b_over_a"] = res["b_predict"] / res["a_plain_loop"]
         print(f"b/a = {res['b_over_a']:.3f}")
     if "c_ray_data" in res and "b_predict" in res:
         res["b_over_c"] = res["b_predict"] / res["c_ray_data"]
         print(f"b/c = {res['b_over_c']:.3f}")
+        if "b_cold" in res:
+            res["b_cold_over_c_end_to_end"] = res["b_cold"] / res["c_end_to_end"]
+            print(f"both cold, end to end: b/c = {res['b_cold_over_c_end_to_end']:.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
