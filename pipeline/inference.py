@@ -41,6 +41,7 @@ class Batch:
     submit: Callable[[str | None], Any]
     attempts: int = 0
     load_ref: Any = None
+    load_by_actor: bool = False  # loaded by a call on an actor (a video reader), not by a task
 
 
 def batched(items: Iterator[Item], batch_size: int, submit_factory: Callable[[list[Item]], Callable]) -> Iterator[Batch]:
@@ -157,12 +158,17 @@ class Scheduler:
                         self.stats.compute_seconds += result.compute_seconds
                         on_result(batch.items, result)
         finally:
-            for ref, (batch, _) in in_flight.items():
-                for target in (ref, batch.load_ref):
-                    try:
-                        ray.cancel(target)
-                    except Exception:  # already finished or not cancellable: nothing to free
-                        pass
+            # Cancel the loading tasks only (a stopped run). A replica call whose loading is cancelled fails on the caller's side
+            # and never reaches the replica; cancelling replica calls themselves leaves a gap in the actor's call
+            # sequence that stalls the next caller for 30 s (Ray's ordered actor queue). At most the calls whose
+            # images are already decoded (max_in_flight per replica) still run.
+            for batch, _ in in_flight.values():
+                if batch.load_by_actor:
+                    continue  # the plan ends its readers (VideoLoading.batcher)
+                try:
+                    ray.cancel(batch.load_ref)
+                except Exception:  # already finished or not cancellable: nothing to free
+                    pass
 
     def _answers(self, r: int) -> bool:
         return _probe(self.replicas[r], REPLICA_PROBE_S)

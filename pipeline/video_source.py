@@ -125,8 +125,14 @@ class VideoFrames:
             self._readers[lane] = handle
         return handle
 
-    def release(self) -> None:
-        """Drop the readers' handles: each reader ends once the calls queued on it have run."""
+    def release(self, kill: bool = False) -> None:
+        """Drop the readers' handles: each reader ends once the calls queued on it have run, or at once with
+        `kill`."""
+        if kill:
+            import ray
+
+            for handle in self._readers.values():
+                ray.kill(handle, no_restart=True)
         self._readers.clear()
 
 
@@ -177,13 +183,18 @@ class VideoLoading:
         one range and in frame order. Holds at most one unfinished batch per lane."""
         from pipeline.inference import Batch
 
+        stopped = False
         try:
             yield from self._batches(items, batch_size, factory, Batch)
+        except GeneratorExit:  # the scheduler dropped this generator before its end: stopped or failed
+            stopped = True
+            raise
         finally:
-            # The run is over, finished or stopped (the scheduler dropped this generator): every reader's handle
-            # goes, so no reader keeps its CPU once its queued calls have run, even while the session is kept.
+            # The run is over: every reader's handle goes, so no reader keeps its CPU once its queued calls have
+            # run, even while the session is kept. A stopped run's readers are killed at once: their queued calls
+            # are not wanted (and cancelling calls queued on an actor would stall it, see Scheduler.run).
             for video in list(self.videos.values()):
-                video.release()
+                video.release(kill=stopped)
             self.videos.clear()
 
     def _batches(self, items: Iterator[Item], batch_size: int, factory: Callable, Batch: type) -> Iterator[Any]:
@@ -197,7 +208,7 @@ class VideoLoading:
                 return
             for buf in open_.values():
                 if buf:
-                    yield Batch(buf, factory(buf))
+                    yield Batch(buf, factory(buf), load_by_actor=True)
             open_.clear()
             current.release()
             self.videos.pop(current.path, None)
@@ -222,11 +233,11 @@ class VideoLoading:
             lane = r % video.lanes
             buf = open_.setdefault(lane, [])
             if buf and video.range_of(buf[0]) != r:
-                yield Batch(buf, factory(buf))
+                yield Batch(buf, factory(buf), load_by_actor=True)
                 buf = open_[lane] = []
             buf.append(item)
             if len(buf) >= batch_size:
-                yield Batch(buf, factory(buf))
+                yield Batch(buf, factory(buf), load_by_actor=True)
                 open_[lane] = []
         yield from finish_video()
         if images:
