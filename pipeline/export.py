@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from typing import Any
 
 import numpy as np
@@ -22,9 +23,10 @@ from pipeline.prediction import Prediction
 
 __all__ = ["ParquetWriter", "CocoWriter", "mask_to_rle", "rle_to_mask"]
 
-# Rows buffered before a part file is written: big enough for efficient Parquet, small enough that a crash loses
-# at most this many rows.
+# A part file is written once this many rows are buffered (big enough for efficient Parquet) or once the oldest
+# buffered row is this many seconds old, whichever comes first: a crash loses at most that much.
 PARQUET_ROWS_PER_PART = 20_000
+PARQUET_FLUSH_S = 10.0
 _PART = re.compile(r"part-(\d+)\.parquet")
 
 
@@ -85,6 +87,7 @@ class ParquetWriter:
         self._part = max((int(_PART.fullmatch(f).group(1)) for f in existing), default=-1) + 1
         self._rows: dict[str, list] = {f.name: [] for f in _schema()}
         self._n = 0
+        self._oldest: float | None = None  # monotonic time of the oldest buffered row
         self.rows_written = 0
 
     def add(self, preds: list[Prediction]) -> None:
@@ -111,12 +114,15 @@ class ParquetWriter:
                 if p.masks is not None and p.masks[i].any():
                     row["mask_png"], row["mask_x"], row["mask_y"] = _mask_png(p.masks[i])
                 self._append(row)
-        if self._n >= PARQUET_ROWS_PER_PART:
+        if self._n >= PARQUET_ROWS_PER_PART or (
+                self._oldest is not None and time.monotonic() - self._oldest >= PARQUET_FLUSH_S):
             self.flush()
 
     def _append(self, row: dict[str, Any]) -> None:
         for k, col in self._rows.items():
             col.append(row.get(k))
+        if not self._n:
+            self._oldest = time.monotonic()
         self._n += 1
 
     def flush(self) -> None:
@@ -134,6 +140,7 @@ class ParquetWriter:
         self.rows_written += self._n
         self._rows = {k: [] for k in self._rows}
         self._n = 0
+        self._oldest = None
 
     def close(self) -> None:
         self.flush()

@@ -59,6 +59,28 @@ def test_parquet_parts_written_so_far_survive(tmp_path, monkeypatch):
     assert pq.read_table(tmp_path / "p.parquet").num_rows == 4
 
 
+def test_parquet_rows_reach_disk_while_the_run_goes_on(tiny_model, tmp_path, monkeypatch):
+    """Without an upload too, rows are on disk within PARQUET_FLUSH_S of being predicted, before the run ends."""
+    import time
+
+    import pipeline.export as export
+    from helpers import write_images
+
+    monkeypatch.setattr(export, "PARQUET_FLUSH_S", 0.0)  # every group of predictions is its own part
+    root = tmp_path / "many"
+    write_images(root, 150, size=(40, 50))
+    out = tmp_path / "rows.parquet"
+    with tiny_model.predict_detached(input=root, batch_size=1, settings={"conf": 0.0},
+                                     output={"parquet": str(out)}) as session:
+        seen = [session.next(timeout=120) for _ in range(20)]
+        deadline = time.time() + 30
+        while not list(out.glob("part-*.parquet")) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not session.is_done()
+        names = {r["name"] for r in pq.read_table(out).to_pylist()}
+    assert {p.name for p in seen if len(p)} & names  # the first items' rows were written mid-run
+
+
 def test_prediction_json_round_trip_with_masks():
     masks = np.zeros((2, 10, 12), bool)
     masks[0, 2:5, 3:9] = True
