@@ -5,7 +5,11 @@ Pure: no Ray, no files beyond `os.path` checks made by the source stage. Table-t
 
 from __future__ import annotations
 
+import collections
 import difflib
+import numbers
+import operator
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,23 +58,36 @@ class PredictArgs:
         return any(getattr(self, k) is not None for k in ID_SOURCES)
 
 
+def as_int(value: Any) -> int | None:
+    """`value` as an int if it is an integer (NumPy integers too, not bools); else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _int_id(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    n = as_int(value)
+    if n is None or n < 1:
         raise InvalidArgumentError(f"{name} must be a positive int; got {value!r}")
-    return int(value)
+    return n
 
 
 def parse_img_size(value: Any) -> tuple[int, int] | None:
     """None -> None; int n -> (n, n); (h, w) -> (h, w). Anything else is an error."""
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
+    n = as_int(value)
+    if n is not None:
+        if n < 1:
             raise InvalidArgumentError(f"img_size must be positive; got {value!r}")
-        return (value, value)
+        return (n, n)
     if isinstance(value, list | tuple) and len(value) == 2:
-        if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-            return (int(value[0]), int(value[1]))
+        h, w = as_int(value[0]), as_int(value[1])
+        if h is not None and w is not None and h > 0 and w > 0:
+            return (h, w)
     raise InvalidArgumentError(f"img_size must be an int (square side) or (height, width) of positive ints; got {value!r}")
 
 
@@ -82,9 +99,10 @@ def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None) ->
             if kw.get(canonical) is not None:
                 raise InvalidArgumentError(f"pass either {alias} or {canonical}, not both")
             kw[canonical] = kw.pop(alias)
-    settings = dict(kw.pop("settings", None) or {})
-    if not isinstance(settings, dict):
-        raise InvalidArgumentError(f"settings must be a dict; got {type(settings).__name__}")
+    raw_settings = kw.pop("settings", None)
+    if raw_settings is not None and not isinstance(raw_settings, dict):
+        raise InvalidArgumentError(f"settings must be a dict; got {type(raw_settings).__name__}")
+    settings = dict(raw_settings or {})
     for key in SETTING_ALIASES:
         if key in kw:
             value = kw.pop(key)
@@ -121,18 +139,23 @@ def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None) ->
             raise InvalidArgumentError("image_ids is empty")
         args.image_ids = [_int_id("image_ids", i) for i in ids]
 
-    if args.batch_size is not None and (
-        isinstance(args.batch_size, bool) or not isinstance(args.batch_size, int) or args.batch_size < 1
-    ):
-        raise InvalidArgumentError(f"batch_size must be a positive int; got {args.batch_size!r}")
-    if args.max_in_flight is not None and (not isinstance(args.max_in_flight, int) or args.max_in_flight < 1):
-        raise InvalidArgumentError(f"max_in_flight must be a positive int; got {args.max_in_flight!r}")
+    if args.batch_size is not None:
+        args.batch_size = as_int(args.batch_size)
+        if args.batch_size is None or args.batch_size < 1:
+            raise InvalidArgumentError(f"batch_size must be a positive int; got {kw.get('batch_size')!r}")
+    if args.max_in_flight is not None:
+        args.max_in_flight = as_int(args.max_in_flight)
+        if args.max_in_flight is None or args.max_in_flight < 1:
+            raise InvalidArgumentError(f"max_in_flight must be a positive int; got {kw.get('max_in_flight')!r}")
     args.img_size = parse_img_size(args.img_size)
 
     if args.classes is not None:
         classes = [args.classes] if isinstance(args.classes, str) else list(args.classes)
         if not all(isinstance(c, str) for c in classes):
             raise InvalidArgumentError(f"classes must be a list of class names; got {args.classes!r}")
+        if not classes:
+            raise InvalidArgumentError("classes is empty: it would drop every object; leave it out (None) to keep "
+                                       "all classes")
         if model_classes is not None:
             unknown_cls = [c for c in classes if c not in model_classes]
             if unknown_cls:
@@ -143,9 +166,13 @@ def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None) ->
 
     _check_settings(settings)
 
+    if isinstance(args.input, str | os.PathLike) and not os.fspath(args.input).strip():
+        raise InvalidArgumentError("input is an empty path; give a file, directory, URL, image or array")
+
     if args.upload is not None:
         if args.upload not in UPLOAD_MODES:
             raise InvalidArgumentError(f"unknown upload mode {args.upload!r}; use one of {list(UPLOAD_MODES)}")
+        _refuse_repeats(args)
         if args.upload in PLATFORM_MODES and not args.from_platform:
             raise InvalidArgumentError(
                 f"upload={args.upload!r} needs platform items (project_id, dataset_id, image_ids or video_id); "
@@ -166,12 +193,32 @@ def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None) ->
     return args
 
 
+def _refuse_repeats(args: PredictArgs) -> None:
+    """An upload job writes each item once: the same image id, or the same file, twice in one list is refused."""
+    from pipeline.source import _abs
+
+    if args.image_ids is not None:
+        seen = list(args.image_ids)
+    elif isinstance(args.input, list | tuple):
+        seen = [_abs(os.fspath(v)) for v in args.input if isinstance(v, str | os.PathLike)
+                and not os.fspath(v).startswith(("http://", "https://"))]
+    else:
+        return
+    repeated = sorted(str(v) for v, n in collections.Counter(seen).items() if n > 1)
+    if repeated:
+        what = "image_ids" if args.image_ids is not None else "input"
+        raise InvalidArgumentError(
+            f"{what} lists {', '.join(repeated[:5])} more than once; an upload writes each item once: pass each "
+            "once (without upload=, repeats are fine)"
+        )
+
+
 def _check_settings(settings: dict[str, Any]) -> None:
     def number(key: str, lo: float, hi: float, lo_open: bool = False) -> None:
         if key not in settings:
             return
         v = settings[key]
-        if isinstance(v, bool) or not isinstance(v, int | float):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise InvalidArgumentError(f"settings[{key!r}] must be a number; got {v!r}")
         if (v <= lo if lo_open else v < lo) or v > hi:
             bracket = "(" if lo_open else "["
@@ -180,10 +227,13 @@ def _check_settings(settings: dict[str, Any]) -> None:
     number("conf", 0.0, 1.0)
     number("iou", 0.0, 1.0)
     number("iou_merge_threshold", 0.0, 1.0, lo_open=True)
-    if "max_det" in settings:
-        v = settings["max_det"]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise InvalidArgumentError(f"settings['max_det'] must be a positive int; got {v!r}")
+    number("url_timeout", 0.0, float("inf"), lo_open=True)
+    for key in ("max_det", "max_pixels"):
+        if key in settings:
+            v = as_int(settings[key])
+            if v is None or v < 1:
+                raise InvalidArgumentError(f"settings[{key!r}] must be a positive int; got {settings[key]!r}")
+            settings[key] = v
 
 
 def describe_input(value: Any) -> str:

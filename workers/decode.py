@@ -71,6 +71,10 @@ def decode_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
 
     if not data:
         raise ItemError("the file is empty (0 bytes)")
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    if pillow_limit is not None and max_pixels > pillow_limit:
+        # Pillow refuses images over twice its own limit before we can look: a higher max_pixels raises it too
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with Image.open(io.BytesIO(data)) as img:
             w, h = img.size
@@ -90,6 +94,8 @@ def decode_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
         raise ItemError(f"refused as a decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ItemError(f"the image is corrupt or truncated: {exc}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
 def read_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -47,6 +47,13 @@ IMG = np.zeros((8, 8, 3), np.uint8)
         ({"input": IMG, "job_id": "abc"}, "job_id resumes an upload"),
         ({"input": IMG, "output": {"csv": "x"}}, "output must be a dict with keys"),
         ({"input": IMG, "recursive": "yes"}, "recursive must be True or False"),
+        ({"input": IMG, "settings": [1]}, "settings must be a dict"),
+        ({"input": IMG, "settings": {"max_pixels": "abc"}}, r"settings\['max_pixels'\] must be a positive int"),
+        ({"input": IMG, "settings": {"url_timeout": -1}}, r"settings\['url_timeout'\] must be in"),
+        ({"input": IMG, "classes": []}, "classes is empty"),
+        ({"input": ""}, "input is an empty path"),
+        ({"image_ids": [1, 1, 2], "upload": "append"}, "image_ids lists 1 more than once"),
+        ({"input": ["a.jpg", "./a.jpg"], "upload": "create"}, "a.jpg more than once"),
     ],
 )
 def test_argument_errors(kwargs, message):
@@ -61,6 +68,11 @@ def test_aliases_and_defaults():
     b = _args.normalize({"input": IMG, "img_size": 320}, ["a"])
     assert b.img_size == (320, 320) and b.batch_size is None and b.upload is None
     assert _args.normalize({"input": IMG, "img_size": [240, 320]}, ["a"]).img_size == (240, 320)
+    # NumPy integers are integers; a repeated item is fine without an upload
+    c = _args.normalize({"image_ids": [np.int64(3), np.int64(3)], "batch_size": np.int32(2),
+                         "img_size": (np.int64(64), 96), "conf": np.float32(0.5)}, ["a"])
+    assert c.image_ids == [3, 3] and c.batch_size == 2 and c.img_size == (64, 96)
+    assert type(c.batch_size) is int and all(type(i) is int for i in c.image_ids)
 
 
 def test_errors_come_before_any_work(tiny_model, api, tmp_path):

@@ -63,8 +63,9 @@ def test_parquet_rows_reach_disk_while_the_run_goes_on(tiny_model, tmp_path, mon
     """Without an upload too, rows are on disk within PARQUET_FLUSH_S of being predicted, before the run ends."""
     import time
 
-    import pipeline.export as export
     from helpers import write_images
+
+    import pipeline.export as export
 
     monkeypatch.setattr(export, "PARQUET_FLUSH_S", 0.0)  # every group of predictions is its own part
     root = tmp_path / "many"

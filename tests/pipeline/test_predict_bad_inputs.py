@@ -93,3 +93,19 @@ def test_a_bomb_can_be_allowed_explicitly(tiny_model, tmp_path):
     assert "over the limit of 50,000" in refused.error
     [allowed] = tiny_model.predict(input=path, settings={"max_pixels": 60_000}, progress=False)
     assert allowed.error is None and allowed.img_size == (200, 300)
+
+
+def test_max_pixels_above_pillows_own_limit_is_honoured(monkeypatch):
+    """Pillow refuses images over twice its MAX_IMAGE_PIXELS before we look; a higher max_pixels lifts that too
+    (and Pillow's own limit is back afterwards)."""
+    from workers.decode import ItemError, decode_image_bytes
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # a stand-in for Pillow's 89 M pixels
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (100, 50)).save(buf, format="PNG")  # 5,000 pixels: over twice Pillow's limit
+    assert decode_image_bytes(buf.getvalue(), max_pixels=10_000).shape == (50, 100, 3)
+    assert Image.MAX_IMAGE_PIXELS == 1_000
+    with pytest.raises(ItemError, match="over the limit of 4,000"):
+        decode_image_bytes(buf.getvalue(), max_pixels=4_000)
