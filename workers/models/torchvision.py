@@ -254,7 +254,9 @@ class TorchvisionAdapter(ModelAdapter):
 
         conf, max_det = float(settings["conf"]), int(settings["max_det"])
         scores = det["scores"]
-        keep = torch.nonzero(scores >= conf).flatten()
+        # label 0 is the background: R-CNNs never output it, but RetinaNet, FCOS and SSD score every label,
+        # the background's too
+        keep = torch.nonzero((scores >= conf) & (det["labels"] > 0)).flatten()
         keep = keep[torch.argsort(scores[keep], descending=True)][:max_det]
         boxes = det["boxes"][keep].float()
         (ih, iw), (oh, ow) = in_size, orig
