@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
 
 import pytest
 import torch
@@ -106,4 +108,29 @@ def test_a_pickle_that_would_run_code_runs_nothing(tmp_path):
 
     with pytest.raises(CheckpointError, match="refused"):
         parse_checkpoint((tmp_path / "evil.pth").read_bytes(), "evil.pth")
+    assert not marker.exists()
+
+
+class _Call:
+    """Unpickles as `fn(*args)`."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+@pytest.mark.parametrize("make", [
+    lambda path: _Call(os.system, f"touch {path}"),
+    lambda path: _Call(subprocess.call, ["touch", str(path)]),
+    lambda path: _Call(eval, f"open({str(path)!r}, 'w')"),
+])
+def test_every_kind_of_code_payload_is_refused_by_name(tmp_path, make):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pth", "wb") as f:
+        torch.save({"format": "pipeline-checkpoint/1", "payload": make(marker)}, f)
+    with pytest.raises(CheckpointError, match=r"refused: .* would run code \(it calls [\w.]+\)") as info:
+        parse_checkpoint((tmp_path / "evil.pth").read_bytes(), "evil.pth")
+    assert "weights_only" not in str(info.value)  # never the advice to load it unsafely
     assert not marker.exists()

@@ -17,6 +17,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,11 @@ def _normalise_img_size(value: Any) -> int | tuple[int, int] | None:
     raise CheckpointError(f"checkpoint img_size must be a positive int, [h, w] or null; got {value!r}")
 
 
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+    return (lines[0] if lines else text.strip())[:200]
+
+
 def parse_checkpoint(data: bytes, uri: str = "<bytes>") -> Checkpoint:
     """Parse checkpoint bytes with `torch.load(weights_only=True)`; raise `CheckpointError` naming the problem."""
     import torch
@@ -104,16 +110,24 @@ def parse_checkpoint(data: bytes, uri: str = "<bytes>") -> Checkpoint:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        marker = "WeightsUnpickler error:"
-        detail = text.split(marker, 1)[1].strip().splitlines()[0] if marker in text else text.strip()[:200]
-        if "Unsupported global" in text:
+        # torch names the global the pickle wanted: "Unsupported global: GLOBAL os.system was not an allowed
+        # global ..." or "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL)\s+([\w.]+)", text)
+        if found:
             raise CheckpointError(
                 f"{uri} was refused: it is not a plain-weights checkpoint; loading it would run code "
-                f"({detail.split(' was not an allowed')[0]}), which is never allowed"
+                f"(it calls {found.group(1)}), which is never allowed"
             ) from None
+        marker = "WeightsUnpickler error:"
+        detail = text.split(marker, 1)[1].strip().splitlines()[0] if marker in text else _first_line(text)
         raise CheckpointError(f"{uri} is not a PyTorch checkpoint file (unreadable pickle: {detail})") from None
     except Exception as exc:
-        raise CheckpointError(f"{uri} is not a PyTorch checkpoint file: {type(exc).__name__}: {exc}") from None
+        # a file that is not a zip nor a pickle at all: torch's own exception (often a bare KeyError of the
+        # first byte) says nothing useful
+        raise CheckpointError(
+            f"{uri} is not a PyTorch checkpoint file (neither a torch.save zip archive nor a pickle; "
+            f"{type(exc).__name__})"
+        ) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         found = f"format={obj.get('format')!r}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
         raise CheckpointError(
@@ -197,8 +211,18 @@ def save_checkpoint(
     data = buf.getvalue()
     path = os.fspath(path)
     fs, fpath = _filesystem_and_path(path)
-    if "://" not in path:
+    if "://" not in path or path.startswith("file://"):
+        # a local file is written beside itself and renamed into place: never a half-written checkpoint
         os.makedirs(os.path.dirname(fpath) or ".", exist_ok=True)
-    with fs.open_output_stream(fpath) as f:
-        f.write(data)
+        tmp = f"{fpath}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, fpath)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    else:  # object stores write an object whole on close
+        with fs.open_output_stream(fpath) as f:
+            f.write(data)
     return hashlib.sha256(data).hexdigest()
