@@ -21,7 +21,7 @@ import numpy as np
 from pipeline.exceptions import InvalidArgumentError
 from pipeline.prediction import Prediction
 
-__all__ = ["ParquetWriter", "CocoWriter", "mask_to_rle", "rle_to_mask"]
+__all__ = ["ParquetWriter", "CocoWriter", "check_output", "mask_to_rle", "rle_to_mask"]
 
 # A part file is written once this many rows are buffered (big enough for efficient Parquet) or once the oldest
 # buffered row is this many seconds old, whichever comes first: a crash loses at most that much.
@@ -63,6 +63,29 @@ def _mask_png(mask: np.ndarray) -> tuple[bytes, int, int]:
     return buf.getvalue(), int(x0), int(y0)
 
 
+def check_output(output: dict[str, Any]) -> None:
+    """Refuse output paths that cannot be written, before any work (and before an old Parquet output is
+    replaced)."""
+    if output.get("parquet"):
+        path = os.path.abspath(os.fspath(output["parquet"]))
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise InvalidArgumentError(
+                f"output parquet {path} is a file; the Parquet output is a directory of part files: give a new "
+                "path or a folder"
+            )
+    if output.get("coco"):
+        path = os.path.abspath(os.fspath(output["coco"]))
+        if os.path.isdir(path):
+            raise InvalidArgumentError(
+                f"output coco {path} is a directory; the COCO output is one JSON file: give a file path"
+            )
+        parent = os.path.dirname(path)
+        while parent and not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise InvalidArgumentError(f"output coco {path}: cannot write there ({parent} is not a writable folder)")
+
+
 class ParquetWriter:
     """Appends one row per object (and one per failed item, with `error`) to a directory of Parquet parts.
 
@@ -72,11 +95,7 @@ class ParquetWriter:
 
     def __init__(self, path: str | os.PathLike, resume: bool = False):
         self.path = os.path.abspath(os.fspath(path))
-        if os.path.exists(self.path) and not os.path.isdir(self.path):
-            raise InvalidArgumentError(
-                f"output parquet {self.path} is a file; the Parquet output is a directory of part files: give a "
-                "new path or a folder"
-            )
+        check_output({"parquet": self.path})
         os.makedirs(self.path, exist_ok=True)
         existing = sorted(f for f in os.listdir(self.path) if _PART.fullmatch(f))
         self.replaced = 0
@@ -180,6 +199,7 @@ class CocoWriter:
 
     def __init__(self, path: str | os.PathLike, class_names: list[str]):
         self.path = os.path.abspath(os.fspath(path))
+        check_output({"coco": self.path})
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         seen: dict[str, int] = {}
         self.categories = []

@@ -448,6 +448,10 @@ class UploadStage:
 def make_uploader(args: PredictArgs, plan: SourcePlan, platform: Any, model: Any) -> UploadStage:
     """Check the upload against the input and prepare it (job record, new project), before any prediction."""
     target = None
+    if args.output:
+        from pipeline.export import check_output
+
+        check_output(args.output)
     if args.upload is not None:
         if args.upload != "create" and not plan.platform_items:
             raise InvalidArgumentError(f"upload={args.upload!r} needs platform items; got {plan.description}")

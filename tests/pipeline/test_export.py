@@ -138,3 +138,9 @@ def test_parquet_path_that_is_a_file_is_an_argument_error(tiny_model, tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         tiny_model.predict(input=np.zeros((8, 8, 3), np.uint8), output={"parquet": str(tmp_path / "afile")})
+
+
+def test_coco_path_that_is_a_directory_is_an_argument_error(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="is a directory; the COCO output is one JSON file"):
+        tiny_model.predict(input=np.zeros((8, 8, 3), np.uint8), output={"coco": str(tmp_path)})
+    assert not list(tmp_path.glob(".coco-*"))
