@@ -11,6 +11,8 @@ import psutil
 import pytest
 from PIL import Image
 
+from pipeline.inference import DEFAULT_MAX_IN_FLIGHT
+
 N = 5000
 
 
@@ -35,14 +37,20 @@ def test_5000_images_stream_with_bounded_memory(tiny_model, big_dir):
     status_at_first = session.status()
     # the first prediction arrives while almost all files are still unread
     assert first is not None and status_at_first["submitted"] < N // 10
-    peak, count, samples = rss_before, 1, []
+    # Backpressure: items sent to loading but not yet collected never exceed what the replica may have in
+    # flight (max_in_flight batches of batch_size per replica); decoded pixels live only in those batches.
+    bound = DEFAULT_MAX_IN_FLIGHT * 16 * len(tiny_model._replicas())
+    peak, count, samples, most_in_flight = rss_before, 1, [], 0
     for _ in session:
         count += 1
+        st = session.status()
+        most_in_flight = max(most_in_flight, st["submitted"] - st["done"])
         if count % 250 == 0:
             rss = proc.memory_info().rss
             samples.append(rss)
             peak = max(peak, rss)
     assert count == N and session.status()["failed"] == 0
+    assert 16 <= most_in_flight <= bound, (most_in_flight, bound)
     growth_mb = (peak - rss_before) / 2**20
     # 5000 decoded 48x64 images would be ~46 MB; predictions themselves are a few hundred bytes each. The bound
     # says the pipeline holds only the batches in flight, not the input.
