@@ -32,6 +32,7 @@ def test_a_cpu_head_and_autoscaling_gpu_workers(raw):
     workers = [t for name, t in types.items() if name != raw["head_node_type"]]
     assert workers and all(w["resources"]["GPU"] >= 1 for w in workers)
     assert all(w["min_workers"] < w["max_workers"] for w in workers)  # it scales
+    assert sum(w["min_workers"] for w in workers) >= 1  # a job always finds a GPU to deploy on
     assert not raw.get("docker")  # docker is off
 
 
