@@ -223,8 +223,13 @@ class NnApi:
         """The running deployment with this task id (from any driver attached to the same cluster)."""
         import ray
 
+        from pipeline._args import as_int
+
+        tid = as_int(task_id)
+        if tid is None:
+            raise InvalidArgumentError(f"task_id must be an integer (see `pipeline models`); got {task_id!r}")
         registry = self._ray()
-        rec = ray.get(registry.get.remote(int(task_id)))
+        rec = ray.get(registry.get.remote(tid))
         if rec is None:
             running = [r["task_id"] for r in ray.get(registry.list.remote())]
             raise NotFoundError(

@@ -14,6 +14,7 @@ kind and id; bad names and duplicates `InvalidArgumentError`; annotations that d
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -87,8 +88,14 @@ def check_dataset_name(name: Any, top_level: bool) -> str:
 
 
 def _row(conn: sqlite3.Connection, table: str, kind: str, item_id: Any) -> sqlite3.Row:
-    if isinstance(item_id, bool) or not isinstance(item_id, int):
+    if isinstance(item_id, bool):
         raise InvalidArgumentError(f"{kind} id must be an integer; got {item_id!r}")
+    try:
+        item_id = operator.index(item_id)  # NumPy integers too
+    except TypeError:
+        raise InvalidArgumentError(f"{kind} id must be an integer; got {item_id!r}") from None
+    if not 0 < item_id < 2**63:  # SQLite's INTEGER range; ids start at 1
+        raise NotFoundError(f"{kind} {item_id} does not exist")
     row = conn.execute(f"SELECT * FROM {table} WHERE id = ?", (item_id,)).fetchone()
     if row is None:
         raise NotFoundError(f"{kind} {item_id} does not exist")

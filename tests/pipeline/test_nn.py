@@ -95,6 +95,8 @@ def test_reuse_returns_the_running_deployment(api, tiny_deployment, tiny_checkpo
 def test_connect_to_unknown_or_stopped_task_id(api, tiny_checkpoint):
     with pytest.raises(NotFoundError, match="no running deployment with task id 99999"):
         api.nn.connect(99999)
+    with pytest.raises(ValueError, match="task_id must be an integer"):
+        api.nn.connect("abc")
     model = api.nn.deploy(str(tiny_checkpoint), device="cpu")
     tid = model.task_id
     model.shutdown()

@@ -375,6 +375,8 @@ def test_set_many_is_all_or_nothing_and_get_many(platform, dataset):
         (lambda p: p.video.get(7), "video 7 does not exist"),
         (lambda p: p.video.get_annotation(7), "video 7"),
         (lambda p: p.video.set_annotation(7, {}), "video 7"),
+        (lambda p: p.project.get(2**70), f"project {2**70} does not exist"),  # beyond SQLite's INTEGER
+        (lambda p: p.image.get(0), "image 0 does not exist"),
     ],
 )
 def test_unknown_ids_are_not_found_errors(platform, call, message):
@@ -542,3 +544,10 @@ def test_threads_share_a_platform(platform, dataset):
     assert len(set(ids)) == 12 and platform.image.count(dataset_id=dataset.id) == 12
     assert {c.name for c in platform.project.get_meta(dataset.project_id).obj_classes} == {"c0", "c1", "c2"}
     assert all(len(a.labels) == 1 for a in platform.annotation.get_many(ids).values())
+
+
+def test_numpy_integer_ids_work(platform):
+    import numpy as np
+
+    project = platform.project.create("np-ids")
+    assert platform.project.get(np.int64(project.id)).name == "np-ids"
