@@ -138,7 +138,9 @@ def _resolve_model(model: str | os.PathLike) -> tuple[Any, bytes | None]:
         name=text,
         identity=f"sha256:{ckpt.sha256}",
     )
-    get_adapter(spec.framework).validate_spec(spec)
+    adapter = get_adapter(spec.framework)
+    adapter.validate_spec(spec)
+    adapter.check_weights(spec, ckpt.state_dict)
     return spec, data
 
 

@@ -3,6 +3,8 @@ segmentation (random weights, small inputs)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers import DirectModel
@@ -81,3 +83,23 @@ def test_semantic_segmentation_through_the_pipeline(api, tmp_path):
         np.testing.assert_array_equal(pred.masks, out.masks)
         ann = pred.to_annotation()
         assert all(isinstance(label.geometry, Bitmap) for label in ann.labels)
+
+
+def test_check_weights_finds_a_misfit_in_the_driver_without_building_weights(tmp_path):
+    """deploy() checks the state dict on PyTorch's meta device before starting any replica."""
+    from pipeline.exceptions import ModelLoadError
+    from workers.models import get_adapter, load_checkpoint
+    from workers.models.base import ModelSpec
+
+    ckpt = load_checkpoint(str(Path(__file__).resolve().parents[2] / "checkpoints" / "shapes.pth"))
+    spec = ModelSpec(ckpt.framework, ckpt.architecture, ckpt.task_type, ckpt.classes, ckpt.img_size,
+                     ckpt.arch_kwargs)
+    adapter = get_adapter("torchvision")
+    adapter.check_weights(spec, ckpt.state_dict)  # fits
+    more = ModelSpec(ckpt.framework, ckpt.architecture, ckpt.task_type, ckpt.classes + ["star"], ckpt.img_size,
+                     ckpt.arch_kwargs)
+    with pytest.raises(ModelLoadError, match="size mismatch for roi_heads.box_predictor.cls_score.weight"):
+        adapter.check_weights(more, ckpt.state_dict)
+    missing = {k: v for k, v in ckpt.state_dict.items() if not k.startswith("rpn.")}
+    with pytest.raises(ModelLoadError, match="Missing key"):
+        adapter.check_weights(spec, missing)

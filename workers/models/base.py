@@ -76,6 +76,12 @@ class ModelAdapter(abc.ABC):
 
     # -- driver side ---------------------------------------------------------------------------------------
     @classmethod
+    def check_weights(cls, spec: ModelSpec, state_dict: dict[str, Any]) -> None:
+        """Raise `ModelLoadError` when `state_dict` does not fit `spec`, cheaply, before any replica starts.
+        The default checks nothing: the replicas find out when they load."""
+        return None
+
+    @classmethod
     def resolve_pretrained(cls, name: str) -> ModelSpec:
         """The spec of a pretrained model `"<framework>/<name>"`, without downloading weights."""
         raise ModelLoadError(f"framework {cls.framework!r} has no pretrained models")

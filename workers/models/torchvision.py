@@ -135,6 +135,24 @@ class TorchvisionAdapter(ModelAdapter):
                 f"task_type={spec.task_type!r}"
             )
 
+    @classmethod
+    def check_weights(cls, spec: ModelSpec, state_dict: dict[str, Any]) -> None:
+        """Build the model on PyTorch's meta device (shapes only, no memory, no init work) and load the state
+        dict into it: a missing key or a shape that does not fit is a `ModelLoadError` in the driver, in a
+        fraction of a second, instead of one per replica after it started."""
+        import warnings
+
+        import torch
+
+        try:
+            with warnings.catch_warnings(), torch.device("meta"):
+                warnings.simplefilter("ignore", UserWarning)  # "copying ... to a meta parameter is a no-op"
+                cls(spec, "cpu")._build(state_dict)
+        except ModelLoadError:
+            raise
+        except Exception:  # a model that cannot be built on the meta device: its replicas will tell
+            return
+
     # -- replica side --------------------------------------------------------------------------------------
     def _build(self, state_dict: dict[str, Any] | None):
         from torchvision.models import get_model, get_model_weights
