@@ -132,7 +132,10 @@ class VideoFrames:
             import ray
 
             for handle in self._readers.values():
-                ray.kill(handle, no_restart=True)
+                try:
+                    ray.kill(handle, no_restart=True)
+                except Exception:  # already gone (ended, or its creation never completed)
+                    pass
         self._readers.clear()
 
 

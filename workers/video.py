@@ -1,10 +1,17 @@
 """Video decoding with PyAV, run in the loading stage: the index pass, random access, and range readers.
 
-Frame `i` of a video is the i-th frame in presentation order. Neither a frame rate nor the decoder's output count
-says which frame is which when a file has B-frames or a variable frame rate, so one cheap pass demuxes every
-packet of the first video stream without decoding it (`index_video`) and keeps the presentation timestamps
-(pts), sorted: frame `i` is the frame whose pts is `pts[i]`. Decoding then maps each decoded frame's pts back to
-its index, wherever decoding started.
+Frame `i` of a video is the i-th frame in presentation order: the i-th frame FFmpeg presents when it decodes the
+whole file. Neither a frame rate nor the decoder's output count says which frame is which when a file has B-frames
+or a variable frame rate, so one cheap pass demuxes every packet of the first video stream without decoding it
+(`index_video`) and keeps the presentation timestamps (pts), sorted: frame `i` is the frame whose pts is `pts[i]`.
+Decoding then maps each decoded frame's pts back to its index, wherever decoding started.
+
+Packets the demuxer marks "discard" are not frames. When an MP4 edit list starts after the first frames (a file
+cut with `ffmpeg -ss ... -c copy`, many camera files), the demuxer starts at the keyframe before the edit's start,
+since the frames after it are predicted from it, and marks the packets before the start discard: they are decoded
+as references and the decoder drops their pictures. The index leaves them out, so frame 0 is the first frame
+shown. Whole GOPs before that keyframe the demuxer drops without a trace, yet MP4's frame count (`stream.frames`,
+its sample table) counts them, and the discarded packets too: `stated_frames` says how many frames it means.
 
 Random access (`read_frames`) seeks to the keyframe at or before a frame and decodes forward. The loading stage
 decodes long runs of frames with `FrameReader`, a plain class that `pipeline.video_source` wraps as a Ray actor
@@ -53,8 +60,9 @@ class VideoIndex:
 
     pts: (readable,) int64, ascending: the presentation timestamp (in `time_base` units) of frame i is pts[i].
     keyframes: (k,) int64, ascending frame indices of the keyframes (where decoding can start).
-    frames_count: how many frames the video has: the container's own count when it states one, else the readable
-        frames; frames `readable .. frames_count - 1` lie after a break in the file and cannot be decoded.
+    frames_count: how many frames the video has: the frames the container states it presents (`stated_frames`)
+        when it states a count, else the readable frames; frames `readable .. frames_count - 1` lie after a break
+        in the file and cannot be decoded.
     fps: the average frame rate (frames per second), None when the file states none.
     broken: None for a whole file, else why frames from `readable` on cannot be read.
     """
@@ -178,12 +186,37 @@ def _avi_gap(path: str) -> int | None:
     return None
 
 
+def stated_frames(stream: Any, discarded: int, shown: int, shown_end: int | None, complete: bool = True) -> int:
+    """How many frames the container states that `stream` presents; 0 when it states no count (Matroska, WebM).
+
+    `discarded` and `shown` count the packets with data that demuxing the stream gave, marked discard or not, and
+    `shown_end` is the latest pts + duration of a shown one (in `stream.time_base`). The container's count
+    (`stream.frames`) includes the discarded packets, which are never shown, and in MP4 the samples of the GOPs
+    an edit list skips, which the demuxer drops without a trace; a file that breaks off also has fewer packets
+    than it states. So when the shown packets are fewer than the count less the discarded ones, they are all the
+    frames if they reach the end of the stream's duration (which the edit list states; within half a frame) and
+    demuxing met no damage (`complete`), and the file is cut short otherwise.
+    """
+    declared = int(stream.frames or 0)
+    if declared <= 0:
+        return 0
+    declared = max(declared - discarded, 0)
+    if declared > shown and complete and shown_end is not None and stream.duration and stream.time_base:
+        start = int(stream.start_time or 0)
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        half_frame = float(1 / (2 * Fraction(rate)) / Fraction(stream.time_base)) if rate else 0.0
+        if shown_end >= start + int(stream.duration) - half_frame:
+            return int(shown)
+    return declared
+
+
 def index_video(path: str | os.PathLike, name: str | None = None) -> VideoIndex:
     """Demux every packet of the first video stream (no decoding) and build the `VideoIndex`.
 
     A file that is not a video, has no video stream or no frames is a `FormatError` naming it (`name`, else the
     path). A file that breaks off part way, or whose container is damaged part way (the demuxer reports it and
     skips ahead), is indexed up to that point, and `broken` says why: frames after it cannot be placed exactly.
+    Packets marked discard (see the module's docstring) are not frames.
     """
     path = os.fspath(path)
     label = name or path
@@ -193,6 +226,8 @@ def index_video(path: str | os.PathLike, name: str | None = None) -> VideoIndex:
     pts_l: list[int] = []
     dts_l: list[int | None] = []
     key_l: list[bool] = []
+    discard_l: list[bool] = []  # an edit list hides the packet's frame: decoded as a reference, never shown
+    shown_end: int | None = None  # the latest pts + duration of a shown packet
     try:
         stream = container.streams.video[0]
         format_name = container.format.name if container.format else ""
@@ -212,6 +247,11 @@ def index_video(path: str | os.PathLike, name: str | None = None) -> VideoIndex:
                     pts_l.append(int(pts))
                     dts_l.append(None if pkt.dts is None else int(pkt.dts))
                     key_l.append(bool(pkt.is_keyframe))
+                    discard = bool(getattr(pkt, "is_discard", False))
+                    discard_l.append(discard)
+                    if not discard:
+                        end = int(pts) + int(pkt.duration or 0)
+                        shown_end = end if shown_end is None else max(shown_end, end)
             except _av_error() as exc:
                 damaged_at = len(pts_l) if damaged_at is None else damaged_at
                 broken = f"the file is corrupt or cut short after packet {len(pts_l)} ({type(exc).__name__}: {exc})"
@@ -224,34 +264,37 @@ def index_video(path: str | os.PathLike, name: str | None = None) -> VideoIndex:
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = Fraction(rate) if rate else None
         width, height = int(stream.codec_context.width), int(stream.codec_context.height)
-        declared = int(stream.frames or 0)
+        n_discarded = sum(discard_l)
+        declared = stated_frames(stream, n_discarded, len(pts_l) - n_discarded, shown_end, complete=broken is None)
         container_us = container.duration  # microseconds, from the header
         start_time = stream.start_time
     finally:
         container.close()
-    if not pts_l:
+    shown = ~np.asarray(discard_l, dtype=bool)
+    if not shown.any():
         raise FormatError(f"video {label!r} has no frames that can be read" + (f" ({broken})" if broken else ""))
 
-    pts = np.asarray(pts_l, dtype=np.int64)
+    pts = np.asarray(pts_l, dtype=np.int64)  # of every packet (damaged_at counts packets), shown or not
+    n_shown = int(shown.sum())
     by_duration = int(round(container_us / 1_000_000 * float(fps))) if container_us and fps else 0
     if declared <= 0 and by_duration:
         # No stated frame count (Matroska, WebM): a file whose packets end well before its stated duration was
         # cut short; how many frames are missing is the time left times the frame rate.
-        first = int(start_time) if start_time is not None else int(pts.min())
-        found_s = float((int(pts.max()) - first) * time_base) + float(1 / fps)
+        first = int(start_time) if start_time is not None else int(pts[shown].min())
+        found_s = float((int(pts[shown].max()) - first) * time_base) + float(1 / fps)
         missing = int(round((container_us / 1_000_000 - found_s) * float(fps)))
         if missing > TRUNCATION_SLACK_FRAMES:
-            declared = len(pts) + missing
-    if declared > len(pts) and broken is None:
+            declared = n_shown + missing
+    if declared > n_shown and broken is None:
         damaged_at = len(pts)
-        broken = f"the file holds {len(pts)} of the {declared} frames it states (truncated?)"
+        broken = f"the file holds {n_shown} of the {declared} frames it states (truncated?)"
         if format_name == "avi":
             # AVI has no timestamps: FFmpeg numbers the chunks it finds, so chunks skipped in the middle shift
             # every later number. Find where the chunk chain breaks.
             gap = _avi_gap(path)
             if gap is not None and gap < len(pts):
                 damaged_at = gap
-                broken = (f"the file holds {len(pts)} of the {declared} frames it states; its data is damaged "
+                broken = (f"the file holds {n_shown} of the {declared} frames it states; its data is damaged "
                           f"after frame {gap}")
     keep = np.ones(len(pts), dtype=bool)
     if damaged_at is not None:
@@ -266,7 +309,8 @@ def index_video(path: str | os.PathLike, name: str | None = None) -> VideoIndex:
         else:
             limit = int(pts.min()) - 1
         keep = (pts <= limit) & (np.arange(len(pts)) < before)
-        declared = max(declared, len(pts), by_duration)
+        declared = max(declared, n_shown, by_duration)
+    keep &= shown  # a discarded packet's frame is never shown: it is no frame, and decoding never starts there
     keys = np.asarray(key_l, dtype=bool)
     sorted_pts = np.unique(pts[keep])
     key_pts = np.unique(pts[keep & keys])

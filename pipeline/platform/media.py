@@ -100,8 +100,13 @@ def encode_array(image: np.ndarray, name: str) -> bytes:
 
 def probe_video(path: str | os.PathLike, name: str) -> VideoProbe:
     """Frames count, fps (`average_rate`), width and height (pixels) of the first video stream, read with PyAV.
-    When the container does not state the frame count it is counted by demuxing (no decoding). A file that is not
-    a video, or has no video stream, is a `FormatError`."""
+    A file that is not a video, or has no video stream, is a `FormatError`.
+
+    The frames are those FFmpeg presents, counted as the predict pipeline's index counts them
+    (`workers.video.index_video`), so frame indices agree: packets marked discard (an MP4 edit list that starts
+    after the first frames) are no frames, and MP4's stated count, which includes them and the GOPs such an edit
+    list skips, is read with `workers.video.stated_frames`. MP4 files, and files that state no count, are demuxed
+    for it (no decoding)."""
     import av
 
     try:
@@ -113,9 +118,12 @@ def probe_video(path: str | os.PathLike, name: str) -> VideoProbe:
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             fps = float(rate) if rate else 0.0
             frames = int(stream.frames or 0)
+            demuxer = container.format.name.split(",") if container.format else []
             if frames <= 0:
-                frames = sum(1 for packet in container.demux(stream) if packet.size)
-            fmt = container.format.name.split(",")[0] if container.format else ""
+                frames = _count_frames(container, stream, catch=False)
+            elif "mov" in demuxer:  # the only demuxer that marks video packets discard (MP4 edit lists)
+                frames = _count_frames(container, stream, catch=True)
+            fmt = demuxer[0] if demuxer else ""
     except FormatError:
         raise
     except Exception as exc:  # av.FFmpegError and friends: the file is not a video PyAV can read
@@ -127,6 +135,32 @@ def probe_video(path: str | os.PathLike, name: str) -> VideoProbe:
     suffix = Path(name).suffix.lower()
     ext = suffix[1:] if suffix in VIDEO_EXTENSIONS else _CONTAINER_EXT.get(fmt, fmt or "bin")
     return VideoProbe(frames, fps, int(width), int(height), ext)
+
+
+def _count_frames(container: Any, stream: Any, catch: bool) -> int:
+    """The frames of `stream` FFmpeg presents, by demuxing it: the stated count as `stated_frames` reads it, else
+    the packets not marked discard. With `catch`, a demux error ends the count and the stated count stands."""
+    from workers.video import stated_frames
+
+    discarded = shown = 0
+    shown_end = None
+    complete = True
+    try:
+        for packet in container.demux(stream):
+            if not packet.size:  # the end-of-stream flush packet
+                continue
+            if getattr(packet, "is_discard", False):
+                discarded += 1
+                continue
+            shown += 1
+            if packet.pts is not None:
+                end = int(packet.pts) + int(packet.duration or 0)
+                shown_end = end if shown_end is None else max(shown_end, end)
+    except Exception:  # av.FFmpegError and friends: the file breaks off or is damaged here
+        if not catch:
+            raise
+        complete = False
+    return stated_frames(stream, discarded, shown, shown_end, complete) or shown
 
 
 def _why(exc: Exception, path: str | os.PathLike) -> str:

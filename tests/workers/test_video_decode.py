@@ -63,8 +63,13 @@ def vfr_pts_ms(i: int) -> int:
 
 
 def write_video(path: Path, n: int, kind: str = "mp4_h264_bframes", size: tuple[int, int] = (48, 64),
-                faststart: bool = False) -> Path:
-    """A video of `n` frames (h, w = `size`) whose frame i draws i; see `VIDEO_KINDS`."""
+                faststart: bool = False, cut: int = 0) -> Path:
+    """A video of `n` frames (h, w = `size`) whose frame i draws i; see `VIDEO_KINDS`.
+
+    `cut` > 0 (MP4 kinds): the first `cut` frames get negative timestamps, so the muxer writes an edit list that
+    starts at drawn frame `cut`, as `ffmpeg -ss ... -c copy` does. The demuxer marks the packets before it discard
+    (and drops whole GOPs before the last keyframe ahead of it): the video FFmpeg shows has `n - cut` frames, and
+    its frame i draws i + cut."""
     import av
 
     suffix, codec, opts, vfr = VIDEO_KINDS[kind]
@@ -77,10 +82,14 @@ def write_video(path: Path, n: int, kind: str = "mp4_h264_bframes", size: tuple[
     stream.options = dict(opts)
     if vfr:
         stream.codec_context.time_base = Fraction(1, 1000)
+    elif cut:
+        stream.codec_context.time_base = Fraction(1, FPS)
     for i in range(n):
         frame = av.VideoFrame.from_ndarray(frame_image(i, size), format="rgb24")
         if vfr:
-            frame.pts, frame.time_base = vfr_pts_ms(i), Fraction(1, 1000)
+            frame.pts, frame.time_base = vfr_pts_ms(i) - vfr_pts_ms(cut), Fraction(1, 1000)
+        elif cut:
+            frame.pts, frame.time_base = i - cut, Fraction(1, FPS)
         for packet in stream.encode(frame):
             container.mux(packet)
     for packet in stream.encode(None):
