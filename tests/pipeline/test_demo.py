@@ -23,6 +23,35 @@ def test_demo_runs_twice_and_writes_pictures_and_the_project(ray_session, tmp_pa
     assert any(t["name"] == "confidence" for t in meta["tags"])
     anns = list((tmp_path / "out" / "project").rglob("ann/*.json"))
     assert len(anns) == 6
+    _the_shapes_were_found(tmp_path / "out" / "project", 6)
     assert main(args) == 0  # a second run works too (a new project, the output folder refreshed)
     second = capsys.readouterr().out
     assert "created project 2" in second
+
+
+def _the_shapes_were_found(project, n: int) -> None:
+    """Every generated object (about half of them annotated beforehand) is in the relabeled project: the demo
+    model's predictions filled in the rest, with confidence tags."""
+    import numpy as np
+
+    from pipeline.annotation import Annotation, ProjectMeta
+    from pipeline.annotation.geometry import box_iou
+    from pipeline.demo import SEED
+    from pipeline.shapes import generate_sample
+
+    meta = ProjectMeta.from_json(json.loads((project / "meta.json").read_text()))
+    rng = np.random.default_rng(SEED)
+    found = total = predicted = 0
+    for i in range(n):  # the generation of pipeline.demo.build_shapes_project, draw for draw
+        sample = generate_sample(rng, max_objects=4 if i < n * 2 // 3 else 6)
+        for _ in sample.class_names:
+            rng.random()
+        [path] = project.rglob(f"ann/shapes_{i:04d}.png.json")
+        ann = Annotation.from_json(json.loads(path.read_text()), meta)
+        predicted += sum(lab.confidence is not None for lab in ann.labels)
+        for box, cls in zip(sample.boxes, sample.class_names):
+            total += 1
+            found += any(lab.obj_class.name == cls and box_iou(box, lab.geometry.to_bbox().to_xyxy()) >= 0.5
+                         for lab in ann.labels)
+    assert predicted > 0
+    assert found >= 0.8 * total, f"{found} of {total} shapes in the relabeled project"
