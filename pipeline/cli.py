@@ -42,6 +42,16 @@ SUBMIT_EXCLUDES = [".git", ".venv", "venv", "__pycache__", "*.pyc", ".pytest_cac
 FAILED_LOG_TAIL = 40
 # How long to wait for the dashboard's TCP answer before calling it unreachable (requests has no default timeout).
 DASHBOARD_CONNECT_TIMEOUT_S = 10.0
+# How long connecting to the dashboard (TCP check and Ray's version check together), and then each request that
+# should be quick (submit, status, log, stop), may take before the dashboard counts as not answering: a port that
+# accepts connections and never replies would otherwise hang the command (Ray's client sets no timeout). Following
+# a job's log is not limited: it streams. Read when used, so that $PIPELINE_ADDRESS_TIMEOUT_S can change it.
+ADDRESS_TIMEOUT_ENV = "PIPELINE_ADDRESS_TIMEOUT_S"
+DEFAULT_ADDRESS_TIMEOUT_S = 20.0
+# The JobSubmissionClient methods that get the limit (tail_job_logs, a stream, does not), as multiples of it:
+# submit_job packages and uploads the project first (a few MiB; up to Ray's 500 MiB cap on a slow link).
+TIMED_JOB_CALLS = {"submit_job": 6.0, "get_job_status": 1.0, "get_job_info": 1.0, "stop_job": 1.0,
+                   "get_job_logs": 1.0, "list_jobs": 1.0, "delete_job": 1.0}
 
 NEEDS_CLUSTER = (
     "needs a running Ray cluster: a deployment lives in the cluster, and a local Ray started by this command would "
@@ -158,7 +168,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _add_dashboard_address(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="the Ray dashboard, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, "
-                                     f"$RAY_ADDRESS, {DEFAULT_DASHBOARD})")
+                                     f"$RAY_ADDRESS, {DEFAULT_DASHBOARD}); one that does not answer fails after "
+                                     f"${ADDRESS_TIMEOUT_ENV} seconds ({DEFAULT_ADDRESS_TIMEOUT_S:g})")
 
 
 def _add_cluster_address(p: argparse.ArgumentParser) -> None:
@@ -193,14 +204,38 @@ def _dashboard(address: str | None) -> str:
     return address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or DEFAULT_DASHBOARD
 
 
+def address_timeout() -> float:
+    """The limit on connecting to the dashboard and on each quick request: $PIPELINE_ADDRESS_TIMEOUT_S seconds
+    (default 20, so that an unresponsive address is reported well within 30 s of starting the command)."""
+    raw = os.environ.get(ADDRESS_TIMEOUT_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_ADDRESS_TIMEOUT_S
+    except ValueError:
+        raise InvalidArgumentError(f"${ADDRESS_TIMEOUT_ENV} must be a number of seconds; got {raw!r}") from None
+    if not value > 0:
+        raise InvalidArgumentError(f"${ADDRESS_TIMEOUT_ENV} must be > 0; got {raw!r}")
+    return value
+
+
+def _no_answer(url: str, what: str, timeout: float) -> DeploymentError:
+    return DeploymentError(
+        f"the Ray dashboard at {url} did not answer within {timeout:g}s ({what}); check --address "
+        f"(http://HEAD:8265, the dashboard of a running head node), or set ${ADDRESS_TIMEOUT_ENV} to wait longer"
+    )
+
+
 def _job_client(address: str | None):
-    """A JobSubmissionClient for the dashboard at `address`; unreachable -> DeploymentError within ~10 s."""
+    """A JobSubmissionClient for the dashboard at `address`, whose quick requests fail within `address_timeout()`
+    s. Unreachable, or not answering -> DeploymentError within that limit."""
     url = _dashboard(address)
+    timeout = address_timeout()
+    t0 = time.monotonic()
     parsed = urlparse(url if "://" in url else f"http://{url}")
     if parsed.scheme in ("http", "https") and parsed.hostname:
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         try:
-            with socket.create_connection((parsed.hostname, port), timeout=DASHBOARD_CONNECT_TIMEOUT_S):
+            with socket.create_connection((parsed.hostname, port),
+                                          timeout=min(DASHBOARD_CONNECT_TIMEOUT_S, timeout)):
                 pass
         except OSError as exc:
             raise DeploymentError(
@@ -209,12 +244,44 @@ def _job_client(address: str | None):
             ) from None
     from ray.job_submission import JobSubmissionClient
 
-    # Ray lets $RAY_API_SERVER_ADDRESS / $RAY_ADDRESS override the address it is given; --address must win.
-    with _env_without("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+    from pipeline.runner import call_with_timeout
+
+    def connect() -> Any:  # the client asks the dashboard for its Ray version
         try:
             return JobSubmissionClient(url)
         except (ConnectionError, RuntimeError) as exc:
             raise DeploymentError(f"cannot use the Ray dashboard at {url}: {exc}") from None
+
+    left = max(1.0, timeout - (time.monotonic() - t0))  # the TCP check and the version check share the limit
+    # Ray lets $RAY_API_SERVER_ADDRESS / $RAY_ADDRESS override the address it is given; --address must win.
+    with _env_without("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        client = call_with_timeout(connect, left, lambda: _no_answer(url, "connecting", timeout),
+                                   name="pipeline-dashboard")
+    return _TimedJobClient(client, url, timeout)
+
+
+class _TimedJobClient:
+    """A JobSubmissionClient whose requests (TIMED_JOB_CALLS) raise a DeploymentError after `timeout` s (times
+    the call's factor) without an answer, the way `pipeline run` limits attaching (runner.call_with_timeout)."""
+
+    def __init__(self, client: Any, url: str, timeout: float):
+        self._client = client
+        self._url = url
+        self._timeout = timeout
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name not in TIMED_JOB_CALLS:
+            return attr
+        from pipeline.runner import call_with_timeout
+
+        limit = self._timeout * TIMED_JOB_CALLS[name]
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            return call_with_timeout(lambda: attr(*args, **kwargs), limit,
+                                     lambda: _no_answer(self._url, name, limit), name=f"pipeline-{name}")
+
+        return timed
 
 
 @contextlib.contextmanager
@@ -340,6 +407,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
                           runtime_env=submit_runtime_env(cfg, root, working_dir),
                           metadata={"config": str(args.config), "tool": "pipeline submit"})
+    except DeploymentError:  # no answer in time: already says so
+        raise
     except Exception as exc:  # a refused runtime_env, an upload over the size cap, a stopped dashboard, ...
         raise DeploymentError(f"the cluster at {url} refused the job: {exc}") from None
     finally:

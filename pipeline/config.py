@@ -64,7 +64,11 @@ PLATFORM_SOURCES = ("project_id", "dataset_id", "image_ids", "video_id")
 
 class _Section(BaseModel):
     # Unknown keys are errors: a typo (`batchsize`) must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid")
+    # Strict types: YAML has native booleans and numbers, so `batch_size: '8'`, `recursive: 'yes'` or
+    # `duration: true` are mistakes (as they are for the Python API), not values to coerce. `${VAR}` and `--set`
+    # values are read as YAML too (`batch_size: ${BATCH:-8}` is the number 8), so strict types suit them; an int
+    # is still a valid float (`duration: 20`).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ModelSection(_Section):
@@ -183,19 +187,43 @@ class PredictSection(_Section):
     @field_validator("settings")
     @classmethod
     def _settings(cls, v: dict[str, Any]) -> dict[str, Any]:
+        known = known_settings()
+        for key in v:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise _LocatedError(("predict", "settings", key),
+                                    f"unknown setting{hint}; known settings: {', '.join(known)}")
         try:
-            _args._check_settings(v)
+            _args._check_settings(v)  # the values, as predict() checks them
         except InvalidArgumentError as exc:
             raise ValueError(str(exc)) from None
         return v
 
 
+# The settings predict() reads besides the model's own (SPEC.md, docs/api.md): the upload's merge threshold and the
+# loaders' limits. The model's are DEFAULT_SETTINGS (conf, iou, max_det) plus whatever `default_settings` an
+# adapter declares (its model-specific keys).
+PIPELINE_SETTINGS = ("iou_merge_threshold", "max_pixels", "url_timeout")
+
+
+def known_settings() -> list[str]:
+    """The keys `predict.settings` may hold: the model settings (conf, iou, max_det), every registered adapter's
+    `default_settings`, and the pipeline's own (iou_merge_threshold, max_pixels, url_timeout)."""
+    from workers.models import DEFAULT_SETTINGS, get_adapter, list_frameworks
+
+    keys = [*_args.SETTING_ALIASES, *DEFAULT_SETTINGS, *PIPELINE_SETTINGS]
+    for framework in list_frameworks():  # imports the adapters' modules, not their frameworks (no torch)
+        keys.extend(get_adapter(framework).default_settings)
+    return list(dict.fromkeys(keys))
+
+
 class UploadSection(_Section):
-    # Numbers are accepted as job ids (`job_id: 42`) and kept as text.
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+    # Numbers are accepted as job ids (`job_id: 42`) and kept as text (a lax field: strict mode never coerces).
+    model_config = ConfigDict(coerce_numbers_to_str=True)
 
     mode: Literal["create", "append", "replace", "iou_merge"]
-    job_id: str | None = None  # resume this job: items it already uploaded are skipped
+    job_id: str | None = Field(default=None, strict=False)  # resume this job: items already uploaded are skipped
 
 
 class OutputSection(_Section):

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from pipeline.nn import Model
     from pipeline.session import PredictionSession
 
-__all__ = ["run_config", "attach", "deploy_from_config", "start_from_config", "RunSummary", "AttachTimeout"]
+__all__ = ["run_config", "attach", "call_with_timeout", "deploy_from_config", "start_from_config", "RunSummary",
+           "AttachTimeout"]
 
 # How long attaching to a Ray cluster at an address may take before we call it unreachable. The TCP check in
 # pipeline/_ray.py catches a closed port or a dead host within 10 s; this catches a port that answers but is not
@@ -47,6 +48,36 @@ class AttachTimeout(DeploymentError):
     """No Ray cluster answered at the given address in time."""
 
 
+def call_with_timeout(fn: Callable[[], Any], timeout: float, on_timeout: Callable[[], BaseException],
+                      name: str = "pipeline-call", exit_on_hang: bool = False) -> Any:
+    """`fn()` in a daemon thread: its result, or the exception it raised, re-raised here. When it has not returned
+    after `timeout` s, the exception `on_timeout()` makes is raised instead and the thread is left behind (a call
+    blocked in ray.init or in a socket read cannot be interrupted; a daemon thread does not keep the process up).
+    `exit_on_hang`: also make the process's exit immediate (exit code 1), for calls that Ray's own exit hook
+    would wait on."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target, name=name, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        if exit_on_hang:
+            # The last atexit hook registered runs first: before Ray's, which would wait on the stuck call.
+            import atexit
+
+            atexit.register(os._exit, 1)
+        raise on_timeout()
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
 def attach(address: str | None, timeout: float = ATTACH_TIMEOUT_S) -> None:
     """Attach this process to Ray (pipeline._ray.ensure_ray), failing within `timeout` s for an address that
     does not answer like a Ray cluster. A local Ray (no address) is started without a limit."""
@@ -56,29 +87,14 @@ def attach(address: str | None, timeout: float = ATTACH_TIMEOUT_S) -> None:
     if address is None:
         ensure_ray(None)
         return
-    box: dict[str, BaseException] = {}
-
-    def target() -> None:
-        try:
-            ensure_ray(address)
-        except BaseException as exc:  # handed to the caller's thread
-            box["error"] = exc
-
-    t = threading.Thread(target=target, name="pipeline-attach", daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        # ray.init is stuck in its retry loop and cannot be interrupted; make sure the process can still exit
-        # (Ray's own exit hook would wait on it): the last atexit hook registered runs first.
-        import atexit
-
-        atexit.register(os._exit, 1)
-        raise AttachTimeout(
+    # ray.init stuck in its retry loop: the process must still be able to exit.
+    call_with_timeout(
+        lambda: ensure_ray(address), timeout, name="pipeline-attach", exit_on_hang=True,
+        on_timeout=lambda: AttachTimeout(
             f"no Ray cluster answered at {address!r} within {timeout:g}s; is it the GCS address (host:6379 by "
             "default, `ray status` on the head shows it), not the dashboard's (8265)?"
-        )
-    if "error" in box:
-        raise box["error"]
+        ),
+    )
 
 
 def deploy_from_config(api: Api, cfg: PipelineConfig, out: IO[str] | None = None) -> tuple[Model, bool]:
@@ -288,24 +304,40 @@ def run_config(
 
 
 def precheck(api: Api, kwargs: dict[str, Any]) -> None:
-    """What can be checked without the model, checked before it is deployed: the arguments, that the platform
-    ids exist, that an output path is usable. (Class names are checked against the model once it is up.)"""
+    """What can be checked without the model, checked before it is deployed, as predict() checks it: the
+    arguments (`_args.normalize`), then the source (`source.resolve_source`): that the platform ids exist and
+    the project holds images, that a video opens and `video_params` selects frames of it, that a project folder
+    is readable; and that an output path is usable. (Class names are checked against the model once it is up.)
+    A file that cannot be read as what it claims to be is bad input too: `InvalidArgumentError` (exit code 2)."""
     from pipeline import _args
+    from pipeline.exceptions import FormatError, InvalidArgumentError
+    from pipeline.source import resolve_source
 
     args = _args.normalize(kwargs, model_classes=None)
-    if args.project_id is not None:
-        api.project.get(args.project_id)
-    if args.dataset_id is not None:
-        api.dataset.get(args.dataset_id)
-    if args.video_id is not None:
-        api.video.get(args.video_id)
-    for image_id in args.image_ids or ():
-        api.image.get(image_id)
-    parquet = (args.output or {}).get("parquet")
-    if parquet and os.path.exists(parquet) and not os.path.isdir(parquet):
-        from pipeline.exceptions import InvalidArgumentError
+    if not _walks_a_directory(args):  # a directory's source walks every file: left to the run itself
+        import contextlib
+        import io
 
-        raise InvalidArgumentError(f"output.parquet {parquet!r} is a file; the Parquet output is a folder of parts")
+        try:
+            # What resolving says on stderr (a video damaged part way) the run says again when it resolves.
+            with contextlib.redirect_stderr(io.StringIO()):
+                resolve_source(args, api._platform)
+        except FormatError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+    if args.output:
+        from pipeline.export import check_output
+
+        check_output(args.output)
+
+
+def _walks_a_directory(args: Any) -> bool:
+    """Whether `args.input` is a plain directory (not a Supervisely project folder), whose source plan lists every
+    file and indexes every video in it: work done once, by the run."""
+    value = args.input
+    if not isinstance(value, str | os.PathLike):
+        return False
+    path = os.path.abspath(os.path.expanduser(os.fspath(value)))
+    return os.path.isdir(path) and not os.path.isfile(os.path.join(path, "meta.json"))
 
 
 def _terminate_cleanly() -> None:

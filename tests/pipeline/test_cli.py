@@ -125,6 +125,98 @@ def test_a_platform_id_that_does_not_exist_fails_before_deploying(tmp_path, caps
     assert "deploying" not in captured.out
 
 
+def make_audio_only_mp4(path: Path) -> Path:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        stream.layout = "mono"
+        for i in range(4):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 8000, i * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def api_error(config: Path, overrides: list[str], home: Path) -> str:
+    """The message the Python API gives for this config's predict arguments: predict() validates its arguments,
+    then resolves the source, before any work."""
+    from pipeline import _args
+    from pipeline.config import load_config
+    from pipeline.exceptions import PipelineError
+    from pipeline.platform import Platform
+    from pipeline.source import resolve_source
+
+    args = _args.normalize(load_config(config, overrides).predict_kwargs())
+    with pytest.raises(PipelineError) as info:
+        resolve_source(args, Platform(home))
+    return str(info.value)
+
+
+@pytest.mark.parametrize("case", ["text file named .mp4", "audio-only mp4", "start_frame past the end"])
+def test_a_bad_video_input_fails_before_deploying(tmp_path, capsys, monkeypatch, case):
+    monkeypatch.chdir(ROOT)
+    home = tmp_path / "home"
+    overrides = [f"model.checkpoint={ROOT / 'checkpoints' / 'shapes.pth'}",
+                 f"output.parquet={tmp_path / 'v.parquet'}"]
+    if case == "text file named .mp4":
+        (tmp_path / "notes.mp4").write_text("not a video\n")
+        overrides.append(f"input.path={tmp_path / 'notes.mp4'}")
+        words = ["'notes.mp4' cannot be opened as a video"]
+    elif case == "audio-only mp4":
+        overrides.append(f"input.path={make_audio_only_mp4(tmp_path / 'sound.mp4')}")
+        words = ["'sound.mp4' has no video stream (streams: audio)"]
+    else:
+        overrides.append("predict.video_params.start_frame=400")
+        words = ["video_params['start_frame'] is 400, beyond the end of video 'clip.mp4'"]
+    config = ROOT / "configs" / "video.yaml"
+    argv = ["--data-dir", str(home), "run", str(config)]
+    for o in overrides:
+        argv += ["--set", o]
+    t0 = time.time()
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert "deploying" not in captured.out and time.time() - t0 < 10
+    expected = api_error(config, overrides, home)
+    assert f"error: {expected}" in captured.err  # the Python API's own words
+    for w in words:
+        assert w in captured.err
+
+
+def test_a_videos_project_or_an_image_id_as_video_id_fails_before_deploying(tmp_path, capsys):
+    from pipeline.platform import Platform
+
+    home = tmp_path / "home"
+    platform = Platform(home)
+    images = platform.project.create("pictures")
+    ds = platform.dataset.create(images.id, "ds0")
+    image = platform.image.upload(ds.id, "a.png", np.zeros((16, 16, 3), np.uint8))
+    videos = platform.project.create("clips", type="videos")
+    platform.dataset.create(videos.id, "ds0")
+    config = ROOT / "configs" / "relabel_project.yaml"
+    checkpoint = f"model.checkpoint={ROOT / 'checkpoints' / 'shapes.pth'}"
+
+    for overrides, words in [
+        ([checkpoint, f"input.project_id={videos.id}"], [f"project {videos.id} ('clips') belongs to a videos project"]),
+        ([checkpoint, "input.project_id=null", f"input.video_id={image.id}"],
+         [f"video {image.id} does not exist; {image.id} is the id of image 'a.png'", f"image_ids=[{image.id}]"]),
+    ]:
+        argv = ["--data-dir", str(home), "run", str(config)]
+        for o in overrides:
+            argv += ["--set", o]
+        code = cli.main(argv)
+        captured = capsys.readouterr()
+        assert code == 2, captured.err
+        assert "deploying" not in captured.out
+        assert f"error: {api_error(config, overrides, home)}" in captured.err
+        for w in words:
+            assert w in captured.err
+
+
 @pytest.mark.slow
 def test_run_fail_on_item_errors(ray_session, tiny_deployment, tmp_path, capsys):
     make_images(tmp_path / "imgs", 1)
@@ -287,6 +379,122 @@ def test_job_commands_report_an_unreachable_dashboard(capsys):
     assert cli.main(["status", "some-id", "--address", f"http://127.0.0.1:{port}"]) == 1
     assert time.time() - t0 < 15
     assert "cannot reach the Ray dashboard" in capsys.readouterr().err
+
+
+class SilentListener:
+    """A TCP port that accepts connections (the kernel completes them) and never answers a byte."""
+
+    def __enter__(self) -> str:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()
+
+
+class VersionOnlyDashboard:
+    """An HTTP server that answers Ray's version check like a dashboard, then never answers anything else."""
+
+    def __enter__(self) -> str:
+        import http.server
+        import json
+        import threading
+
+        import ray
+
+        release = self.release = threading.Event()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's API
+                if self.path.startswith("/api/version"):
+                    body = json.dumps({"version": "4", "ray_version": ray.__version__, "ray_commit": "x"}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                release.wait(60)
+
+            do_POST = do_PUT = do_GET  # noqa: N815
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+JOB_COMMANDS = [["status", "some-id"], ["logs", "some-id"], ["cancel", "some-id"],
+                ["submit", str(ROOT / "configs" / "relabel_project.yaml"), "--no-wait"]]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("argv", JOB_COMMANDS, ids=[a[0] for a in JOB_COMMANDS])
+def test_job_commands_give_up_on_a_dashboard_that_never_answers(argv, capsys, monkeypatch):
+    # The port accepts connections, so the TCP check passes; Ray's client would then wait for ever.
+    monkeypatch.setenv("PIPELINE_ADDRESS_TIMEOUT_S", "2")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with SilentListener() as url:
+        t0 = time.time()
+        code = cli.main([*argv, "--address", url])
+        elapsed = time.time() - t0
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert elapsed < 15
+    assert f"the Ray dashboard at {url} did not answer within 2s (connecting)" in err
+    assert "PIPELINE_ADDRESS_TIMEOUT_S" in err
+    assert not (ROOT / cli.SUBMIT_DIR).exists()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("argv,call,limit", [
+    (["status", "some-id"], "get_job_info", "2s"),
+    (["logs", "some-id"], "get_job_info", "2s"),
+    (["cancel", "some-id"], "get_job_info", "2s"),
+    (["submit", str(ROOT / "configs" / "relabel_project.yaml"), "--no-wait"], "submit_job", "6s"),
+], ids=["status", "logs", "cancel", "submit"])
+def test_each_job_request_has_a_time_limit(argv, call, limit, capsys, monkeypatch):
+    # The dashboard answers the client's version check, then not the request itself. submit_job (which uploads
+    # the project) gets 6 times the limit.
+    monkeypatch.setenv("PIPELINE_ADDRESS_TIMEOUT_S", "1" if call == "submit_job" else "2")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with VersionOnlyDashboard() as url:
+        t0 = time.time()
+        code = cli.main([*argv, "--address", url])
+        elapsed = time.time() - t0
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert elapsed < float(limit[:-1]) + 10
+    assert f"the Ray dashboard at {url} did not answer within {limit} ({call})" in err
+    assert not (ROOT / cli.SUBMIT_DIR).exists()  # the shipped config is removed however submit ends
+
+
+def test_submit_to_a_silent_dashboard_exits_1_and_does_not_hang(tmp_path):
+    # The issue's case, as a process: `pipeline submit` must end (the stuck request is in a daemon thread).
+    with SilentListener() as url:
+        t0 = time.time()
+        r = run_cli("submit", "configs/relabel_project.yaml", "--address", url, timeout=60,
+                    PIPELINE_ADDRESS_TIMEOUT_S="3")
+        assert time.time() - t0 < 30
+    assert r.returncode == 1, r.stderr
+    assert "did not answer within 3s (connecting)" in r.stderr
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1"])
+def test_a_bad_address_timeout_is_a_usage_error(value, capsys, monkeypatch):
+    monkeypatch.setenv("PIPELINE_ADDRESS_TIMEOUT_S", value)
+    assert cli.main(["status", "some-id", "--address", "http://127.0.0.1:9"]) == 2
+    assert "PIPELINE_ADDRESS_TIMEOUT_S" in capsys.readouterr().err
 
 
 # --- the parser ----------------------------------------------------------------------------------------------

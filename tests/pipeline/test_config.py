@@ -160,12 +160,19 @@ def test_variables_expand_and_plain_ones_are_typed(tmp_path, monkeypatch):
           batch_size: ${PIPELINE_TEST_BATCH}
           settings:
             conf: ${PIPELINE_TEST_CONF:-0.4}
-            tag: "${PIPELINE_TEST_BATCH}"
+          video_params:
+            duration: ${PIPELINE_TEST_DURATION:-2.5}
+        upload: {mode: create, job_id: "${PIPELINE_TEST_BATCH}"}
         """)
     cfg = load_config(p)
     assert cfg.model.checkpoint == "/data/m.pth" and cfg.input.path == "/data/imgs" and cfg.input.recursive is True
-    assert cfg.predict.batch_size == 16
-    assert cfg.predict.settings == {"conf": 0.4, "tag": "16"}  # a quoted value stays a string
+    assert cfg.predict.batch_size == 16 and cfg.predict.video_params.duration == 2.5
+    assert cfg.predict.settings == {"conf": 0.4}
+    assert cfg.upload.job_id == "16"
+    # A quoted value stays a string, and a string is not a number (types are strict, as in the Python API).
+    text = p.read_text().replace("batch_size: ${PIPELINE_TEST_BATCH}", 'batch_size: "${PIPELINE_TEST_BATCH}"')
+    msg = error_of(write(tmp_path, text, "quoted.yaml"))
+    assert "line 6: predict.batch_size: expected an integer, got '16'" in msg
 
 
 # --- --set -------------------------------------------------------------------------------------------------
@@ -199,6 +206,47 @@ def test_overrides_apply_and_create_sections(tmp_path):
     assert cfg.predict.batch_size == 32 and cfg.model.replicas == 2 and cfg.upload.mode == "create"
     assert cfg.predict.settings == {"conf": 0.1} and cfg.model.ref == "torchvision/ssd300_vgg16"
     assert cfg.data["predict"]["batch_size"] == 32  # the resolved data a submit ships
+
+
+def test_overrides_and_native_yaml_values_pass_the_strict_types(tmp_path):
+    # --set values are read as YAML, so they arrive as the types the schema wants; ints are valid floats.
+    p = write(tmp_path, GOOD + "upload: {mode: create, job_id: 42}\n")
+    cfg = load_config(p, ["input.recursive=true", "model.gpus_per_replica=1", "model.reuse=false",
+                          "predict.video_params.duration=20", "predict.video_params.start_frame=3",
+                          "model.shutdown=true", "predict.settings.max_det=10"])
+    assert cfg.input.recursive is True and cfg.model.gpus_per_replica == 1.0 and cfg.model.shutdown is True
+    assert cfg.predict.video_params.duration == 20 and cfg.predict.video_params.start_frame == 3
+    assert cfg.upload.job_id == "42"  # a number as a job id is kept as text
+    msg = error_of(p, ["predict.batch_size='8'"])
+    assert "--set predict.batch_size='8'" in msg and "expected an integer, got '8'" in msg
+
+
+def test_every_known_setting_is_accepted_and_an_adapter_can_add_its_own(tmp_path, monkeypatch):
+    from pipeline.config import known_settings
+
+    settings = "{conf: 0.3, iou: 0.5, max_det: 50, iou_merge_threshold: 0.8, max_pixels: 1000000, url_timeout: 5}"
+    p = write(tmp_path, GOOD.replace("batch_size: 4", f"settings: {settings}"))
+    assert set(load_config(p).predict.settings) == {"conf", "iou", "max_det", "iou_merge_threshold", "max_pixels",
+                                                     "url_timeout"}
+    p = write(tmp_path, GOOD.replace("batch_size: 4", "settings: {conf: 0.3, tta: true}"))
+    assert "predict.settings.tta: unknown setting" in error_of(p)
+
+    # A model-specific key is one an adapter declares in its default_settings.
+    from workers.models import base
+
+    class Adapter(base.ModelAdapter):
+        default_settings = {**base.DEFAULT_SETTINGS, "tta": False}
+
+        def load(self, state_dict):
+            pass
+
+        def predict(self, batch, settings):
+            return []
+
+    base.list_frameworks()  # the built-in adapters first, as they would be
+    monkeypatch.setitem(base._ADAPTERS, "test-framework", Adapter)
+    assert "tta" in known_settings()
+    assert load_config(p).predict.settings == {"conf": 0.3, "tta": True}
 
 
 def test_override_errors_name_the_override(tmp_path):
@@ -239,6 +287,19 @@ MISTAKES = [
                                                                                           "replicas"]),
     ("bad img_size", GOOD.replace("batch_size: 4", "img_size: [1, 2, 3]"), ["predict.img_size", "line 7"]),
     ("bad settings", GOOD.replace("batch_size: 4", "settings: {conf: 3}"), ["predict.settings", "line 7", "conf"]),
+    ("unknown setting", GOOD.replace("batch_size: 4", "settings:\n    conf: 0.3\n    conff: 0.4"),
+     ["predict.settings.conff", "line 9", "unknown setting (did you mean 'conf'?)", "known settings: conf, iou"]),
+    ("string for an int", GOOD.replace("batch_size: 4", "batch_size: '8'"), ["predict.batch_size", "line 7",
+                                                                             "expected an integer, got '8'"]),
+    ("string for a bool", GOOD.replace("path: images", "path: images\n  recursive: 'yes'"),
+     ["input.recursive", "line 6", "expected true or false, got 'yes'"]),
+    ("int for a bool", GOOD.replace("device: cpu", "reuse: 1"), ["model.reuse", "line 3", "true or false"]),
+    ("bool for a number", GOOD + "  video_params:\n    duration: true\n",
+     ["predict.video_params.duration", "line 9", "expected a number, got True"]),
+    ("float for an int", GOOD + "  video_params: {start_frame: 2.0}\n",
+     ["predict.video_params.start_frame", "line 8", "expected an integer, got 2.0"]),
+    ("bool for an int", GOOD.replace("batch_size: 4", "batch_size: true"), ["predict.batch_size", "line 7",
+                                                                            "expected an integer, got True"]),
     ("dashboard as ray.address", GOOD + "ray: {address: 'http://head:8265'}\n", ["ray.address", "line 8",
                                                                                  "dashboard"]),
     ("bad ray.address", GOOD + "ray: {address: head}\n", ["ray.address", "line 8", "host:port"]),
