@@ -445,6 +445,29 @@ class UploadStage:
             raise UploadError(f"the upload failed: {type(self._error).__name__}: {self._error}") from self._error
 
 
+def _check_confidence_tag(args: PredictArgs, plan: SourcePlan, platform: Any) -> None:
+    """Predicted objects carry their score in the `confidence` tag (any_number): a target project that defines
+    `confidence` as another kind of tag could take none of them, so it is refused before any work."""
+    from pipeline.annotation import CONFIDENCE_TAG
+
+    if args.video_id is not None:
+        project_ids = {platform.video.get(args.video_id).project_id}
+    elif args.image_ids is not None:
+        project_ids = {platform.image.get(i).project_id for i in args.image_ids}
+    elif plan.context.get("project_id") is not None:
+        project_ids = {plan.context["project_id"]}
+    else:
+        return
+    for pid in sorted(project_ids):
+        tag = platform.project.get_meta(pid).get_tag_meta(CONFIDENCE_TAG.name)
+        if tag is not None and tag.value_type != CONFIDENCE_TAG.value_type:
+            raise InvalidArgumentError(
+                f"project {pid} defines the tag {CONFIDENCE_TAG.name!r} as {tag.value_type}; predicted objects "
+                f"carry their score in it as {CONFIDENCE_TAG.value_type}: rename or change that tag first, or "
+                "upload='create' into a new project"
+            )
+
+
 def make_uploader(args: PredictArgs, plan: SourcePlan, platform: Any, model: Any) -> UploadStage:
     """Check the upload against the input and prepare it (job record, new project), before any prediction."""
     target = None
@@ -461,6 +484,8 @@ def make_uploader(args: PredictArgs, plan: SourcePlan, platform: Any, model: Any
                 "project and a videos project; predict the videos on their own (input=<video file>) or move them "
                 "out of the directory"
             )
+        if args.upload != "create":
+            _check_confidence_tag(args, plan, platform)
         if plan.project_type == "videos":
             from pipeline.upload_video import VideoTarget
 

@@ -238,3 +238,13 @@ def test_create_from_a_url_that_stops_answering_fails_that_item_only(tiny_model,
     preds = tiny_model.predict(input=[once, ok], upload="create", settings=S, progress=False)
     assert "upload failed" in preds[0].error and "404" in preds[0].error
     assert preds[1].error is None and preds[1].target is not None
+
+
+def test_a_confidence_tag_of_another_type_is_refused_before_any_work(tiny_model, api, target):
+    project, _, infos, existing = target
+    meta = api.project.get_meta(project.id)
+    api.project.update_meta(project.id, meta.add_tag_meta(TagMeta("confidence", "any_string")))
+    for source in ({"project_id": project.id}, {"image_ids": [infos[0].id]}):
+        with pytest.raises(ValueError, match="defines the tag 'confidence' as any_string"):
+            tiny_model.predict(**source, upload="append", settings=S, progress=False)
+    assert api.annotation.get(infos[0].id) == existing[infos[0].id]  # nothing written
