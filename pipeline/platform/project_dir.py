@@ -353,6 +353,8 @@ def _export_videos(platform: Platform, dataset_id: int, root: Path, item_dir: Pa
         _copy(Path(info.path), _safe(root, *item_dir.relative_to(root).parts, name), f"video {info.id}")
         _write_json(_safe(root, *ann_dir.relative_to(root).parts, name + ".json"), ann.to_json())
         key_id_map["videos"][ann.key] = info.id
+        for tag in ann.tags:  # the video's tags (objects' tags carry no key)
+            key_id_map["tags"][tag.key] = len(key_id_map["tags"]) + 1
         for obj in ann.objects:  # ids of this platform's objects do not exist: number them in export order
             key_id_map["objects"][obj.key] = len(key_id_map["objects"]) + 1
         for fig in ann.figures:

@@ -452,6 +452,7 @@ def test_video_project_import_export_round_trip(platform, tmp_path):
     assert set(kim) == {"tags", "objects", "figures", "videos"}
     assert kim["videos"] == {ann.key: video.id}
     assert set(kim["objects"]) == {o.key for o in ann.objects} and set(kim["figures"]) == {f.key for f in ann.figures}
+    assert set(kim["tags"]) == {t.key for t in ann.tags} and len(kim["tags"]) == 2
     again = platform.project.import_dir(out)
     [ds2] = platform.dataset.list(again)
     [video2] = platform.video.list(ds2.id)
