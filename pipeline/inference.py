@@ -158,10 +158,10 @@ class Scheduler:
                         self.stats.compute_seconds += result.compute_seconds
                         on_result(batch.items, result)
         finally:
-            # Cancel the loading tasks only (a stopped run). A replica call whose loading is cancelled fails on the caller's side
-            # and never reaches the replica; cancelling replica calls themselves leaves a gap in the actor's call
-            # sequence that stalls the next caller for 30 s (Ray's ordered actor queue). At most the calls whose
-            # images are already decoded (max_in_flight per replica) still run.
+            # A stopped or failed run: cancel the loading tasks only. A replica call whose loading is cancelled
+            # fails on the caller's side and never reaches the replica; cancelling replica calls themselves leaves
+            # a gap in the actor's call sequence that stalls its next caller for 30 s (Ray's ordered actor queue).
+            # At most the calls whose images are already decoded (max_in_flight per replica) still run.
             for batch, _ in in_flight.values():
                 if batch.load_by_actor:
                     continue  # the plan ends its readers (VideoLoading.batcher)
