@@ -194,8 +194,10 @@ def collect(session: PredictionSession, progress: _Progress | None = None,
     """Read every prediction of `session` (it pauses when nobody reads), counting as we go; `on_prediction` sees
     each one."""
     summary = RunSummary()
+    _SIGTERM["defer"] = True
     try:
         while True:
+            _check_sigterm(session)
             try:
                 pred = session.next(timeout=1.0)
             except TimeoutError:
@@ -214,6 +216,9 @@ def collect(session: PredictionSession, progress: _Progress | None = None,
         session.stop()
     except Exception as exc:  # the error that ended the run (session re-raises it once to the reader)
         summary.error = exc
+    finally:
+        _SIGTERM["defer"] = False
+    _check_sigterm(session)  # a SIGTERM during the last item
     if progress is not None:
         progress.tick(0, session, force=True)
     summary.status = session.status()
@@ -270,6 +275,7 @@ def run_config(
     out.flush()
     shutdown = cfg.model.shutdown if cfg.model.shutdown is not None else deployed
     summary: RunSummary | None = None
+    session = None
     try:
         session = start_from_config(model, cfg, job_id)
         progress = _Progress(err)
@@ -281,6 +287,10 @@ def run_config(
         if cfg.upload is not None:
             out.write(f"  platform data dir: {api.data_dir}\n")
     finally:
+        if session is not None and not session.is_done():
+            # SIGTERM (SystemExit) or another exit mid-run: the session's thread must stop using the replicas
+            # before they go, or it keeps retrying dead replicas while the interpreter shuts Ray down under it.
+            session.stop()
         if shutdown:
             try:
                 model.shutdown()
@@ -340,6 +350,12 @@ def _walks_a_directory(args: Any) -> bool:
     return os.path.isdir(path) and not os.path.isfile(os.path.join(path, "meta.json"))
 
 
+# While `collect` reads a session, a SIGTERM is only noted here and acted on at the loop's next turn (within 1 s):
+# raised from the handler, the SystemExit could land inside a Ray call and leave Ray's core worker in a state that
+# aborts the process at exit.
+_SIGTERM: dict[str, Any] = {"defer": False, "signum": None}
+
+
 def _terminate_cleanly() -> None:
     """SIGTERM (`pipeline cancel`, a job stopped by Ray, `kill`) becomes SystemExit, so the `finally` that shuts
     down what this run deployed still runs; Python's default would exit at once and leave the replicas up."""
@@ -349,9 +365,23 @@ def _terminate_cleanly() -> None:
         return
 
     def handler(signum: int, frame: Any) -> None:
+        # Ray's native failure-signal handler (absl) saw the SIGTERM first: it logged it and armed an alarm that
+        # aborts the process 3 s later. A clean exit (stop the run, shut the replicas down) may take longer.
+        signal.alarm(0)
+        if _SIGTERM["defer"]:
+            _SIGTERM["signum"] = signum
+            return
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def _check_sigterm(session: PredictionSession) -> None:
+    signum = _SIGTERM["signum"]
+    if signum is not None:
+        _SIGTERM["signum"] = None
+        session.stop()
+        raise SystemExit(128 + signum)
 
 
 def _n(count: int, noun: str) -> str:
