@@ -366,7 +366,8 @@ def _terminate_cleanly() -> None:
 
     def handler(signum: int, frame: Any) -> None:
         # Ray's native failure-signal handler (absl) saw the SIGTERM first: it logged it and armed an alarm that
-        # aborts the process 3 s later. A clean exit (stop the run, shut the replicas down) may take longer.
+        # aborts the process 3 s later (alarm_on_failure_secs; ray-project/ray#64830). A clean exit (stop the run,
+        # shut the replicas down) may take longer.
         signal.alarm(0)
         if _SIGTERM["defer"]:
             _SIGTERM["signum"] = signum
