@@ -111,18 +111,42 @@ def read_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     return decode_image_bytes(data, max_pixels)
 
 
-def fetch_url(url: str, timeout: float = DEFAULT_URL_TIMEOUT_S) -> bytes:
+# An image download larger than this is refused (no image file is this big; a stream that never ends is no image).
+MAX_URL_BYTES = 512 * 2**20
+# The whole download may take this many times `url_timeout` (which bounds connecting and each read): a server that
+# trickles bytes cannot hold a loading task forever.
+URL_TOTAL_TIMEOUT_FACTOR = 6
+
+
+def fetch_url(url: str, timeout: float = DEFAULT_URL_TIMEOUT_S, max_bytes: int | None = None) -> bytes:
+    """The body of `url`: `timeout` s to connect and for each read, `URL_TOTAL_TIMEOUT_FACTOR` x `timeout` in all,
+    at most `max_bytes` (`MAX_URL_BYTES`). Raises `ItemError`."""
     import requests
 
+    max_bytes = MAX_URL_BYTES if max_bytes is None else max_bytes
+    deadline = time.monotonic() + URL_TOTAL_TIMEOUT_FACTOR * timeout
     try:
-        resp = requests.get(url, timeout=(timeout, timeout))
+        with requests.get(url, timeout=(timeout, timeout), stream=True) as resp:
+            if resp.status_code != 200:
+                raise ItemError(f"HTTP {resp.status_code} {resp.reason or ''} for {url}".replace("  ", " "))
+            declared = resp.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise ItemError(f"the URL's body is {int(declared):,} bytes, over the limit of {max_bytes:,}: {url}")
+            chunks, size = [], 0
+            for chunk in resp.iter_content(chunk_size=1 << 16):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ItemError(f"the URL's body is over the limit of {max_bytes:,} bytes: {url}")
+                if time.monotonic() > deadline:
+                    raise ItemError(f"the download took over {URL_TOTAL_TIMEOUT_FACTOR * timeout:g}s: {url}")
+            return b"".join(chunks)
+    except ItemError:
+        raise
     except requests.Timeout:
         raise ItemError(f"the URL did not answer within {timeout:g}s: {url}") from None
     except requests.RequestException as exc:
         raise ItemError(f"cannot fetch {url}: {type(exc).__name__}: {exc}") from None
-    if resp.status_code != 200:
-        raise ItemError(f"HTTP {resp.status_code} {resp.reason or ''} for {url}".replace("  ", " "))
-    return resp.content
 
 
 def resize_to(img: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:

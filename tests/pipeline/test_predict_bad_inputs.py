@@ -109,3 +109,13 @@ def test_max_pixels_above_pillows_own_limit_is_honoured(monkeypatch):
     assert Image.MAX_IMAGE_PIXELS == 1_000
     with pytest.raises(ItemError, match="over the limit of 4,000"):
         decode_image_bytes(buf.getvalue(), max_pixels=4_000)
+
+
+def test_a_url_body_over_the_size_limit_is_refused(tmp_path, http_server):
+    from workers.decode import ItemError, fetch_url
+
+    [img] = write_images(tmp_path / "www", 1)
+    url = http_server.url(img.name, root=tmp_path / "www")
+    assert fetch_url(url, timeout=5) == img.read_bytes()
+    with pytest.raises(ItemError, match="over the limit of 100"):
+        fetch_url(url, timeout=5, max_bytes=100)
