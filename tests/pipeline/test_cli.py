@@ -242,11 +242,12 @@ def test_run_relabel_project_merges_into_the_platform(ray_session, tiny_deployme
     project = api.project.create("shapes")
     ds = api.dataset.create(project.id, "ds0")
     images = [api.image.upload(ds.id, f"{i}.png", np.full((80, 100, 3), 40 * i, np.uint8)) for i in range(3)]
-    code = cli.main([
+    argv = [
         "--data-dir", str(home), "run", str(ROOT / "configs" / "relabel_project.yaml"),
         "--set", "model.checkpoint=null", "--set", f"model.task_id={tiny_deployment.task_id}",
         "--set", f"input.project_id={project.id}", "--set", "predict.settings.conf=0.0", "--job-id", "relabel-test",
-    ])
+    ]
+    code = cli.main(argv)
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "pipeline run: done" in captured.out and "3 items, 0 failed" in captured.out
@@ -256,11 +257,7 @@ def test_run_relabel_project_merges_into_the_platform(ray_session, tiny_deployme
     assert sum(objects) == n_predicted > 0
 
     # the same --job-id again: a resumed job skips what is done, nothing is uploaded twice
-    code = cli.main([
-        "--data-dir", str(home), "run", str(ROOT / "configs" / "relabel_project.yaml"),
-        "--set", "model.checkpoint=null", "--set", f"model.task_id={tiny_deployment.task_id}",
-        "--set", f"input.project_id={project.id}", "--set", "predict.settings.conf=0.0", "--job-id", "relabel-test",
-    ])
+    code = cli.main(argv)
     again = capsys.readouterr()
     assert code == 0, again.err
     assert "resuming, 3 item(s) already done are skipped" in again.err and "0 items" in again.out
