@@ -53,6 +53,8 @@ class ModelOutput:
 
     boxes: (N, 4) float32 xyxy; scores: (N,) float32; class_ids: (N,) int64 indices into the model's classes;
     masks: (N, H, W) bool at the original size, or None for box-only models.
+    keypoints: (N, K, 3) float32 `x, y, score` per keypoint of each object (pose models), else None.
+    probs: (C,) float32 class probabilities of the whole image (classification models; no boxes), else None.
     """
 
     boxes: np.ndarray
@@ -60,6 +62,8 @@ class ModelOutput:
     class_ids: np.ndarray
     masks: np.ndarray | None = None
     error: str | None = None
+    keypoints: np.ndarray | None = None
+    probs: np.ndarray | None = None
 
     @classmethod
     def empty(cls, error: str | None = None, with_masks: bool = False, size: tuple[int, int] = (0, 0)) -> ModelOutput:
