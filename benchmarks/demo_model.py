@@ -112,7 +112,7 @@ def images_per_second(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.shapes import CLASSES, generate_dataset
+    from pipeline.app.shapes import CLASSES, generate_dataset
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))

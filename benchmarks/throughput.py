@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from pipeline._ray import NAMESPACE
+from pipeline.deploy.cluster import NAMESPACE
 
 
 def _write_images(folder: str, indices: range, size: tuple[int, int], seed: int) -> list[str]:

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from pipeline._ray import NAMESPACE
+from pipeline.deploy.cluster import NAMESPACE
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     import ray
 
     import pipeline
-    from pipeline.shapes import generate_sample
+    from pipeline.app.shapes import generate_sample
 
     work = tempfile.mkdtemp(prefix="bench-upload-")
     ray.init(include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)

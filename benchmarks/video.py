@@ -10,7 +10,7 @@
    loading stage hands a replica):
    * the single-process PyAV baseline: one decoder, frames in order, `to_ndarray("rgb24")` + the same resize, with
      PyAV's default threading and with one thread;
-   * the loading stage alone (no model): `pipeline.video_source` plans the ranges and lanes, its batcher makes the
+   * the loading stage alone (no model): `pipeline.stages.source.video` plans the ranges and lanes, its batcher makes the
      batches, and the driver keeps 4 batches per reader in flight (as the scheduler does), with Ray started with
      1 and then 2 CPUs, so 1 and 2 readers.
 3. The driver's RSS while predicting every frame of the video with a tiny random-weights detector
@@ -141,7 +141,7 @@ def loading_stage(path: Path, frames: int, img_size: tuple[int, int], cpus: int,
     """Frames/s of the loading stage alone with Ray started on `cpus` CPUs (so `cpus` readers)."""
     import ray
 
-    from pipeline import video_source
+    from pipeline.stages.source import video as video_source
 
     os.environ.pop("RAY_ADDRESS", None)  # a fresh local Ray each time, never the one a previous run left behind
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)

@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 
 from pipeline.platform import Platform, ops  # noqa: E402
 from pipeline.prediction import Prediction  # noqa: E402
-from pipeline.upload_video import VideoTarget, _gc_paused, merge_video_annotation, merge_video_json  # noqa: E402
+from pipeline.stages.upload.videos import VideoTarget, _gc_paused, merge_video_annotation, merge_video_json  # noqa: E402
 
 HEIGHT, WIDTH = 720, 1280
 CLASSES = ["car", "person", "bus"]

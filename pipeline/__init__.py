@@ -20,7 +20,7 @@ from pipeline.exceptions import (
     UploadError,
 )
 from pipeline.prediction import Prediction, UploadTarget
-from pipeline.session import PredictionSession
+from pipeline.stages.session import PredictionSession
 
 __version__ = "0.1.0"
 

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info  # noqa: E402
 
 from benchmarks.demo_model import VAL_SEED, evaluate, load_model  # noqa: E402
-from pipeline.shapes import CLASSES, generate_dataset, get_sample  # noqa: E402
+from pipeline.app.shapes import CLASSES, generate_dataset, get_sample  # noqa: E402
 from workers.models._small_archs import SMALL_ARCHITECTURES, TINY_FPN_DEFAULTS  # noqa: E402
 from workers.models.checkpoint import save_checkpoint  # noqa: E402
 

@@ -46,7 +46,7 @@ def test_it_installs_the_project_and_starts_ray_with_the_dashboard(raw):
 
 
 def test_the_shared_data_dir_matches_the_relabel_example(raw):
-    from pipeline.config import load_config
+    from pipeline.app.config import load_config
 
     cfg = load_config(ROOT / "configs" / "relabel_project.yaml")
     home = cfg.ray.runtime_env["env_vars"]["PIPELINE_HOME"]

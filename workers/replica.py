@@ -1,6 +1,6 @@
 """The replica actor: one model replica per Ray actor.
 
-The class is plain Python; `pipeline.nn` wraps it with `ray.remote(...)` when it deploys, choosing resources
+The class is plain Python; `pipeline.deploy.nn` wraps it with `ray.remote(...)` when it deploys, choosing resources
 (`num_gpus=gpus_per_replica` on GPU), restart policy and name. The model is loaded once, in `__init__`; every
 `predict` call runs one batch under `torch.inference_mode()`. Images arrive as uint8 (a quarter of the bytes of
 float32) and become float on the device.
@@ -22,8 +22,8 @@ from workers.models.checkpoint import parse_checkpoint
 def _fetch_weights(task_id: int) -> bytes:
     import ray
 
-    from pipeline._ray import NAMESPACE
-    from pipeline._registry import REGISTRY_NAME
+    from pipeline.deploy.cluster import NAMESPACE
+    from pipeline.deploy.registry import REGISTRY_NAME
 
     registry = ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)
     refs = ray.get(registry.weights_of.remote(task_id))

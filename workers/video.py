@@ -14,7 +14,7 @@ shown. Whole GOPs before that keyframe the demuxer drops without a trace, yet MP
 its sample table) counts them, and the discarded packets too: `stated_frames` says how many frames it means.
 
 Random access (`read_frames`) seeks to the keyframe at or before a frame and decodes forward. The loading stage
-decodes long runs of frames with `FrameReader`, a plain class that `pipeline.video_source` wraps as a Ray actor
+decodes long runs of frames with `FrameReader`, a plain class that `pipeline.stages.source.video` wraps as a Ray actor
 (one CPU each): every call hands it the next frames of its range, which it decodes from where the previous call
 stopped, so no GOP is decoded twice.
 
@@ -538,7 +538,7 @@ def read_frames(path: str | os.PathLike, indices: Iterable[int]) -> dict[int, np
 
 class FrameReader:
     """Decodes frames of one video for the loading stage: a plain class, made a Ray actor (one CPU) by
-    `pipeline.video_source`. Calls that continue where the previous one stopped decode on without seeking.
+    `pipeline.stages.source.video`. Calls that continue where the previous one stopped decode on without seeking.
 
     It indexes the file itself (a demux pass, cheap next to decoding) rather than receiving the driver's index, so
     the actor's arguments stay a few bytes and a restarted reader needs nothing from the object store. `expect`

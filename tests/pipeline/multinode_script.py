@@ -42,13 +42,13 @@ def main(checkpoint: str, workdir: str, n_images: int = 24) -> None:
     cluster.wait_for_nodes()
     timings = {"cluster_s": round(time.time() - t0, 1)}
     try:
-        from pipeline._ray import NAMESPACE
+        from pipeline.deploy.cluster import NAMESPACE
 
         ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
 
         # Record the node of every loading task: a file per task in a folder all three nodes share (one
         # machine). The product code is untouched; only the function the loading stage submits is wrapped.
-        import pipeline.loading as loading
+        import pipeline.stages.loading as loading
 
         original = loading.load_batch
         trace_dir = str(trace)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import _args
+from pipeline.stages import args as _args
 from pipeline.exceptions import InvalidArgumentError
 
 IMG = np.zeros((8, 8, 3), np.uint8)

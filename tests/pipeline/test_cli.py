@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import cli
+from pipeline.app import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +47,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(*argv: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *argv], cwd=ROOT, env=subprocess_env(**env),
+    return subprocess.run([sys.executable, "-m", "pipeline.app.cli", *argv], cwd=ROOT, env=subprocess_env(**env),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -93,7 +93,7 @@ def test_sigterm_mid_run_still_shuts_down_what_the_run_deployed(ray_session, tin
     make_images(tmp_path / "imgs", 400, size=(48, 64))
     address = ray_session.get_runtime_context().gcs_address
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "--data-dir", str(tmp_path / "home"), "run",
+        [sys.executable, "-m", "pipeline.app.cli", "--data-dir", str(tmp_path / "home"), "run",
          str(ROOT / "configs" / "predict_directory.yaml"), "--set", f"model.checkpoint={tiny_checkpoint}",
          "--set", "model.device=cpu", "--set", f"input.path={tmp_path / 'imgs'}", "--set", "predict.batch_size=1",
          "--set", f"output.parquet={tmp_path / 'out' / 'p.parquet'}", "--set", "output.coco=null",
@@ -144,11 +144,11 @@ def make_audio_only_mp4(path: Path) -> Path:
 def api_error(config: Path, overrides: list[str], home: Path) -> str:
     """The message the Python API gives for this config's predict arguments: predict() validates its arguments,
     then resolves the source, before any work."""
-    from pipeline import _args
-    from pipeline.config import load_config
+    from pipeline.stages import args as _args
+    from pipeline.app.config import load_config
     from pipeline.exceptions import PipelineError
     from pipeline.platform import Platform
-    from pipeline.source import resolve_source
+    from pipeline.stages.source import resolve_source
 
     args = _args.normalize(load_config(config, overrides).predict_kwargs())
     with pytest.raises(PipelineError) as info:
@@ -527,7 +527,7 @@ def test_usage_errors_exit_2():
 def test_console_script_module_entry(tmp_path):
     script = textwrap.dedent("""
         import sys
-        from pipeline.cli import main
+        from pipeline.app.cli import main
         sys.exit(main(["run", "/no/such/config.yaml"]))
     """)
     r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=subprocess_env(), capture_output=True,
@@ -576,7 +576,7 @@ def fake_pred(classes=(), error=None, name="a.jpg"):
 def test_collect_and_summary_count_items_objects_and_failures():
     import io
 
-    from pipeline.runner import collect, print_summary
+    from pipeline.app.runner import collect, print_summary
 
     session = FakeSession([fake_pred(["circle", "square"]), fake_pred(["circle"]),
                            fake_pred(error="not an image", name="bad.jpg")])
@@ -594,7 +594,7 @@ def test_collect_keeps_the_error_that_ended_the_run():
     import io
 
     from pipeline.exceptions import RunError
-    from pipeline.runner import collect, print_summary
+    from pipeline.app.runner import collect, print_summary
 
     summary = collect(FakeSession([fake_pred(["a"])], error=RunError("the upload failed: disk full")))
     assert isinstance(summary.error, RunError) and summary.items == 1
@@ -606,7 +606,7 @@ def test_collect_keeps_the_error_that_ended_the_run():
 def test_progress_on_a_terminal_is_a_bar_with_a_live_postfix():
     import io
 
-    from pipeline.runner import _Progress
+    from pipeline.app.runner import _Progress
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -625,7 +625,7 @@ def test_progress_on_a_terminal_is_a_bar_with_a_live_postfix():
 def test_progress_elsewhere_is_a_plain_line():
     import io
 
-    from pipeline.runner import _Progress
+    from pipeline.app.runner import _Progress
 
     stream = io.StringIO()
     progress = _Progress(stream)
@@ -639,6 +639,6 @@ def test_progress_elsewhere_is_a_plain_line():
 @pytest.mark.parametrize("seconds,text", [(None, "?"), (0.04, "0.0s"), (59.9, "59.9s"), (61, "1m01s"),
                                           (3725, "1h02m")])
 def test_duration(seconds, text):
-    from pipeline.runner import _duration
+    from pipeline.app.runner import _duration
 
     assert _duration(seconds) == text

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import PipelineConfig, expand_env, load_config, parse_override
+from pipeline.app.config import PipelineConfig, expand_env, load_config, parse_override
 from pipeline.exceptions import ConfigError, InvalidArgumentError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ def test_every_example_validates(path, monkeypatch):
     sources = [k for k in ("input", "project_id", "dataset_id", "image_ids", "video_id") if k in kwargs]
     assert len(sources) == 1
     # What the CLI hands to predict passes predict's own argument checks.
-    from pipeline import _args
+    from pipeline.stages import args as _args
 
     _args.normalize(kwargs)
     assert cfg.to_yaml()  # a submit can ship it
@@ -222,7 +222,7 @@ def test_overrides_and_native_yaml_values_pass_the_strict_types(tmp_path):
 
 
 def test_every_known_setting_is_accepted_and_an_adapter_can_add_its_own(tmp_path, monkeypatch):
-    from pipeline.config import known_settings
+    from pipeline.app.config import known_settings
 
     settings = "{conf: 0.3, iou: 0.5, max_det: 50, iou_merge_threshold: 0.8, max_pixels: 1000000, url_timeout: 5}"
     p = write(tmp_path, GOOD.replace("batch_size: 4", f"settings: {settings}"))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.app.cli import main
 
 
 @pytest.mark.slow
@@ -36,13 +36,13 @@ def _the_shapes_were_found(project, n: int) -> None:
 
     from pipeline.annotation import Annotation, ProjectMeta
     from pipeline.annotation.geometry import box_iou
-    from pipeline.demo import SEED
-    from pipeline.shapes import generate_sample
+    from pipeline.app.demo import SEED
+    from pipeline.app.shapes import generate_sample
 
     meta = ProjectMeta.from_json(json.loads((project / "meta.json").read_text()))
     rng = np.random.default_rng(SEED)
     found = total = predicted = 0
-    for i in range(n):  # the generation of pipeline.demo.build_shapes_project, draw for draw
+    for i in range(n):  # the generation of pipeline.app.demo.build_shapes_project, draw for draw
         sample = generate_sample(rng, max_objects=4 if i < n * 2 // 3 else 6)
         for _ in sample.class_names:
             rng.random()

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import write_images
 
-from pipeline.export import ParquetWriter, mask_to_rle, rle_to_mask
+from pipeline.stages.upload.export import ParquetWriter, mask_to_rle, rle_to_mask
 from pipeline.prediction import Prediction
 
 S = {"conf": 0.0, "max_det": 4}
@@ -48,7 +48,7 @@ def test_parquet_and_coco_from_predict(tiny_model, tmp_path):
 
 
 def test_parquet_parts_written_so_far_survive(tmp_path, monkeypatch):
-    import pipeline.export as export
+    import pipeline.stages.upload.export as export
 
     monkeypatch.setattr(export, "PARQUET_ROWS_PER_PART", 2)
     w = ParquetWriter(tmp_path / "p.parquet")
@@ -65,7 +65,7 @@ def test_parquet_rows_reach_disk_while_the_run_goes_on(tiny_model, tmp_path, mon
 
     from helpers import write_images
 
-    import pipeline.export as export
+    import pipeline.stages.upload.export as export
 
     monkeypatch.setattr(export, "PARQUET_FLUSH_S", 0.0)  # every group of predictions is its own part
     root = tmp_path / "many"

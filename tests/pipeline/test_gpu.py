@@ -38,7 +38,7 @@ def _covered(src_boxes, src_scores, src_cls, dst_boxes, dst_cls, conf: float) ->
 def test_cuda_deployment_predicts_what_the_model_predicts_on_cpu(api):
     from helpers import DirectModel
 
-    from pipeline.shapes import get_sample
+    from pipeline.app.shapes import get_sample
 
     images = [get_sample(seed=7, index=i).image for i in range(12)]  # 256x256, the model's img_size
     model = api.nn.deploy(str(SHAPES), device="cuda", replicas=1)
@@ -70,6 +70,6 @@ def test_device_none_picks_the_gpu(api):
 
 
 def get_image() -> np.ndarray:
-    from pipeline.shapes import get_sample
+    from pipeline.app.shapes import get_sample
 
     return get_sample(seed=7, index=0).image

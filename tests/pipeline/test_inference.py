@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.inference import Scheduler, batched, pick_replica
-from pipeline.source import Item
+from pipeline.stages.scheduler import Scheduler, batched, pick_replica
+from pipeline.stages.source import Item
 
 
 @pytest.mark.parametrize(
@@ -30,7 +30,7 @@ def test_a_batch_that_kills_its_replica_fails_alone_and_the_replica_stays(ray_se
 
     import ray
 
-    from pipeline.loading import submit_load
+    from pipeline.stages.loading import submit_load
     from workers.messages import BatchResult, ModelOutput
 
     class Fragile:  # a replica that dies on an image whose first pixel is 255

@@ -1,4 +1,4 @@
-"""The pure merge rules of the upload modes (pipeline/_merge.py)."""
+"""The pure merge rules of the upload modes (pipeline/stages/upload/merge.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline._merge import base_class_name, iou_merge_keep, merge_annotation
+from pipeline.stages.upload.merge import base_class_name, iou_merge_keep, merge_annotation
 from pipeline.annotation import Annotation, Bitmap, Label, ObjClass, Rectangle, Tag
 
 RECT = ObjClass("car", "rectangle")

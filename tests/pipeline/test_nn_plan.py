@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.exceptions import DeploymentError, InvalidArgumentError
-from pipeline.nn import plan_replicas, resolve_device, spread_nodes
+from pipeline.deploy.nn import plan_replicas, resolve_device, spread_nodes
 
 
 @pytest.mark.parametrize(

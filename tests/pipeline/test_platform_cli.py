@@ -1,4 +1,4 @@
-"""`pipeline platform import | export | ls`, run in-process through `pipeline.cli.main`."""
+"""`pipeline platform import | export | ls`, run in-process through `pipeline.app.cli.main`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.app.cli import main
 from pipeline.platform import Platform
 
 SLY_PROJECT = Path(__file__).resolve().parents[1] / "fixtures" / "sly_project"

@@ -11,7 +11,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from pipeline.inference import DEFAULT_MAX_IN_FLIGHT
+from pipeline.stages.scheduler import DEFAULT_MAX_IN_FLIGHT
 
 N = 5000
 

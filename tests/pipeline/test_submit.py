@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import cli
+from pipeline.app import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -111,7 +111,7 @@ def head():
 
 
 def pipeline_cli(*argv: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", *argv], cwd=ROOT, env=clean_env(**env),
+    r = subprocess.run([sys.executable, "-m", "pipeline.app.cli", *argv], cwd=ROOT, env=clean_env(**env),
                        capture_output=True, text=True, timeout=timeout)
     sys.stdout.write(f"$ pipeline {' '.join(argv)}\n-> {r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}\n")
     return r
@@ -182,7 +182,7 @@ def test_deploy_then_submit_a_relabel_job_whose_predictions_land(head, tiny_chec
     assert sum(counts) == predicted > 0
 
     code, out, _ = in_process(capsys, monkeypatch, "status", sid, "--address", head.dashboard)
-    assert code == 0 and "SUCCEEDED" in out and "pipeline.cli run .pipeline_submit/" in out
+    assert code == 0 and "SUCCEEDED" in out and "pipeline.app.cli run .pipeline_submit/" in out
 
     # The job did not deploy the model, so it left it running; `pipeline stop` ends it.
     r = pipeline_cli("stop", str(task_id), "--address", head.address)
@@ -255,7 +255,7 @@ def test_which_relative_paths_travel_with_the_project(rel, travels):
 
 
 def test_runtime_env_merges_the_config(tmp_path):
-    from pipeline.config import load_config
+    from pipeline.app.config import load_config
 
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text("model: {checkpoint: /m.pth}\ninput: {project_id: 1}\n"

@@ -1,4 +1,4 @@
-"""pipeline._video_params: checks of video_params, frame selection and range splitting (pure, table-driven)."""
+"""pipeline.stages.video_params: checks of video_params, frame selection and range splitting (pure, table-driven)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline import _args
-from pipeline._video_params import DEFAULT_VIDEO_PARAMS, check_video_params, select_frames, split_ranges
+from pipeline.stages import args as _args
+from pipeline.stages.video_params import DEFAULT_VIDEO_PARAMS, check_video_params, select_frames, split_ranges
 from pipeline.exceptions import InvalidArgumentError
 
 # ------------------------------------------------------------------------------------------ check_video_params

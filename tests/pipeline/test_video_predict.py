@@ -18,10 +18,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))  # the shared video writers
 from test_video_decode import SELECTION_TABLE, frame_number, truncate, write_audio_only, write_video  # noqa: E402
 
-from pipeline import video_source  # noqa: E402
-from pipeline._video_params import select_frames  # noqa: E402
+from pipeline.stages.source import video as video_source  # noqa: E402
+from pipeline.stages.video_params import select_frames  # noqa: E402
 from pipeline.exceptions import FormatError, InvalidArgumentError, NotFoundError  # noqa: E402
-from pipeline.source import Item  # noqa: E402
+from pipeline.stages.source import Item  # noqa: E402
 
 IMG = 64  # model input side: small, so the tiny detector is quick on CPU
 
@@ -342,7 +342,7 @@ def test_a_stopped_run_gives_its_readers_cpus_back(tiny_model, tmp_path):
 
 def test_yaml_pipeline_with_video_params(tiny_model, api, clips, tmp_path):
     """A YAML pipeline's predict.video_params reach the video stage (the keys left out keep their defaults)."""
-    from pipeline.config import load_config
+    from pipeline.app.config import load_config
 
     config = tmp_path / "video.yaml"
     config.write_text(

@@ -34,7 +34,7 @@ from pipeline.annotation import (  # noqa: E402
 )
 from pipeline.exceptions import FormatError, RunError  # noqa: E402
 from pipeline.prediction import Prediction  # noqa: E402
-from pipeline.upload_video import (  # noqa: E402
+from pipeline.stages.upload.videos import (  # noqa: E402
     VideoTarget,
     frame_labels,
     labels_to_video,

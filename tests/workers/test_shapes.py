@@ -1,4 +1,4 @@
-"""The generated shapes set (pipeline/shapes.py) and the committed demo model checkpoints/shapes.pth."""
+"""The generated shapes set (pipeline/app/shapes.py) and the committed demo model checkpoints/shapes.pth."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks._metrics import box_iou, mask_iou  # noqa: E402
 from benchmarks.demo_model import TEST_SEED, TRAIN_SEED, to_tensor  # noqa: E402
-from pipeline.shapes import CLASSES, ShapesSample, generate_dataset, get_sample, masks_to_boxes  # noqa: E402
+from pipeline.app.shapes import CLASSES, ShapesSample, generate_dataset, get_sample, masks_to_boxes  # noqa: E402
 
 CHECKPOINT = ROOT / "checkpoints" / "shapes.pth"
 

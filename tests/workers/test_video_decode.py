@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline._video_params import select_frames
+from pipeline.stages.video_params import select_frames
 from pipeline.exceptions import FormatError
 
 # name -> (file suffix, codec, encoder options, variable frame rate?)

@@ -14,12 +14,12 @@ import traceback
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from pipeline import _args
+from pipeline.stages import args as _args
 from pipeline.exceptions import PipelineError, RunError
 from pipeline.prediction import Prediction
 
 if TYPE_CHECKING:
-    from pipeline.nn import Model
+    from pipeline.deploy.nn import Model
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,8 @@ class PredictionSession:
             self._emit(preds)
 
     def _run(self) -> None:
-        from pipeline.collector import Collector
-        from pipeline.inference import DEFAULT_MAX_IN_FLIGHT, Scheduler, batched
+        from pipeline.stages.collect import Collector
+        from pipeline.stages.scheduler import DEFAULT_MAX_IN_FLIGHT, Scheduler, batched
 
         error: BaseException | None = None
         try:
@@ -147,7 +147,7 @@ class PredictionSession:
         factory = self.plan.submit_factory
         if factory is not None:
             return factory(img_size, settings)
-        from pipeline.loading import submit_load
+        from pipeline.stages.loading import submit_load
 
         return lambda chunk: (lambda node_id: submit_load(chunk, img_size, settings, node_id))
 
@@ -253,12 +253,12 @@ def start_session(model: Model, input: Any = None, **kwargs: Any) -> PredictionS
     """Validate everything, then start the run. Raises `ValueError`s before any work."""
     args = _args.normalize({"input": input, **kwargs}, model_classes=model.classes)
     platform = model._api._platform
-    from pipeline.source import resolve_source
+    from pipeline.stages.source import resolve_source
 
     plan = resolve_source(args, platform)
     uploader = None
     if args.upload is not None or args.output:
-        from pipeline.upload import make_uploader
+        from pipeline.stages.upload import make_uploader
 
         uploader = make_uploader(args, plan, platform, model)
     return PredictionSession(model, args, plan, uploader)

@@ -1,6 +1,6 @@
 """Pure decisions of the upload modes: which predicted labels survive `iou_merge`, how annotations combine.
 
-Table-tested in tests/pipeline/test_merge.py; `pipeline.upload` calls these inside its transactions.
+Table-tested in tests/pipeline/test_merge.py; `pipeline.stages.upload` calls these inside its transactions.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.exceptions import RunError
-from pipeline.source import Item
+from pipeline.stages.source import Item
 from workers.messages import BatchResult, ModelOutput
 
 log = logging.getLogger(__name__)

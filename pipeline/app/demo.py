@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository: configs/ and checkpoints/ live here
+ROOT = Path(__file__).resolve().parents[2]  # the repository: configs/ and checkpoints/ live here
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 DEMO_CHECKPOINT = ROOT / "checkpoints" / "shapes.pth"
 DEFAULT_OUT = "demo_output"
@@ -38,7 +38,7 @@ def build_shapes_project(folder: Path, n: int, seed: int = SEED, annotated_fract
     from PIL import Image
 
     from pipeline.annotation import Annotation, Bitmap, Label, ObjClass, ProjectMeta
-    from pipeline.shapes import CLASSES, generate_sample
+    from pipeline.app.shapes import CLASSES, generate_sample
 
     rng = np.random.default_rng(seed)
     classes = {name: ObjClass(name, "bitmap") for name in CLASSES}
@@ -74,8 +74,8 @@ def _table(rows: list[list[str]], out) -> None:
 
 def main(args: argparse.Namespace | None = None) -> int:
     from pipeline import Api
-    from pipeline.config import load_config
-    from pipeline.runner import _Progress, attach, collect, deploy_from_config, start_from_config
+    from pipeline.app.config import load_config
+    from pipeline.app.runner import _Progress, attach, collect, deploy_from_config, start_from_config
 
     out = sys.stdout
     n_images = int(getattr(args, "images", None) or DEFAULT_IMAGES)

@@ -1,7 +1,7 @@
 """YAML pipelines: the schema of SPEC.md (`model`, `input`, `predict`, `upload`, `output`, `ray`) in pydantic.
 
     cfg = load_config("configs/predict_directory.yaml", overrides=["predict.batch_size=8"])
-    model = deploy(api, cfg)                       # pipeline/runner.py: the one path shared with the CLI
+    model = deploy(api, cfg)                       # pipeline/app/runner.py: the one path shared with the CLI
     session = model.predict_detached(**cfg.predict_kwargs())
 
 Loading goes: file -> YAML node tree (with line marks) -> `${VAR}` expansion on the tree -> plain data -> `--set`
@@ -35,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline import _args
+from pipeline.stages import args as _args
 from pipeline.exceptions import ConfigError, InvalidArgumentError
 
 __all__ = [

@@ -145,7 +145,7 @@ def get_registry():
     """The cluster's registry actor, created on first use (one per cluster, whoever asks first)."""
     import ray
 
-    from pipeline._ray import NAMESPACE
+    from pipeline.deploy.cluster import NAMESPACE
 
     cls = ray.remote(DeploymentRegistry)
     return cls.options(

@@ -3,7 +3,7 @@
 Stages 1 and 2 for videos, plugged into a `SourcePlan` through its `submit_factory` and `batcher` hooks:
 
 * At plan time (before any work) the video is opened and indexed (`workers.video.index_video`: a demux pass, no
-  decoding) and `video_params` becomes a `range` of frame indices (`pipeline._video_params.select_frames`). A file
+  decoding) and `video_params` becomes a `range` of frame indices (`pipeline.stages.video_params.select_frames`). A file
   that is not a video, or has no video stream, fails here.
 * When the run starts, the selection is cut into frame ranges (`split_ranges`: a few per reader, cut at GOP
   starts), dealt round-robin to `lanes` readers, one per loader CPU: lane j decodes ranges j, j + lanes, ... Each
@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline._video_params import DEFAULT_VIDEO_PARAMS, select_frames, split_ranges
+from pipeline.stages.video_params import DEFAULT_VIDEO_PARAMS, select_frames, split_ranges
 from pipeline.exceptions import NotFoundError
-from pipeline.source import Item, SourcePlan
+from pipeline.stages.source import Item, SourcePlan
 
 __all__ = ["VideoFrames", "VideoLoading", "directory_plan_with_videos", "platform_video_plan", "video_file_plan"]
 
@@ -168,7 +168,7 @@ class VideoLoading:
         yield from video.iter_items()
 
     def submit_factory(self, img_size: tuple[int, int] | None, settings: dict[str, Any]) -> Callable:
-        from pipeline.loading import submit_load
+        from pipeline.stages.loading import submit_load
 
         def factory(chunk: list[Item]) -> Callable[[str | None], Any]:
             if chunk[0].frame_idx is None:
@@ -184,7 +184,7 @@ class VideoLoading:
     def batcher(self, items: Iterator[Item], batch_size: int, factory: Callable) -> Iterator[Any]:
         """Batches of `batch_size`: image items in runs as they come; a video's frames per lane, each batch inside
         one range and in frame order. Holds at most one unfinished batch per lane."""
-        from pipeline.inference import Batch
+        from pipeline.stages.scheduler import Batch
 
         stopped = False
         try:
@@ -277,7 +277,7 @@ def video_file_plan(path: str, args: Any) -> SourcePlan:
 
 def platform_video_plan(args: Any, platform: Any) -> SourcePlan:
     """The frames `args.video_params` selects from platform video `args.video_id`."""
-    from pipeline.source import _dataset_paths
+    from pipeline.stages.source import _dataset_paths
     from workers.video import index_video
 
     vid = args.video_id

@@ -1,7 +1,7 @@
 """Pure decisions about video frames: which frames `video_params` selects, and how the selection is cut into
 ranges that readers decode in parallel.
 
-No PyAV, no Ray: `pipeline.video_source` calls these with what the index pass of `workers.video` found.
+No PyAV, no Ray: `pipeline.stages.source.video` calls these with what the index pass of `workers.video` found.
 Table-tested in tests/pipeline/test_video_params.py.
 
     video_params = {"stride": 1, "start_frame": 0, "end_frame": None, "num_frames": None, "duration": None}

@@ -187,7 +187,7 @@ def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None) ->
             raise InvalidArgumentError(f"output must be a dict with keys 'parquet' and/or 'coco'; got {args.output!r}")
     if not isinstance(args.recursive, bool):
         raise InvalidArgumentError(f"recursive must be True or False; got {args.recursive!r}")
-    from pipeline._video_params import check_video_params
+    from pipeline.stages.video_params import check_video_params
 
     args.video_params = check_video_params(args.video_params, args)
     return args
@@ -195,7 +195,7 @@ def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None) ->
 
 def _refuse_repeats(args: PredictArgs) -> None:
     """An upload job writes each item once: the same image id, or the same file, twice in one list is refused."""
-    from pipeline.source import _abs
+    from pipeline.stages.source import _abs
 
     if args.image_ids is not None:
         seen = list(args.image_ids)

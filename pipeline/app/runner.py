@@ -17,19 +17,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from pipeline.config import PipelineConfig, load_config
+from pipeline.app.config import PipelineConfig, load_config
 from pipeline.exceptions import DeploymentError, PipelineError
 
 if TYPE_CHECKING:
     from pipeline.api import Api
-    from pipeline.nn import Model
-    from pipeline.session import PredictionSession
+    from pipeline.deploy.nn import Model
+    from pipeline.stages.session import PredictionSession
 
 __all__ = ["run_config", "attach", "call_with_timeout", "deploy_from_config", "start_from_config", "RunSummary",
            "AttachTimeout"]
 
 # How long attaching to a Ray cluster at an address may take before we call it unreachable. The TCP check in
-# pipeline/_ray.py catches a closed port or a dead host within 10 s; this catches a port that answers but is not
+# pipeline/deploy/cluster.py catches a closed port or a dead host within 10 s; this catches a port that answers but is not
 # a Ray GCS (e.g. the dashboard's 8265), where ray.init would retry for minutes. A healthy cluster answers in ~1-5 s.
 ATTACH_TIMEOUT_S = float(os.environ.get("PIPELINE_ATTACH_TIMEOUT_S", "20"))
 # Seconds between the plain progress lines written when stderr is not a terminal (job logs, CI): often enough to
@@ -79,9 +79,9 @@ def call_with_timeout(fn: Callable[[], Any], timeout: float, on_timeout: Callabl
 
 
 def attach(address: str | None, timeout: float = ATTACH_TIMEOUT_S) -> None:
-    """Attach this process to Ray (pipeline._ray.ensure_ray), failing within `timeout` s for an address that
+    """Attach this process to Ray (pipeline.deploy.cluster.ensure_ray), failing within `timeout` s for an address that
     does not answer like a Ray cluster. A local Ray (no address) is started without a limit."""
-    from pipeline._ray import ensure_ray
+    from pipeline.deploy.cluster import ensure_ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
@@ -319,9 +319,9 @@ def precheck(api: Api, kwargs: dict[str, Any]) -> None:
     the project holds images, that a video opens and `video_params` selects frames of it, that a project folder
     is readable; and that an output path is usable. (Class names are checked against the model once it is up.)
     A file that cannot be read as what it claims to be is bad input too: `InvalidArgumentError` (exit code 2)."""
-    from pipeline import _args
+    from pipeline.stages import args as _args
     from pipeline.exceptions import FormatError, InvalidArgumentError
-    from pipeline.source import resolve_source
+    from pipeline.stages.source import resolve_source
 
     args = _args.normalize(kwargs, model_classes=None)
     if not _walks_a_directory(args):  # a directory's source walks every file: left to the run itself
@@ -335,7 +335,7 @@ def precheck(api: Api, kwargs: dict[str, Any]) -> None:
         except FormatError as exc:
             raise InvalidArgumentError(str(exc)) from None
     if args.output:
-        from pipeline.export import check_output
+        from pipeline.stages.upload.export import check_output
 
         check_output(args.output)
 

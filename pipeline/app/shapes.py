@@ -9,7 +9,7 @@ object stays clearly visible.
 Everything is reproducible: item `i` of the set with seed `s` is `get_sample(s, i)`, alone, without generating the
 items before it (`sample_rng(s, i)` is the generator it uses). numpy + PIL only; a 256x256 sample takes ~2 ms.
 
-    from pipeline.shapes import CLASSES, generate_dataset
+    from pipeline.app.shapes import CLASSES, generate_dataset
     for sample in generate_dataset(100, seed=1):
         sample.image      # (H, W, 3) uint8 RGB
         sample.masks      # (N, H, W) bool, visible part of each object

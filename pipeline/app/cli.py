@@ -1,11 +1,11 @@
 """The `pipeline` command line. Exit codes: 0 done, 1 the run failed, 2 bad config or arguments.
 
     pipeline demo                                     the main job on the embedded platform, end to end
-    pipeline run CONFIG [--set k=v] [--job-id ID]     a YAML pipeline in this process (pipeline/runner.py)
+    pipeline run CONFIG [--set k=v] [--job-id ID]     a YAML pipeline in this process (pipeline/app/runner.py)
     pipeline submit CONFIG --address http://HEAD:8265 the same run as a Ray job on a cluster
     pipeline status|logs|cancel SUBMISSION_ID         follow a submitted job
     pipeline deploy MODEL | models | stop TASK_ID     long-lived deployments on a running Ray cluster
-    pipeline platform import|export|ls                the embedded platform (pipeline/platform/cli.py)
+    pipeline platform import|export|ls                the embedded platform (pipeline/app/platform_cli.py)
 
 Job commands talk to the Ray dashboard (http://HEAD:8265); deployment commands attach to the cluster itself
 (its GCS address, HEAD:6379, or `auto` on a node of the cluster).
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="platform data directory (default: $PIPELINE_HOME or a per-user dir)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    # `pipeline demo`: pipeline/demo.py, main(args) -> exit code.
+    # `pipeline demo`: pipeline/app/demo.py, main(args) -> exit code.
     _add_demo(sub)
 
     p = sub.add_parser("run", help="run a YAML pipeline: deploy, predict, upload/export, summary, shut down",
@@ -133,14 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_address(p)
     p.set_defaults(func=cmd_stop)
 
-    from pipeline.platform import cli as platform_cli
+    from pipeline.app import platform_cli
 
     platform_cli.add_parser(sub)
     return parser
 
 
 def _add_demo(sub: Any) -> None:
-    # The demo's own options, if it grows any, are added here; its code lives in pipeline/demo.py.
+    # The demo's own options, if it grows any, are added here; its code lives in pipeline/app/demo.py.
     p = sub.add_parser("demo", help="the main job end to end: a generated shapes project relabeled by the demo model",
                        description="Create a shapes project on the embedded platform, deploy the demo checkpoint, "
                                    "relabel the project (iou_merge), print a summary and write pictures.")
@@ -151,11 +151,11 @@ def _add_demo(sub: Any) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
-        from pipeline import demo
+        from pipeline.app import demo
     except ModuleNotFoundError as exc:
-        if exc.name != "pipeline.demo":
+        if exc.name != "pipeline.app.demo":
             raise
-        print("error: `pipeline demo` is not part of this build (pipeline/demo.py is missing)", file=sys.stderr)
+        print("error: `pipeline demo` is not part of this build (pipeline/app/demo.py is missing)", file=sys.stderr)
         return EXIT_FAILED
     return demo.main(args)
 
@@ -182,7 +182,7 @@ def _add_cluster_address(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.runner import run_config
+    from pipeline.app.runner import run_config
 
     return run_config(args.config, args.overrides, job_id=args.job_id, fail_on_item_errors=args.fail_on_item_errors,
                       data_dir=getattr(args, "data_dir", None))
@@ -194,8 +194,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def project_root() -> Path | None:
     """The checkout this package runs from (the folder holding pyproject.toml), or None for an installed wheel."""
-    root = Path(__file__).resolve().parent.parent
-    if (root / "pyproject.toml").is_file() and (root / "pipeline" / "cli.py").is_file():
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "pipeline" / "app" / "cli.py").is_file():
         return root
     return None
 
@@ -244,7 +244,7 @@ def _job_client(address: str | None):
             ) from None
     from ray.job_submission import JobSubmissionClient
 
-    from pipeline.runner import call_with_timeout
+    from pipeline.app.runner import call_with_timeout
 
     def connect() -> Any:  # the client asks the dashboard for its Ray version
         try:
@@ -273,7 +273,7 @@ class _TimedJobClient:
         attr = getattr(self._client, name)
         if name not in TIMED_JOB_CALLS:
             return attr
-        from pipeline.runner import call_with_timeout
+        from pipeline.app.runner import call_with_timeout
 
         limit = self._timeout * TIMED_JOB_CALLS[name]
 
@@ -370,7 +370,7 @@ def _check_submit_paths(cfg: Any, root: Path | None, err: Any) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
+    from pipeline.app.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     root = project_root()
@@ -396,7 +396,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     cfg_file.parent.mkdir(exist_ok=True)
     cfg_file.write_text(f"# {args.config}, resolved by `pipeline submit` ({submission_id})\n"
                         + cfg.to_yaml(drop_address=True), encoding="utf-8")
-    entrypoint = f"python -m pipeline.cli run {shlex.quote(rel)}"
+    entrypoint = f"python -m pipeline.app.cli run {shlex.quote(rel)}"
     if args.job_id:
         entrypoint += f" --job-id {shlex.quote(args.job_id)}"
     if args.fail_on_item_errors:
@@ -551,14 +551,14 @@ def _cluster_api(args: argparse.Namespace, command: str):
     address = args.address or os.environ.get("RAY_ADDRESS")
     if not address:
         raise InvalidArgumentError(f"`pipeline {command}` {NEEDS_CLUSTER}")
-    from pipeline.config import check_ray_address
+    from pipeline.app.config import check_ray_address
 
     try:
         check_ray_address(address)
     except ValueError as exc:
         raise InvalidArgumentError(f"`pipeline {command}` --address: {exc}") from None
     from pipeline.api import Api
-    from pipeline.runner import attach
+    from pipeline.app.runner import attach
 
     api = Api(getattr(args, "data_dir", None), ray_address=address)
     attach(address)

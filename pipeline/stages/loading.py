@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.source import Item
+from pipeline.stages.source import Item
 from workers.decode import DEFAULT_MAX_PIXELS, DEFAULT_URL_TIMEOUT_S, load_batch
 from workers.messages import LoadRequest
 

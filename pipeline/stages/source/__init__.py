@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline._args import PredictArgs
+from pipeline.stages.args import PredictArgs
 from pipeline.exceptions import InvalidArgumentError
 from workers.decode import is_image_file, is_video_file, to_rgb_array
 
@@ -111,7 +111,7 @@ def _count_walk(root: str, recursive: bool) -> int:
 
 def _directory_plan(root: str, recursive: bool) -> SourcePlan:
     name = os.path.basename(root.rstrip(os.sep)) or "Predictions"
-    from pipeline.video_source import directory_plan_with_videos
+    from pipeline.stages.source.video import directory_plan_with_videos
 
     with_videos = directory_plan_with_videos(root, recursive, name, _walk)  # None when it holds no video
     if with_videos is not None:
@@ -313,7 +313,7 @@ def resolve_source(args: PredictArgs, platform: Any) -> SourcePlan:
     """Turn validated arguments into a `SourcePlan`. Raises before any work for inputs that cannot be read."""
     if args.from_platform:
         if args.video_id is not None:
-            from pipeline.video_source import platform_video_plan
+            from pipeline.stages.source.video import platform_video_plan
 
             return platform_video_plan(args, platform)
         return _platform_plan(args, platform)
@@ -330,7 +330,7 @@ def resolve_source(args: PredictArgs, platform: Any) -> SourcePlan:
                 return _sly_project_plan(path)
             return _directory_plan(path, args.recursive)
         if is_video_file(path):
-            from pipeline.video_source import video_file_plan
+            from pipeline.stages.source.video import video_file_plan
 
             return video_file_plan(path, args)
         plan = _loose_plan([value], "an image file")

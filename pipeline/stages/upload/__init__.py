@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pipeline._args import DEFAULT_IOU_MERGE_THRESHOLD, PredictArgs
-from pipeline._merge import merge_annotation
+from pipeline.stages.args import DEFAULT_IOU_MERGE_THRESHOLD, PredictArgs
+from pipeline.stages.upload.merge import merge_annotation
 from pipeline.exceptions import InvalidArgumentError, NotFoundError, PipelineError, UploadError
 from pipeline.prediction import Prediction, UploadTarget
-from pipeline.source import Item, SourcePlan
+from pipeline.stages.source import Item, SourcePlan
 from workers.decode import ItemError
 
 log = logging.getLogger(__name__)
@@ -472,7 +472,7 @@ def make_uploader(args: PredictArgs, plan: SourcePlan, platform: Any, model: Any
     """Check the upload against the input and prepare it (job record, new project), before any prediction."""
     target = None
     if args.output:
-        from pipeline.export import check_output
+        from pipeline.stages.upload.export import check_output
 
         check_output(args.output)
     if args.upload is not None:
@@ -487,7 +487,7 @@ def make_uploader(args: PredictArgs, plan: SourcePlan, platform: Any, model: Any
         if args.upload != "create":
             _check_confidence_tag(args, plan, platform)
         if plan.project_type == "videos":
-            from pipeline.upload_video import VideoTarget
+            from pipeline.stages.upload.videos import VideoTarget
 
             target = VideoTarget(args, plan, platform, model)
         else:
@@ -495,7 +495,7 @@ def make_uploader(args: PredictArgs, plan: SourcePlan, platform: Any, model: Any
         print(target.announce(), file=sys.stderr)
     writers: list[Any] = []
     if args.output:
-        from pipeline.export import CocoWriter, ParquetWriter
+        from pipeline.stages.upload.export import CocoWriter, ParquetWriter
 
         resumed = target is not None and target.resumed
         if args.output.get("coco") and resumed:

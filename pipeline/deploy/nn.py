@@ -15,7 +15,7 @@ from pipeline.exceptions import (
 
 if TYPE_CHECKING:
     from pipeline.api import Api
-    from pipeline.session import PredictionSession
+    from pipeline.stages.session import PredictionSession
 
 __all__ = ["NnApi", "Model", "resolve_device", "plan_replicas", "spread_nodes"]
 
@@ -162,10 +162,10 @@ class NnApi:
         self._api = api
 
     def _ray(self):
-        from pipeline._ray import ensure_ray
+        from pipeline.deploy.cluster import ensure_ray
 
         ensure_ray(self._api.ray_address)
-        from pipeline._registry import get_registry
+        from pipeline.deploy.registry import get_registry
 
         return get_registry()
 
@@ -191,7 +191,7 @@ class NnApi:
         spec, weights = _resolve_model(model)
         registry = self._ray()
         res = ray.cluster_resources()
-        from pipeline._ray import node_cpus
+        from pipeline.deploy.cluster import node_cpus
 
         cpus = node_cpus()
         dev = resolve_device(device, res.get("GPU", 0.0))
@@ -225,7 +225,7 @@ class NnApi:
         """The running deployment with this task id (from any driver attached to the same cluster)."""
         import ray
 
-        from pipeline._args import as_int
+        from pipeline.stages.args import as_int
 
         tid = as_int(task_id)
         if tid is None:
@@ -282,7 +282,7 @@ class Model:
         """(handle, node id it was placed on) of each live replica, aligned."""
         import ray
 
-        from pipeline._ray import NAMESPACE
+        from pipeline.deploy.cluster import NAMESPACE
 
         if self._handles is None:
             nodes = {i.get("name"): i.get("node_id") for i in self._record.get("replicas_info", [])}
@@ -318,7 +318,7 @@ class Model:
         """Stop the replicas and forget the deployment; its task id is never reused."""
         import ray
 
-        from pipeline._registry import get_registry
+        from pipeline.deploy.registry import get_registry
 
         ray.get(get_registry().remove.remote(self.task_id))
         self._handles = None
@@ -326,13 +326,13 @@ class Model:
 
     def predict(self, input: Any = None, **kwargs: Any) -> list:  # noqa: A002 - the draft API's name
         """Predict and collect: see `predict_detached` for the arguments. Returns a list in input order."""
-        from pipeline.session import run_predict
+        from pipeline.stages.session import run_predict
 
         return run_predict(self, input=input, **kwargs)
 
     def predict_detached(self, input: Any = None, **kwargs: Any) -> PredictionSession:  # noqa: A002
         """Start a prediction run and return its `PredictionSession` at once."""
-        from pipeline.session import start_session
+        from pipeline.stages.session import start_session
 
         return start_session(self, input=input, **kwargs)
 

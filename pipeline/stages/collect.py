@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.prediction import Prediction
-from pipeline.source import Item
+from pipeline.stages.source import Item
 from workers.messages import BatchResult, ModelOutput
 
 

@@ -1,5 +1,5 @@
 """Stage 5 for videos: frame predictions written into platform video annotations (create / append / replace /
-iou_merge), with the same job records and resume as images (`pipeline.upload.PlatformTarget`, which this extends).
+iou_merge), with the same job records and resume as images (`pipeline.stages.upload.PlatformTarget`, which this extends).
 
 A group of predictions (whatever arrived since the last write) is one SQLite transaction. Inside it, each video's
 frames are ONE read-modify-write of its annotation JSON (a SAVEPOINT), together with one `upload_job_items` row
@@ -29,10 +29,10 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from pipeline._merge import iou_merge_keep
+from pipeline.stages.upload.merge import iou_merge_keep
 from pipeline.exceptions import FormatError, InvalidArgumentError, PipelineError
 from pipeline.prediction import Prediction, UploadTarget
-from pipeline.upload import PlatformTarget
+from pipeline.stages.upload import PlatformTarget
 
 __all__ = ["VideoTarget", "labels_to_video", "merge_video_annotation", "merge_video_json"]
 
