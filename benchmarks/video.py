@@ -141,6 +141,7 @@ def loading_stage(path: Path, frames: int, img_size: tuple[int, int], cpus: int,
     """Frames/s of the loading stage alone with Ray started on `cpus` CPUs (so `cpus` readers)."""
     import ray
 
+    from pipeline.stages.loading import make_loader
     from pipeline.stages.source import video as video_source
 
     os.environ.pop("RAY_ADDRESS", None)  # a fresh local Ray each time, never the one a previous run left behind
@@ -150,7 +151,8 @@ def loading_stage(path: Path, frames: int, img_size: tuple[int, int], cpus: int,
         plan = video_source.video_file_plan(str(path), args)
         t0 = time.perf_counter()
         first = None
-        batches = plan.batcher(plan.iter_items(), batch_size, plan.submit_factory(img_size, {}))
+        loader = make_loader(plan, img_size, {})
+        batches = loader.batches(loader.items(plan.iter_items()), batch_size)
         window = IN_FLIGHT_PER_READER * cpus
         in_flight: list = []
         done = errors = 0

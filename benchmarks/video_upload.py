@@ -41,8 +41,9 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from pipeline.platform import Platform, ops  # noqa: E402
-from pipeline.prediction import Prediction  # noqa: E402
-from pipeline.stages.upload.videos import VideoTarget, _gc_paused, merge_video_annotation, merge_video_json  # noqa: E402
+from pipeline.prediction import Item, Prediction  # noqa: E402
+from pipeline.stages.upload.merge import merge_video_annotation, merge_video_json  # noqa: E402
+from pipeline.stages.upload.videos import VideoTarget, _gc_paused  # noqa: E402
 
 HEIGHT, WIDTH = 720, 1280
 CLASSES = ["car", "person", "bus"]
@@ -51,7 +52,7 @@ CLASSES = ["car", "person", "bus"]
 class BeforeVideoTarget(VideoTarget):
     """`VideoTarget` with the per-video write as it was before the JSON-level merge."""
 
-    def _write_video(self, conn: Any, row: Any, group: list[Prediction], meta: Any) -> None:
+    def _merge_json(self, conn: Any, row: Any, predicted: dict[int, Any], meta: Any) -> None:
         from pipeline.annotation import VideoAnnotation
         from pipeline.exceptions import FormatError
 
@@ -65,9 +66,8 @@ class BeforeVideoTarget(VideoTarget):
                 current = VideoAnnotation.from_json(data, meta)
             except FormatError:
                 current = VideoAnnotation.from_json(data, None)
-        predicted = {p.frame_idx: self._predicted_annotation(p, meta).labels for p in group}
         ann = merge_video_annotation(self.mode, current, predicted, self.threshold)
-        self.ops.set_video_annotation(conn, video_id, ann, meta=meta)
+        ops.set_video_annotation(conn, video_id, ann, meta=meta)
 
 
 def frame_pred(video_id: int, frame: int, boxes: int, seed: int) -> Prediction:
@@ -75,9 +75,9 @@ def frame_pred(video_id: int, frame: int, boxes: int, seed: int) -> Prediction:
     xy = rng.uniform(0, [WIDTH - 200, HEIGHT - 200], (boxes, 2))
     wh = rng.uniform(20, 200, (boxes, 2))
     ids = rng.integers(0, len(CLASSES), boxes)
+    item = Item(index=frame, key=f"video:{video_id}:{frame}", name="bench", video_id=video_id, frame_idx=frame)
     return Prediction(boxes=np.hstack([xy, xy + wh]), scores=rng.uniform(0.3, 1.0, boxes), class_ids=ids,
-                      classes=[CLASSES[i] for i in ids], video_id=video_id, frame_idx=frame,
-                      img_size=(HEIGHT, WIDTH), _key=f"video:{video_id}:{frame}")
+                      classes=[CLASSES[i] for i in ids], item=item, orig_size=(HEIGHT, WIDTH))
 
 
 def make_target(cls: type, platform: Platform, mode: str) -> VideoTarget:
@@ -93,11 +93,11 @@ def prefill_text(platform: Platform, video_id: int, frames: int, total: int, box
 
     target = make_target(VideoTarget, platform, "append")
     with platform.store.write() as conn:
-        meta = target._resolve(conn, ops.get_video_row(conn, video_id)["project_id"],
+        meta = target.resolve_meta(conn, ops.get_video_row(conn, video_id)["project_id"],
                                [frame_pred(video_id, 0, len(CLASSES), 0)], {})
     # the classes all in the meta: both implementations see the same, already merged meta
     data = VideoAnnotation((HEIGHT, WIDTH), total).to_json()
-    predicted = {f: target._predicted_annotation(frame_pred(video_id, f, boxes, 1), meta).labels
+    predicted = {f: target.predicted_annotation(frame_pred(video_id, f, boxes, 1), meta).labels
                  for f in range(frames)}
     merge_video_json("append", data, predicted)
     return ops.dumps(data)

@@ -37,7 +37,7 @@ class Api:
         self.image = self._platform.image
         self.video = self._platform.video
         self.annotation = self._platform.annotation
-        from pipeline.deploy.nn import NnApi  # deferred: keeps `import pipeline` free of ray/torch until a model is used
+        from pipeline.deploy.nn import NnApi  # deferred: `import pipeline` stays free of ray/torch until needed
 
         self.nn = NnApi(self)
 

@@ -1,14 +1,43 @@
-"""`Prediction`: one item's predictions as parallel numpy arrays, plus where the item came from."""
+"""The records of a run: `Item` (one thing to predict and where it came from), `Prediction` (its objects, as
+parallel numpy arrays, plus the `Item`) and `UploadTarget` (where an uploaded prediction went)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Prediction", "UploadTarget"]
+__all__ = ["Item", "Prediction", "UploadTarget"]
+
+
+@dataclass
+class Item:
+    """One thing to predict, and everything a `Prediction` says about where it came from.
+
+    `path` is the file the pixels are read from (a user's image or video file, or a platform blob); `image_path`,
+    `image_url` and `image` say what the user gave (a file, a URL, an array); `key` is stable across re-runs of
+    the same job (what a resumed job skips by).
+    """
+
+    index: int
+    key: str
+    name: str
+    source: Any = None
+    path: str | None = None
+    url: str | None = None
+    image_path: str | None = None
+    image_url: str | None = None
+    image: np.ndarray | None = None
+    project_id: int | None = None
+    dataset_id: int | None = None
+    image_id: int | None = None
+    video_id: int | None = None
+    frame_idx: int | None = None
+    video_path: str | None = None
+    dataset: tuple[str, ...] = ()
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -22,9 +51,14 @@ class UploadTarget:
     frame_idx: int | None = None
 
 
+# What a Prediction tells about its item: read through to `Prediction.item`.
+_ITEM_FIELDS = ("index", "key", "name", "source", "image_path", "image_url", "image", "project_id", "dataset_id",
+                "image_id", "video_id", "frame_idx", "dataset")
+
+
 @dataclass(eq=False)
 class Prediction:
-    """The predictions for one image (or one video frame), in pixels of the original image.
+    """The predictions for one image (or one video frame), in pixels of the original image, and its `Item`.
 
     Attributes:
         boxes: (N, 4) float32, xyxy in original-image pixels.
@@ -32,13 +66,15 @@ class Prediction:
         class_ids: (N,) int64 indices into the model's classes.
         classes: N class names, `classes[i]` the name of object i.
         masks: (N, H, W) bool aligned with `boxes`, or None for box-only models.
-        source: what the item came from: a path, a URL, the array, or the platform id.
-        image_path / image_url / image: set by input kind (file, URL, array), else None.
-        project_id / dataset_id / image_id / video_id / frame_idx: set for platform items and video frames.
+        keypoints: (N, K, 3) float32 `x, y, score` per keypoint (pose models), else None.
+        probs: (C,) float32 class probabilities of the whole image (classification models), else None.
+        track_ids: (N,) int64 track of each object in its video, -1 where it joined none; None for images.
+        item: the `Item` this prediction is of. Its fields read through: `source` (a path, a URL, the array, or
+            the platform id), `image_path` / `image_url` / `image` (set by input kind), `project_id`,
+            `dataset_id`, `image_id`, `video_id`, `frame_idx`, `name`, `dataset` (the item's dataset path inside
+            its source, e.g. ("train", "city")), `index` (its position in the run).
         error: None, or why this item failed (unreadable file, HTTP error, ...); such a prediction has no objects.
-        img_size: (height, width) of the original image; None when the item could not be read.
-        name: the item's name (file name, platform image name, or a generated one).
-        dataset: the item's dataset path inside its source (e.g. ("train", "city")), () when it has none.
+        orig_size: (height, width) of the original image in pixels; None when the item could not be read.
         target: where the prediction was uploaded, when it was.
     """
 
@@ -47,23 +83,13 @@ class Prediction:
     class_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     classes: list[str] = field(default_factory=list)
     masks: np.ndarray | None = None
-    source: Any = None
-    image_path: str | None = None
-    image_url: str | None = None
-    image: np.ndarray | None = None
-    project_id: int | None = None
-    dataset_id: int | None = None
-    image_id: int | None = None
-    video_id: int | None = None
-    frame_idx: int | None = None
+    keypoints: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    track_ids: np.ndarray | None = None
+    item: Item = field(default_factory=lambda: Item(index=-1, key="", name=""), repr=False)
     error: str | None = None
-    img_size: tuple[int, int] | None = None
-    name: str | None = None
-    dataset: tuple[str, ...] = ()
+    orig_size: tuple[int, int] | None = None
     target: UploadTarget | None = None
-    index: int = -1
-    _blob_path: str | None = field(default=None, repr=False)
-    _key: str | None = field(default=None, repr=False)  # the item's stable key (job resume)
     _annotation: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -77,14 +103,47 @@ class Prediction:
                 f"Prediction arrays disagree: boxes {n}, scores {len(self.scores)}, class_ids "
                 f"{len(self.class_ids)}, classes {len(self.classes)}"
             )
+        if self.orig_size is not None:
+            self.orig_size = (int(self.orig_size[0]), int(self.orig_size[1]))
         if self.masks is not None:
             self.masks = np.asarray(self.masks, dtype=bool)
             if self.masks.ndim != 3 or len(self.masks) != n:
                 raise ValueError(f"masks must be (N, H, W) with N={n}; got {self.masks.shape}")
-            if self.img_size is not None and n and tuple(self.masks.shape[1:]) != tuple(self.img_size):
-                raise ValueError(f"masks are {self.masks.shape[1:]} but the image is {self.img_size}")
-        if self.img_size is not None:
-            self.img_size = (int(self.img_size[0]), int(self.img_size[1]))
+            if self.orig_size is not None and n and tuple(self.masks.shape[1:]) != self.orig_size:
+                raise ValueError(f"masks are {self.masks.shape[1:]} but the image is {self.orig_size}")
+        if self.keypoints is not None:
+            self.keypoints = np.asarray(self.keypoints, dtype=np.float32)
+            if self.keypoints.ndim != 3 or len(self.keypoints) != n or self.keypoints.shape[2] != 3:
+                raise ValueError(f"keypoints must be (N, K, 3) with N={n}; got {self.keypoints.shape}")
+        if self.probs is not None:
+            self.probs = np.asarray(self.probs, dtype=np.float32).reshape(-1)
+        if self.track_ids is not None:
+            self.track_ids = np.asarray(self.track_ids, dtype=np.int64).reshape(-1)
+            if len(self.track_ids) != n:
+                raise ValueError(f"track_ids must be ({n},); got {self.track_ids.shape}")
+
+    @classmethod
+    def empty(cls, item: Item | None = None, error: str | None = None, orig_size: tuple[int, int] | None = None,
+              with_masks: bool = False) -> Prediction:
+        """A prediction with no objects (of a failed item, when `error` says why)."""
+        masks = np.zeros((0, *orig_size), bool) if with_masks and orig_size else None
+        extra = {"item": item} if item is not None else {}
+        return cls(error=error, orig_size=orig_size, masks=masks, **extra)
+
+    def __getitem__(self, index: Any) -> Prediction:
+        """The objects selected by a boolean mask (N,) or an index array, as a new `Prediction` of the same
+        item (as `supervision.Detections` indexes)."""
+        sel = np.asarray(index)
+        if sel.dtype == bool and sel.shape != (len(self),):
+            raise IndexError(f"a boolean index must have shape ({len(self)},); got {sel.shape}")
+        ids = np.flatnonzero(sel) if sel.dtype == bool else sel.reshape(-1).astype(np.int64)
+
+        def take(arr: np.ndarray | None) -> np.ndarray | None:
+            return None if arr is None else arr[ids]
+
+        return replace(self, boxes=self.boxes[ids], scores=self.scores[ids], class_ids=self.class_ids[ids],
+                       classes=[self.classes[i] for i in ids.tolist()], masks=take(self.masks),
+                       keypoints=take(self.keypoints), track_ids=take(self.track_ids), _annotation=None)
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -108,7 +167,7 @@ class Prediction:
         carries a `confidence` tag with its score."""
         from pipeline.annotation import CONFIDENCE_TAG, Annotation, Bitmap, Label, ObjClass, Rectangle, Tag
 
-        h, w = self.img_size or (0, 0)
+        h, w = self.orig_size or (0, 0)
         labels = []
         shape = "bitmap" if self.masks is not None else "rectangle"
         classes: dict[str, Any] = {}
@@ -127,14 +186,16 @@ class Prediction:
     # -- pixels ---------------------------------------------------------------------------------------------
     def load_image(self) -> np.ndarray:
         """The original image (or video frame), HWC RGB uint8."""
-        from workers.decode import decode_image_bytes, decode_video_frame, fetch_url, read_image_file, to_rgb_array
+        from workers.decode import decode_image_bytes, fetch_url, read_image_file, to_rgb_array
+        from workers.video import read_video_frame
 
         if self.image is not None:
             return to_rgb_array(self.image)
-        if self.frame_idx is not None and (self.image_path or self._blob_path):
-            return decode_video_frame(self.image_path or self._blob_path, self.frame_idx)
-        if self._blob_path or self.image_path:
-            return read_image_file(self._blob_path or self.image_path)
+        path = self.item.path or self.image_path
+        if self.frame_idx is not None and path:
+            return read_video_frame(path, self.frame_idx)
+        if path:
+            return read_image_file(path)
         if self.image_url:
             return decode_image_bytes(fetch_url(self.image_url))
         raise ValueError(f"{self!r} has no image to load")
@@ -175,6 +236,9 @@ class Prediction:
             "class_ids": self.class_ids.tolist(),
             "classes": list(self.classes),
             "masks": masks,
+            "keypoints": None if self.keypoints is None else self.keypoints.round(3).tolist(),
+            "probs": None if self.probs is None else self.probs.round(5).tolist(),
+            "track_ids": None if self.track_ids is None else self.track_ids.tolist(),
             "source": source,
             "image_path": self.image_path,
             "image_url": self.image_url,
@@ -184,7 +248,7 @@ class Prediction:
             "video_id": self.video_id,
             "frame_idx": self.frame_idx,
             "error": self.error,
-            "img_size": list(self.img_size) if self.img_size else None,
+            "orig_size": list(self.orig_size) if self.orig_size else None,
             "name": self.name,
             "dataset": list(self.dataset),
             "target": None if self.target is None else dict(self.target.__dict__),
@@ -192,14 +256,16 @@ class Prediction:
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | str) -> Prediction:
+        """The prediction `to_json` wrote (its item rebuilt from the same fields)."""
         from pipeline.annotation import Bitmap
 
         if isinstance(data, str):
             data = json.loads(data)
-        img_size = tuple(data["img_size"]) if data.get("img_size") else None
+        size = data.get("orig_size") or data.get("img_size")  # "img_size": files written before the rename
+        orig_size = tuple(size) if size else None
         masks = None
         if data.get("masks") is not None:
-            h, w = img_size
+            h, w = orig_size
             layers = []
             for m in data["masks"]:
                 if m is None:
@@ -208,23 +274,30 @@ class Prediction:
                     layers.append(Bitmap.from_json({"geometryType": "bitmap", "bitmap": m}).to_mask(h, w))
             masks = np.stack(layers) if layers else np.zeros((0, h, w), bool)
         target = data.get("target")
+        item = Item(index=-1, key="", name=data.get("name") or "", source=data.get("source"),
+                    image_path=data.get("image_path"), image_url=data.get("image_url"),
+                    project_id=data.get("project_id"), dataset_id=data.get("dataset_id"),
+                    image_id=data.get("image_id"), video_id=data.get("video_id"), frame_idx=data.get("frame_idx"),
+                    dataset=tuple(data.get("dataset") or ()))
         return cls(
             boxes=np.asarray(data["boxes"], np.float32).reshape(-1, 4),
             scores=data["scores"],
             class_ids=data["class_ids"],
             classes=data["classes"],
             masks=masks,
-            source=data.get("source"),
-            image_path=data.get("image_path"),
-            image_url=data.get("image_url"),
-            project_id=data.get("project_id"),
-            dataset_id=data.get("dataset_id"),
-            image_id=data.get("image_id"),
-            video_id=data.get("video_id"),
-            frame_idx=data.get("frame_idx"),
+            keypoints=data.get("keypoints"),
+            probs=data.get("probs"),
+            track_ids=data.get("track_ids"),
+            item=item,
             error=data.get("error"),
-            img_size=img_size,
-            name=data.get("name"),
-            dataset=tuple(data.get("dataset") or ()),
+            orig_size=orig_size,
             target=UploadTarget(**target) if target else None,
         )
+
+
+def _item_field(name: str) -> property:
+    return property(lambda self: getattr(self.item, name), doc=f"`item.{name}`")
+
+
+for _name in _ITEM_FIELDS:
+    setattr(Prediction, _name, _item_field(_name))

@@ -6,7 +6,6 @@ Every failure becomes a message (`ItemError`) for that item only; the batch and 
 from __future__ import annotations
 
 import io
-import os
 import time
 from typing import Any
 
@@ -14,31 +13,16 @@ import numpy as np
 
 from workers.messages import LoadedBatch, LoadRequest
 
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_URL_TIMEOUT_S", "ItemError", "decode_image", "decode_image_bytes", "fetch_url", "load_batch", "load_one", "read_image_file", "resize_to", "to_rgb_array"]
+
 # Decompression-bomb guard: an image that claims more pixels than this is refused before it is decoded.
 # 178,956,970 is Pillow's own warning threshold (about 13,000 x 13,000); raise it with settings["max_pixels"].
 DEFAULT_MAX_PIXELS = 178_956_970
 # Seconds to wait for a URL to answer (connect and each read); a slow server fails that item, not the run.
 DEFAULT_URL_TIMEOUT_S = 20.0
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
-     ".mpo"}
-)
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts", ".3gp", ".ogv"}
-)
-
-
 class ItemError(Exception):
     """One item could not be loaded; the message says why."""
-
-
-def is_image_file(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def is_video_file(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
 
 
 def to_rgb_array(image: Any) -> np.ndarray:
@@ -65,37 +49,54 @@ def to_rgb_array(image: Any) -> np.ndarray:
     raise ValueError(f"an image array must be HxW, HxWx1, HxWx3 or HxWx4; got shape {arr.shape}")
 
 
-def decode_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Encoded image bytes -> HWC RGB uint8, EXIF orientation applied. Raises `ItemError`."""
+def decode_image(stream: Any, max_pixels: int = DEFAULT_MAX_PIXELS, verify: bool = False) -> tuple[np.ndarray, str]:
+    """An encoded image (a binary stream or a path) -> (HWC RGB uint8 with EXIF orientation applied, Pillow's
+    format name). The one decoding policy of the project, for loading tasks and the platform alike: an image that
+    claims more than `max_pixels` is refused before it is decoded, and the whole image is decoded, so a truncated
+    file fails here. `verify` also checks the file's own checksums first (PNG chunks), as an upload does. Raises
+    `ItemError`."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if not data:
-        raise ItemError("the file is empty (0 bytes)")
     pillow_limit = Image.MAX_IMAGE_PIXELS
     if pillow_limit is not None and max_pixels > pillow_limit:
         # Pillow refuses images over twice its own limit before we can look: a higher max_pixels raises it too
         Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        if verify:
+            with Image.open(stream) as img:
+                img.verify()
+            if hasattr(stream, "seek"):
+                stream.seek(0)
+        with Image.open(stream) as img:
             w, h = img.size
             if w * h > max_pixels:
                 raise ItemError(
                     f"the image claims {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
                     "(a decompression bomb?); raise settings['max_pixels'] if it is genuine"
                 )
+            fmt = img.format or ""
             img.load()
             img = ImageOps.exif_transpose(img)
-            return np.asarray(img.convert("RGB"))
+            return np.asarray(img.convert("RGB")), fmt
     except ItemError:
         raise
     except UnidentifiedImageError:
         raise ItemError("not an image: the file's content is not an image format Pillow can read") from None
     except Image.DecompressionBombError as exc:
         raise ItemError(f"refused as a decompression bomb: {exc}") from None
+    except FileNotFoundError:
+        raise ItemError(f"file not found: {stream}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ItemError(f"the image is corrupt or truncated: {exc}") from None
     finally:
         Image.MAX_IMAGE_PIXELS = pillow_limit
+
+
+def decode_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Encoded image bytes -> HWC RGB uint8, EXIF orientation applied. Raises `ItemError`."""
+    if not data:
+        raise ItemError("the file is empty (0 bytes)")
+    return decode_image(io.BytesIO(data), max_pixels)[0]
 
 
 def read_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -201,13 +202,3 @@ def load_batch(
         errors=errors,
         decode_seconds=time.perf_counter() - t0,
     )
-
-
-def decode_video_frame(path: str, frame_idx: int) -> np.ndarray:
-    """One frame of a video file, HWC RGB uint8 (for `Prediction.load_image`)."""
-    from workers.video import read_frames
-
-    frames = read_frames(path, [frame_idx])
-    if frame_idx not in frames:
-        raise ItemError(f"frame {frame_idx} of {path} could not be decoded")
-    return frames[frame_idx]

@@ -6,10 +6,11 @@ arrays move through the object store without copies.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
+
+__all__ = ["BatchResult", "LoadRequest", "LoadedBatch", "ModelOutput"]
 
 
 @dataclass
@@ -86,4 +87,3 @@ class BatchResult:
     orig_sizes: list[tuple[int, int] | None]
     compute_seconds: float = 0.0
     replica: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)

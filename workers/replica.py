@@ -18,22 +18,23 @@ from workers.messages import BatchResult, LoadedBatch, ModelOutput
 from workers.models.base import ModelSpec, get_adapter
 from workers.models.checkpoint import parse_checkpoint
 
+__all__ = ["Replica"]
 
-def _fetch_weights(task_id: int) -> bytes:
+
+def _fetch_weights(registry: tuple[str, str], task_id: int) -> bytes:
+    """The deployment's checkpoint bytes, from the registry actor named `registry` = (name, namespace)."""
     import ray
 
-    from pipeline.deploy.cluster import NAMESPACE
-    from pipeline.deploy.registry import REGISTRY_NAME
-
-    registry = ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)
-    refs = ray.get(registry.weights_of.remote(task_id))
+    handle = ray.get_actor(registry[0], namespace=registry[1])
+    refs = ray.get(handle.weights_of.remote(task_id))
     if not refs:
         raise RuntimeError(f"the registry holds no weights for deployment {task_id} (was it stopped?)")
     return ray.get(refs[0])
 
 
 class Replica:
-    """Hosts one model of deployment `task_id`; its checkpoint bytes come from the registry (None: pretrained)."""
+    """Hosts one model of deployment `task_id`; its checkpoint bytes come from the registry actor named
+    `registry` = (name, namespace), or are given as `weights` (None: a pretrained model)."""
 
     def __init__(
         self,
@@ -43,11 +44,12 @@ class Replica:
         name: str = "",
         task_id: int | None = None,
         weights: bytes | None = None,
+        registry: tuple[str, str] | None = None,
     ):
         import torch
 
-        if weights is None and task_id is not None and spec.get("source") == "checkpoint":
-            weights = _fetch_weights(task_id)
+        if weights is None and registry is not None and spec.get("source") == "checkpoint":
+            weights = _fetch_weights(registry, task_id)
 
         if num_threads:
             torch.set_num_threads(int(num_threads))

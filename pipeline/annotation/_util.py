@@ -11,6 +11,8 @@ from typing import Any
 
 from pipeline.exceptions import FormatError, InvalidArgumentError
 
+__all__ = ["as_float", "check_color", "color_for_name", "extra_keys", "frozen", "hex_to_rgb", "json_num", "optional", "require"]
+
 _HEX_COLOR = re.compile(r"^#[0-9A-Fa-f]{6}$")
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["build_shapes_project", "main"]
+
 ROOT = Path(__file__).resolve().parents[2]  # the repository: configs/ and checkpoints/ live here
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 DEMO_CHECKPOINT = ROOT / "checkpoints" / "shapes.pth"
@@ -74,8 +76,6 @@ def _table(rows: list[list[str]], out) -> None:
 
 def main(args: argparse.Namespace | None = None) -> int:
     from pipeline import Api
-    from pipeline.app.config import load_config
-    from pipeline.app.runner import _Progress, attach, collect, deploy_from_config, start_from_config
 
     out = sys.stdout
     n_images = int(getattr(args, "images", None) or DEFAULT_IMAGES)
@@ -83,33 +83,54 @@ def main(args: argparse.Namespace | None = None) -> int:
     t_start = time.time()
     api = Api(getattr(args, "data_dir", None))
     out.write(f"pipeline demo: platform data dir {api.data_dir}\n")
+    project_id, counts = _make_project(api, n_images, out_dir, out)
+    before = {info.id: len(api.annotation.get(info.id).labels) for info in api.image.iterate(project_id=project_id)}
+    summary, preds_kept = _relabel(api, project_id, out)
+    if summary.error is not None:
+        out.write(f"demo failed: {summary.error}\n")
+        return 1
+    _report(api, project_id, before, summary, out)
+    _write_outputs(api, project_id, preds_kept, out_dir, out)
+    dd = f"--data-dir {args.data_dir} " if getattr(args, "data_dir", None) else ""
+    out.write(f"wrote the {counts['images']} generated images to {out_dir / 'images'}\n")
+    out.write(f"demo finished in {time.time() - t_start:.1f}s. Next: `pipeline {dd}platform ls {project_id}`, "
+              f"`pipeline {dd}run configs/demo.yaml --set input.project_id={project_id}`\n")
+    return 0
 
-    # 1. a generated project, imported like any Supervisely project folder
+
+def _make_project(api: Any, n_images: int, out_dir: Path, out: Any) -> tuple[int, dict[str, int]]:
+    """1. A generated project, imported like any Supervisely project folder; the raw images are copied to
+    `out_dir/images` too (configs/predict_directory.yaml reads them)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "shapes"
         counts = build_shapes_project(folder, n_images)
         project_id = api.project.import_dir(folder)
-        # the raw images too, for the directory examples (configs/predict_directory.yaml reads demo_output/images)
         shutil.rmtree(out_dir / "images", ignore_errors=True)
         (out_dir / "images").mkdir(parents=True)
         for img in sorted(folder.rglob("img/*.png")):
             shutil.copy(img, out_dir / "images" / img.name)
     project = api.project.get(project_id)
-    before = {info.id: len(api.annotation.get(info.id).labels) for info in api.image.iterate(project_id=project_id)}
     out.write(f"created project {project.id} ({project.name!r}): {counts['images']} images, {counts['objects']} "
               f"objects of which {counts['annotated']} already annotated\n")
+    return project_id, counts
 
-    # 2-3. the demo config: deploy, relabel with iou_merge, collect
+
+def _relabel(api: Any, project_id: int, out: Any) -> tuple[Any, list[Any]]:
+    """2-3. The demo config: deploy, relabel with iou_merge, collect. Returns the run's summary and the first
+    predictions with objects (the pictures)."""
+    from pipeline.app.config import load_config
+    from pipeline.app.runner import _Progress, attach, collect, deploy_from_config, start_from_config
+
     checkpoint = os.environ.get("DEMO_CHECKPOINT") or str(DEMO_CHECKPOINT)
-    cfg = load_config(DEMO_CONFIG, [f"input.project_id={project.id}", f"model.checkpoint={checkpoint}"])
+    cfg = load_config(DEMO_CONFIG, [f"input.project_id={project_id}", f"model.checkpoint={checkpoint}"])
     attach(None)
     model, deployed = deploy_from_config(api, cfg, out=out)
+    preds_kept: list[Any] = []
     try:
         session = start_from_config(model, cfg)
-        preds_kept: list[Any] = []
         progress = _Progress(sys.stderr)
 
-        def keep_some(pred: Any) -> None:  # the first predictions with objects become the pictures
+        def keep_some(pred: Any) -> None:
             if len(preds_kept) < PICTURES and pred.error is None and len(pred):
                 preds_kept.append(pred)
 
@@ -120,11 +141,11 @@ def main(args: argparse.Namespace | None = None) -> int:
     finally:
         if deployed:
             model.shutdown()
-    if summary.error is not None:
-        out.write(f"demo failed: {summary.error}\n")
-        return 1
+    return summary, preds_kept
 
-    # 4. summary, pictures, export
+
+def _report(api: Any, project_id: int, before: dict[int, int], summary: Any, out: Any) -> None:
+    """4. What the relabeling did, per class: predicted, dropped as duplicates by iou_merge, added, confidence."""
     status = summary.status
     scores: dict[str, list[float]] = defaultdict(list)
     added = Counter()
@@ -146,18 +167,16 @@ def main(args: argparse.Namespace | None = None) -> int:
     rows.append(["all", str(total_pred), str(total_pred - total_added), str(total_added), "-"])
     _table(rows, out)
 
+
+def _write_outputs(api: Any, project_id: int, preds_kept: list[Any], out_dir: Path, out: Any) -> None:
+    """The pictures of the first predictions, and the relabeled project exported as a Supervisely folder."""
+    from PIL import Image
+
     for sub in ("pictures", "project"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
     (out_dir / "pictures").mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
     for p in preds_kept:
         Image.fromarray(p.draw()).save(out_dir / "pictures" / f"{Path(p.name).stem}_predicted.png")
     api.project.export_dir(project_id, out_dir / "project")
     out.write(f"\nwrote {len(preds_kept)} pictures to {out_dir / 'pictures'}\n")
     out.write(f"exported the relabeled project to {out_dir / 'project'}\n")
-    dd = f"--data-dir {args.data_dir} " if getattr(args, "data_dir", None) else ""
-    out.write(f"wrote the {counts['images']} generated images to {out_dir / 'images'}\n")
-    out.write(f"demo finished in {time.time() - t_start:.1f}s. Next: `pipeline {dd}platform ls {project_id}`, "
-              f"`pipeline {dd}run configs/demo.yaml --set input.project_id={project_id}`\n")
-    return 0

@@ -319,8 +319,8 @@ def precheck(api: Api, kwargs: dict[str, Any]) -> None:
     the project holds images, that a video opens and `video_params` selects frames of it, that a project folder
     is readable; and that an output path is usable. (Class names are checked against the model once it is up.)
     A file that cannot be read as what it claims to be is bad input too: `InvalidArgumentError` (exit code 2)."""
-    from pipeline.stages import args as _args
     from pipeline.exceptions import FormatError, InvalidArgumentError
+    from pipeline.stages import args as _args
     from pipeline.stages.source import resolve_source
 
     args = _args.normalize(kwargs, model_classes=None)

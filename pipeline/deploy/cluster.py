@@ -9,6 +9,8 @@ from urllib.parse import urlparse
 
 from pipeline.exceptions import DeploymentError
 
+__all__ = ["CONNECT_TIMEOUT_S", "NAMESPACE", "ensure_ray", "node_cpus"]
+
 # Every named actor of the project (the registry, the replicas) lives in this namespace, whatever namespace the
 # driver itself joined, so any driver attached to the cluster finds them.
 NAMESPACE = "cv-pipeline"
@@ -57,12 +59,6 @@ def ensure_ray(address: str | None = None) -> None:
             ray.init(**kwargs)
         except ConnectionError as exc:
             raise DeploymentError(f"cannot connect to Ray at {address!r}: {exc}") from None
-
-
-def cluster_resources() -> dict[str, float]:
-    import ray
-
-    return dict(ray.cluster_resources())
 
 
 def node_cpus() -> dict[str, float]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+__all__ = ["REGISTRY_NAME", "DeploymentRegistry", "get_registry", "replica_name"]
+
 REGISTRY_NAME = "deployment-registry"
 
 
@@ -85,7 +87,7 @@ class DeploymentRegistry:
                 lifetime="detached",
                 **options,
                 **where,
-            ).remote(spec, device, threads, name, tid)
+            ).remote(spec, device, threads, name, tid, registry=(REGISTRY_NAME, self.namespace))
             names.append(name)
         record = {
             "task_id": tid,
@@ -135,9 +137,6 @@ class DeploymentRegistry:
                 ray.kill(ray.get_actor(name, namespace=self.namespace), no_restart=True)
             except ValueError:
                 pass  # already gone
-        return True
-
-    def ping(self) -> bool:
         return True
 
 

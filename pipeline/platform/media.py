@@ -9,28 +9,22 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.exceptions import FormatError, InvalidArgumentError
+from workers.formats import SDK_IMAGE_EXTENSIONS, SDK_VIDEO_EXTENSIONS, extension
 
 __all__ = [
-    "ImageProbe", "VideoProbe", "decode_image", "encode_array", "item_extensions", "probe_image", "probe_video",
+    "ImageProbe", "VideoProbe", "decode_image", "encode_array", "has_ext", "item_extensions", "probe_image",
+    "probe_video",
 ]
 
 # PIL format -> the extension blobs get (and exports add when a name has no image extension)
 _IMAGE_EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "BMP": "bmp", "WEBP": "webp", "TIFF": "tiff", "GIF": "gif"}
 # FFmpeg demuxer -> the extension a video gets when its name has none the SDK reads
 _CONTAINER_EXT = {"mov": "mp4", "matroska": "mkv", "avi": "avi", "flv": "flv", "asf": "wmv", "webm": "webm"}
-_SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that rotate by 90 degrees: width and height trade places
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".mpo", ".bmp", ".png", ".webp", ".tiff", ".tif", ".jfif", ".avif", ".heic",
-                    ".heif")
-"""Extensions the Supervisely SDK reads as images (`supervisely/imaging/image.py`, SUPPORTED_IMG_EXTS)."""
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".3gp", ".flv", ".webm", ".wmv", ".mov", ".mkv")
-"""Extensions the Supervisely SDK reads as videos (`supervisely/video/video.py`, ALLOWED_VIDEO_EXTENSIONS)."""
 
 
 @dataclass(frozen=True)
@@ -50,37 +44,30 @@ class VideoProbe:
 
 
 def probe_image(path: str | os.PathLike, name: str) -> ImageProbe:
-    """Check that the file is an image PIL decodes, and read its size and format. The whole image is decoded
-    (`img.load()`; `Image.verify()` alone checks PNG chunks but no JPEG data), so a truncated or corrupt file is
-    refused here rather than failing on every read. The size is the one `decode_image` returns: an EXIF orientation
-    of 5..8 swaps width and height."""
-    from PIL import Image
+    """Check that the file is an image the pipeline decodes, and read its size and format. It is decoded whole, by
+    the same function (and pixel limit) as the loading stage's, after its own checksums are verified (PNG chunks;
+    a JPEG has none), so a truncated or corrupt file is refused here rather than failing on every read. The size
+    is the decoded image's: an EXIF orientation of 5..8 swaps width and height."""
+    from workers.decode import ItemError
+    from workers.decode import decode_image as decode
 
     try:
-        with Image.open(path) as img:
-            img.verify()
-        with Image.open(path) as img:
-            width, height, fmt = img.size[0], img.size[1], img.format or ""
-            orientation = img.getexif().get(0x0112, 1)
-            img.load()
-    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBombError)
-        raise FormatError(f"image {name!r} is not an image PIL can read ({_why(exc, path)})") from None
-    if orientation in _SWAPS_SIDES:
-        width, height = height, width
-    return ImageProbe(int(width), int(height), _IMAGE_EXT.get(fmt, fmt.lower() or "bin"))
+        with open(path, "rb") as f:
+            pixels, fmt = decode(f, verify=True)
+    except (ItemError, OSError) as exc:
+        raise FormatError(f"image {name!r} is not an image the pipeline can read ({_why(exc, path)})") from None
+    return ImageProbe(int(pixels.shape[1]), int(pixels.shape[0]), _IMAGE_EXT.get(fmt, fmt.lower() or "bin"))
 
 
 def decode_image(path: str | os.PathLike, name: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, EXIF orientation applied."""
-    from PIL import Image, ImageOps
+    """(H, W, 3) uint8 RGB, EXIF orientation applied (the loading stage's decoder)."""
+    from workers.decode import ItemError, read_image_file
 
+    if not os.path.exists(path):
+        raise FormatError(f"the stored file of image {name!r} is missing: {path}")
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise FormatError(f"the stored file of image {name!r} is missing: {path}") from None
-    except Exception as exc:
+        return np.array(read_image_file(os.fspath(path)))
+    except ItemError as exc:
         raise FormatError(f"image {name!r} could not be decoded ({_why(exc, path)})") from None
 
 
@@ -102,12 +89,11 @@ def probe_video(path: str | os.PathLike, name: str) -> VideoProbe:
     """Frames count, fps (`average_rate`), width and height (pixels) of the first video stream, read with PyAV.
     A file that is not a video, or has no video stream, is a `FormatError`.
 
-    The frames are those FFmpeg presents, counted as the predict pipeline's index counts them
-    (`workers.video.index_video`), so frame indices agree: packets marked discard (an MP4 edit list that starts
-    after the first frames) are no frames, and MP4's stated count, which includes them and the GOPs such an edit
-    list skips, is read with `workers.video.stated_frames`. MP4 files, and files that state no count, are demuxed
-    for it (no decoding)."""
+    The frames are counted by the predict pipeline's own index (`workers.video_index.index_video`: a demux pass, no
+    decoding), so the platform's `frames_count` and the frame indices of predictions always agree."""
     import av
+
+    from workers.video_index import index_video
 
     try:
         with av.open(str(path)) as container:
@@ -117,50 +103,18 @@ def probe_video(path: str | os.PathLike, name: str) -> VideoProbe:
             width, height = stream.codec_context.width, stream.codec_context.height
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             fps = float(rate) if rate else 0.0
-            frames = int(stream.frames or 0)
-            demuxer = container.format.name.split(",") if container.format else []
-            if frames <= 0:
-                frames = _count_frames(container, stream, catch=False)
-            elif "mov" in demuxer:  # the only demuxer that marks video packets discard (MP4 edit lists)
-                frames = _count_frames(container, stream, catch=True)
-            fmt = demuxer[0] if demuxer else ""
+            fmt = container.format.name.split(",")[0] if container.format else ""
     except FormatError:
         raise
     except Exception as exc:  # av.FFmpegError and friends: the file is not a video PyAV can read
         raise FormatError(f"video {name!r} is not a video PyAV can read ({_why(exc, path)})") from None
     if fmt.endswith("_pipe") or fmt.startswith("image2"):  # FFmpeg reads a PNG or JPEG as a one-frame "video"
         raise FormatError(f"video {name!r} is a still image ({fmt}), not a video")
+    frames = index_video(path, name=name).frames_count if width > 0 and height > 0 else 0
     if width <= 0 or height <= 0 or frames <= 0:
         raise FormatError(f"video {name!r} has no frames (size {width}x{height}, {frames} frames)")
-    suffix = Path(name).suffix.lower()
-    ext = suffix[1:] if suffix in VIDEO_EXTENSIONS else _CONTAINER_EXT.get(fmt, fmt or "bin")
+    ext = extension(name)[1:] if extension(name) in SDK_VIDEO_EXTENSIONS else _CONTAINER_EXT.get(fmt, fmt or "bin")
     return VideoProbe(frames, fps, int(width), int(height), ext)
-
-
-def _count_frames(container: Any, stream: Any, catch: bool) -> int:
-    """The frames of `stream` FFmpeg presents, by demuxing it: the stated count as `stated_frames` reads it, else
-    the packets not marked discard. With `catch`, a demux error ends the count and the stated count stands."""
-    from workers.video import stated_frames
-
-    discarded = shown = 0
-    shown_end = None
-    complete = True
-    try:
-        for packet in container.demux(stream):
-            if not packet.size:  # the end-of-stream flush packet
-                continue
-            if getattr(packet, "is_discard", False):
-                discarded += 1
-                continue
-            shown += 1
-            if packet.pts is not None:
-                end = int(packet.pts) + int(packet.duration or 0)
-                shown_end = end if shown_end is None else max(shown_end, end)
-    except Exception:  # av.FFmpegError and friends: the file breaks off or is damaged here
-        if not catch:
-            raise
-        complete = False
-    return stated_frames(stream, discarded, shown, shown_end, complete) or shown
 
 
 def _why(exc: Exception, path: str | os.PathLike) -> str:
@@ -168,8 +122,8 @@ def _why(exc: Exception, path: str | os.PathLike) -> str:
     return f"{type(exc).__name__}: {exc}".replace(f" '{os.fspath(path)}'", "").replace(os.fspath(path), "the file")
 
 
-def has_ext(name: str, extensions: tuple[str, ...] | frozenset[str]) -> bool:
-    return Path(name).suffix.lower() in extensions
+def has_ext(name: str, extensions: frozenset[str]) -> bool:
+    return extension(name) in extensions
 
 
 def item_extensions(project_type: str) -> frozenset[str]:
@@ -177,11 +131,11 @@ def item_extensions(project_type: str) -> frozenset[str]:
     "videos"): the SDK's, plus, for images, every extension of a format PIL opens (an image of a format the SDK does
     not know, e.g. GIF, is exported under its format's extension and must import back)."""
     if project_type != "images":
-        return frozenset(VIDEO_EXTENSIONS)
+        return SDK_VIDEO_EXTENSIONS
     from PIL import Image
 
     opens = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-    return frozenset(IMAGE_EXTENSIONS) | opens
+    return SDK_IMAGE_EXTENSIONS | opens
 
 
 def as_stream(source: Any) -> Any:

@@ -30,8 +30,12 @@ __all__ = [
     "check_dataset_name",
     "check_item_name",
     "check_video_fits",
+    "find_dataset",
     "free_project_name",
+    "get_annotation_text",
     "get_dataset_row",
+    "get_video_annotation_text",
+    "item_names",
     "get_image_row",
     "get_meta",
     "get_project_row",
@@ -313,6 +317,32 @@ def set_annotation(conn: sqlite3.Connection, image_id: int, ann: Annotation | di
         meta = get_meta(conn, row["project_id"])
     check_annotation(ann, meta, (row["height"], row["width"]), f"image {image_id} ({row['name']!r})")
     put_annotation_json(conn, image_id, ann.to_json(), len(ann.labels))
+
+
+def get_annotation_text(conn: sqlite3.Connection, image_id: int) -> str | None:
+    """The stored annotation JSON of an image as text (None when it has none), for callers that merge into it."""
+    row = conn.execute("SELECT ann FROM annotations WHERE image_id = ?", (image_id,)).fetchone()
+    return row[0] if row else None
+
+
+def get_video_annotation_text(conn: sqlite3.Connection, video_id: int) -> str | None:
+    """The stored annotation JSON of a video as text (None when it has none)."""
+    row = conn.execute("SELECT ann FROM video_annotations WHERE video_id = ?", (video_id,)).fetchone()
+    return row[0] if row else None
+
+
+def find_dataset(conn: sqlite3.Connection, project_id: int, parent_id: int | None, name: str) -> int | None:
+    """The id of the dataset `name` under `parent_id` (None: at the top) of a project, if it exists."""
+    row = conn.execute(
+        "SELECT id FROM datasets WHERE project_id = ? AND COALESCE(parent_id, 0) = ? AND name = ?",
+        (project_id, parent_id or 0, name),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def item_names(conn: sqlite3.Connection, dataset_id: int) -> set[str]:
+    """The names of a dataset's images."""
+    return {r[0] for r in conn.execute("SELECT name FROM images WHERE dataset_id = ?", (dataset_id,))}
 
 
 def put_annotation_json(conn: sqlite3.Connection, image_id: int, data: dict[str, Any], objects_count: int) -> None:

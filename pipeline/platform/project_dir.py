@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.exceptions import FormatError, InvalidArgumentError, NotFoundError, PipelineError
 from pipeline.platform import media, ops
+from workers.formats import SDK_IMAGE_EXTENSIONS, SDK_VIDEO_EXTENSIONS
 
 if TYPE_CHECKING:
     from pipeline.annotation import ProjectMeta
@@ -364,7 +365,7 @@ def _export_videos(platform: Platform, dataset_id: int, root: Path, item_dir: Pa
 def export_name(name: str, ext: str, project_type: str = "images") -> str:
     """The file name an item is exported under: its name, plus ".<ext>" when the SDK would not read the name as an
     image (or video): its reader skips files without a known extension."""
-    known = media.IMAGE_EXTENSIONS if project_type == "images" else media.VIDEO_EXTENSIONS
+    known = SDK_IMAGE_EXTENSIONS if project_type == "images" else SDK_VIDEO_EXTENSIONS
     return name if media.has_ext(name, known) else f"{name}.{ext}"
 
 

@@ -13,7 +13,7 @@ Other modules compose operations inside one transaction by taking the connection
 
     with store.write() as conn:
         ops.set_annotation(conn, image_id, ann_json)
-        conn.execute("UPDATE job_items SET done = 1 WHERE ...")   # a table another module added
+        jobs.record_done(conn, job_id, rows)   # the upload jobs' own tables (pipeline.platform.jobs)
 
 Schema changes: bump `SCHEMA_VERSION` and add a step to `_MIGRATIONS`; a module that owns its own tables (the
 upload jobs) creates them with `CREATE TABLE IF NOT EXISTS` in a `store.write()` of its own.
@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import sqlite3
 import tempfile
 import threading
@@ -303,10 +302,6 @@ class Store:
     def discard(self, tmp: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-
-    def copy_blob_to(self, sha256: str, ext: str, dest: Path) -> None:
-        """Copy a stored blob to `dest`."""
-        shutil.copyfile(self.blob_path(sha256, ext), dest)
 
 
 def _translate(exc: sqlite3.Error, db_path: Path) -> PipelineError:

@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.exceptions import InvalidArgumentError
+from pipeline.stages.video_params import check_video_params
+from workers.formats import is_url
+
+__all__ = ["ALIASES", "DEFAULT_IOU_MERGE_THRESHOLD", "PredictArgs", "UPLOAD_MODES", "abs_path", "as_int",
+           "describe_input", "normalize", "parse_img_size"]
 
 UPLOAD_MODES = ("create", "append", "replace", "iou_merge")
 PLATFORM_MODES = ("append", "replace", "iou_merge")
@@ -93,6 +98,25 @@ def parse_img_size(value: Any) -> tuple[int, int] | None:
 
 def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None) -> PredictArgs:
     """Check and normalise predict() keyword arguments. Raises `InvalidArgumentError` (a ValueError)."""
+    kw, settings = _unalias(kwargs)
+    args = PredictArgs(**kw)
+    args.settings = settings
+    _check_source(args)
+    args.batch_size = _positive("batch_size", args.batch_size)
+    args.max_in_flight = _positive("max_in_flight", args.max_in_flight)
+    args.img_size = parse_img_size(args.img_size)
+    args.classes = _check_classes(args.classes, model_classes)
+    _check_settings(settings)
+    _check_upload(args)
+    if not isinstance(args.recursive, bool):
+        raise InvalidArgumentError(f"recursive must be True or False; got {args.recursive!r}")
+    args.video_params = check_video_params(args.video_params, args)
+    return args
+
+
+def _unalias(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The SDK's aliases resolved (`image_id`, `upload_mode`; `conf=` etc. into settings), unknown names refused:
+    (the keyword arguments, the settings)."""
     kw = dict(kwargs)
     for alias, canonical in ALIASES.items():
         if alias in kw:
@@ -116,9 +140,11 @@ def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None) ->
             close = difflib.get_close_matches(k, KNOWN + tuple(ALIASES) + SETTING_ALIASES, n=1)
             hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise InvalidArgumentError(f"unknown argument(s) to predict: {', '.join(hints)}")
-    args = PredictArgs(**{k: v for k, v in kw.items()})
-    args.settings = settings
+    return kw, settings
 
+
+def _check_source(args: PredictArgs) -> None:
+    """Exactly one source; platform ids are positive ints."""
     sources = [k for k in ("input",) + ID_SOURCES if getattr(args, k) is not None]
     if not sources:
         raise InvalidArgumentError(
@@ -127,48 +153,47 @@ def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None) ->
         )
     if len(sources) > 1:
         raise InvalidArgumentError(f"pass exactly one source; got {', '.join(sources)}")
-    if args.project_id is not None:
-        args.project_id = _int_id("project_id", args.project_id)
-    if args.dataset_id is not None:
-        args.dataset_id = _int_id("dataset_id", args.dataset_id)
-    if args.video_id is not None:
-        args.video_id = _int_id("video_id", args.video_id)
+    for name in ("project_id", "dataset_id", "video_id"):
+        if getattr(args, name) is not None:
+            setattr(args, name, _int_id(name, getattr(args, name)))
     if args.image_ids is not None:
         ids = args.image_ids if isinstance(args.image_ids, list | tuple) else [args.image_ids]
         if not ids:
             raise InvalidArgumentError("image_ids is empty")
         args.image_ids = [_int_id("image_ids", i) for i in ids]
-
-    if args.batch_size is not None:
-        args.batch_size = as_int(args.batch_size)
-        if args.batch_size is None or args.batch_size < 1:
-            raise InvalidArgumentError(f"batch_size must be a positive int; got {kw.get('batch_size')!r}")
-    if args.max_in_flight is not None:
-        args.max_in_flight = as_int(args.max_in_flight)
-        if args.max_in_flight is None or args.max_in_flight < 1:
-            raise InvalidArgumentError(f"max_in_flight must be a positive int; got {kw.get('max_in_flight')!r}")
-    args.img_size = parse_img_size(args.img_size)
-
-    if args.classes is not None:
-        classes = [args.classes] if isinstance(args.classes, str) else list(args.classes)
-        if not all(isinstance(c, str) for c in classes):
-            raise InvalidArgumentError(f"classes must be a list of class names; got {args.classes!r}")
-        if not classes:
-            raise InvalidArgumentError("classes is empty: it would drop every object; leave it out (None) to keep "
-                                       "all classes")
-        if model_classes is not None:
-            unknown_cls = [c for c in classes if c not in model_classes]
-            if unknown_cls:
-                raise InvalidArgumentError(
-                    f"unknown class name(s) {unknown_cls}; the model's classes are {sorted(set(model_classes))}"
-                )
-        args.classes = classes
-
-    _check_settings(settings)
-
     if isinstance(args.input, str | os.PathLike) and not os.fspath(args.input).strip():
         raise InvalidArgumentError("input is an empty path; give a file, directory, URL, image or array")
 
+
+def _positive(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    n = as_int(value)
+    if n is None or n < 1:
+        raise InvalidArgumentError(f"{name} must be a positive int; got {value!r}")
+    return n
+
+
+def _check_classes(classes: Any, model_classes: list[str] | None) -> list[str] | None:
+    if classes is None:
+        return None
+    names = [classes] if isinstance(classes, str) else list(classes)
+    if not all(isinstance(c, str) for c in names):
+        raise InvalidArgumentError(f"classes must be a list of class names; got {classes!r}")
+    if not names:
+        raise InvalidArgumentError("classes is empty: it would drop every object; leave it out (None) to keep "
+                                   "all classes")
+    if model_classes is not None:
+        unknown = [c for c in names if c not in model_classes]
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown class name(s) {unknown}; the model's classes are {sorted(set(model_classes))}"
+            )
+    return names
+
+
+def _check_upload(args: PredictArgs) -> None:
+    """The upload mode fits the source; job_id goes with an upload; output names known formats."""
     if args.upload is not None:
         if args.upload not in UPLOAD_MODES:
             raise InvalidArgumentError(f"unknown upload mode {args.upload!r}; use one of {list(UPLOAD_MODES)}")
@@ -185,23 +210,19 @@ def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None) ->
     if args.output is not None:
         if not isinstance(args.output, dict) or not set(args.output) <= {"parquet", "coco"}:
             raise InvalidArgumentError(f"output must be a dict with keys 'parquet' and/or 'coco'; got {args.output!r}")
-    if not isinstance(args.recursive, bool):
-        raise InvalidArgumentError(f"recursive must be True or False; got {args.recursive!r}")
-    from pipeline.stages.video_params import check_video_params
 
-    args.video_params = check_video_params(args.video_params, args)
-    return args
+
+def abs_path(p: str | os.PathLike) -> str:
+    """`p` absolute, with `~` expanded: the form item keys and messages use."""
+    return os.path.abspath(os.path.expanduser(os.fspath(p)))
 
 
 def _refuse_repeats(args: PredictArgs) -> None:
     """An upload job writes each item once: the same image id, or the same file, twice in one list is refused."""
-    from pipeline.stages.source import _abs
-
     if args.image_ids is not None:
         seen = list(args.image_ids)
     elif isinstance(args.input, list | tuple):
-        seen = [_abs(os.fspath(v)) for v in args.input if isinstance(v, str | os.PathLike)
-                and not os.fspath(v).startswith(("http://", "https://"))]
+        seen = [abs_path(v) for v in args.input if isinstance(v, str | os.PathLike) and not is_url(v)]
     else:
         return
     repeated = sorted(str(v) for v, n in collections.Counter(seen).items() if n > 1)
@@ -244,7 +265,7 @@ def describe_input(value: Any) -> str:
         return "nothing"
     if isinstance(value, str | os.PathLike):
         text = os.fspath(value)
-        if text.startswith(("http://", "https://")):
+        if is_url(text):
             return "a URL"
         if os.path.isdir(text):
             return "a project folder" if os.path.exists(os.path.join(text, "meta.json")) else "a directory"

@@ -14,9 +14,14 @@ import traceback
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from pipeline.stages import args as _args
 from pipeline.exceptions import PipelineError, RunError
 from pipeline.prediction import Prediction
+from pipeline.stages import args as _args
+from pipeline.stages.collect import Collector
+from pipeline.stages.loading import make_loader
+from pipeline.stages.scheduler import DEFAULT_MAX_IN_FLIGHT, RayExecutor, Scheduler
+from pipeline.stages.source import SourcePlan, resolve_source
+from pipeline.stages.upload import UploadStage, make_uploader
 
 if TYPE_CHECKING:
     from pipeline.deploy.nn import Model
@@ -45,7 +50,7 @@ class PredictionSession:
     Created by `model.predict_detached(...)`; all argument checks have passed by the time you hold one.
     """
 
-    def __init__(self, model: Model, args: _args.PredictArgs, plan: Any, uploader: Any = None):
+    def __init__(self, model: Model, args: _args.PredictArgs, plan: SourcePlan, uploader: UploadStage | None = None):
         self.model = model
         self.args = args
         self.plan = plan
@@ -98,31 +103,27 @@ class PredictionSession:
             self._emit(preds)
 
     def _run(self) -> None:
-        from pipeline.stages.collect import Collector
-        from pipeline.stages.scheduler import DEFAULT_MAX_IN_FLIGHT, Scheduler, batched
-
         error: BaseException | None = None
+        loader = None
         try:
             model, args = self.model, self.args
             pairs = model._replicas_and_nodes()
-            replicas, nodes = [h for h, _ in pairs], [n for _, n in pairs]
             img_size = args.img_size or _spec_size(model.spec.img_size)
             batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(model.device, 4)
             settings = dict(args.settings)
             if self.uploader is not None:
                 self.uploader.start(self._emit)
-            items = self.plan.iter_items()
+            loader = make_loader(self.plan, img_size, settings)
+            items = loader.items(self.plan.iter_items())
             if self.uploader is not None:
                 items = self.uploader.filter_done(items)
-            factory = self._submit_factory(img_size, settings)
-            self.scheduler = Scheduler(
-                replicas, nodes, settings, input_resized=img_size is not None,
-                max_in_flight=args.max_in_flight or DEFAULT_MAX_IN_FLIGHT, stop_event=self._stop,
-            )
+            executor = RayExecutor([h for h, _ in pairs], [n for _, n in pairs], settings,
+                                   input_resized=img_size is not None)
+            self.scheduler = Scheduler(executor, len(pairs), args.max_in_flight or DEFAULT_MAX_IN_FLIGHT,
+                                       stop_event=self._stop)
             self._message = "predicting"
             collector = Collector(model.classes, args.classes, self._sink)
-            batcher = self.plan.batcher or batched
-            self.scheduler.run(batcher(items, batch_size, factory), collector, before_submit=self._has_room)
+            self.scheduler.run(loader.batches(items, batch_size), collector, before_submit=self._has_room)
             if self.uploader is not None:
                 self._message = "finishing upload"
                 self.uploader.close()
@@ -137,19 +138,12 @@ class PredictionSession:
                 except Exception:
                     log.exception("closing the upload after a failure")
         finally:
+            if loader is not None:
+                loader.close(stopped=self._stop.is_set() or error is not None)
             self._error = error
             self._finished_at = time.time()
             self._finished.set()
             self._queue.put(_Done(error))
-
-    def _submit_factory(self, img_size: tuple[int, int] | None, settings: dict[str, Any]) -> Any:
-        """How a batch of this plan's items is loaded: the plan's own hook (videos), else image loading tasks."""
-        factory = self.plan.submit_factory
-        if factory is not None:
-            return factory(img_size, settings)
-        from pipeline.stages.loading import submit_load
-
-        return lambda chunk: (lambda node_id: submit_load(chunk, img_size, settings, node_id))
 
     def _has_room(self) -> bool:
         backlog = self.uploader.backlog() if self.uploader is not None else 0
@@ -232,6 +226,7 @@ class PredictionSession:
             "eta_s": round((total - done) / rate, 1) if rate > 0 and total else None,
             "is_done": self._finished.is_set(),
             "submitted": self.scheduler.stats.submitted if self.scheduler is not None else 0,
+            "resubmitted": self.scheduler.stats.resubmitted if self.scheduler is not None else 0,
         }
 
     def __enter__(self) -> PredictionSession:
@@ -253,13 +248,9 @@ def start_session(model: Model, input: Any = None, **kwargs: Any) -> PredictionS
     """Validate everything, then start the run. Raises `ValueError`s before any work."""
     args = _args.normalize({"input": input, **kwargs}, model_classes=model.classes)
     platform = model._api._platform
-    from pipeline.stages.source import resolve_source
-
     plan = resolve_source(args, platform)
     uploader = None
     if args.upload is not None or args.output:
-        from pipeline.stages.upload import make_uploader
-
         uploader = make_uploader(args, plan, platform, model)
     return PredictionSession(model, args, plan, uploader)
 

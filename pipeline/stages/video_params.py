@@ -22,6 +22,7 @@ from fractions import Fraction
 from typing import Any
 
 from pipeline.exceptions import InvalidArgumentError
+from workers.formats import is_url, is_video_file
 
 __all__ = ["DEFAULT_VIDEO_PARAMS", "check_video_params", "select_frames", "split_ranges"]
 
@@ -80,12 +81,11 @@ def check_video_params(params: Any, args: Any = None) -> dict[str, Any] | None:
 
 def _check_source(args: Any) -> None:
     """video_params only means something for one video: a video file or a `video_id`."""
-    from workers.decode import is_video_file
 
     if args.video_id is not None:
         return
     value = args.input
-    if isinstance(value, str | os.PathLike) and not os.fspath(value).startswith(("http://", "https://")):
+    if isinstance(value, str | os.PathLike) and not is_url(value):
         text = os.fspath(value)
         if os.path.isdir(text):
             raise InvalidArgumentError(

@@ -48,7 +48,7 @@ def main(checkpoint: str, workdir: str, n_images: int = 24) -> None:
 
         # Record the node of every loading task: a file per task in a folder all three nodes share (one
         # machine). The product code is untouched; only the function the loading stage submits is wrapped.
-        import pipeline.stages.loading as loading
+        import pipeline.stages.loading.images as loading
 
         original = loading.load_batch
         trace_dir = str(trace)

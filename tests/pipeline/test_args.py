@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.stages import args as _args
 from pipeline.exceptions import InvalidArgumentError
+from pipeline.stages import args as _args
 
 IMG = np.zeros((8, 8, 3), np.uint8)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.app import cli
+from pipeline.app import cli, submit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,10 +144,10 @@ def make_audio_only_mp4(path: Path) -> Path:
 def api_error(config: Path, overrides: list[str], home: Path) -> str:
     """The message the Python API gives for this config's predict arguments: predict() validates its arguments,
     then resolves the source, before any work."""
-    from pipeline.stages import args as _args
     from pipeline.app.config import load_config
     from pipeline.exceptions import PipelineError
     from pipeline.platform import Platform
+    from pipeline.stages import args as _args
     from pipeline.stages.source import resolve_source
 
     args = _args.normalize(load_config(config, overrides).predict_kwargs())
@@ -450,7 +450,7 @@ def test_job_commands_give_up_on_a_dashboard_that_never_answers(argv, capsys, mo
     assert elapsed < 15
     assert f"the Ray dashboard at {url} did not answer within 2s (connecting)" in err
     assert "PIPELINE_ADDRESS_TIMEOUT_S" in err
-    assert not (ROOT / cli.SUBMIT_DIR).exists()
+    assert not (ROOT / submit.SUBMIT_DIR).exists()
 
 
 @pytest.mark.timeout(120)
@@ -473,7 +473,7 @@ def test_each_job_request_has_a_time_limit(argv, call, limit, capsys, monkeypatc
     assert code == 1, err
     assert elapsed < float(limit[:-1]) + 10
     assert f"the Ray dashboard at {url} did not answer within {limit} ({call})" in err
-    assert not (ROOT / cli.SUBMIT_DIR).exists()  # the shipped config is removed however submit ends
+    assert not (ROOT / submit.SUBMIT_DIR).exists()  # the shipped config is removed however submit ends
 
 
 def test_submit_to_a_silent_dashboard_exits_1_and_does_not_hang(tmp_path):
@@ -593,8 +593,8 @@ def test_collect_and_summary_count_items_objects_and_failures():
 def test_collect_keeps_the_error_that_ended_the_run():
     import io
 
-    from pipeline.exceptions import RunError
     from pipeline.app.runner import collect, print_summary
+    from pipeline.exceptions import RunError
 
     summary = collect(FakeSession([fake_pred(["a"])], error=RunError("the upload failed: disk full")))
     assert isinstance(summary.error, RunError) and summary.items == 1

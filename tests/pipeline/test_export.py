@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import write_images
 
+from pipeline.prediction import Item, Prediction
 from pipeline.stages.upload.export import ParquetWriter, mask_to_rle, rle_to_mask
-from pipeline.prediction import Prediction
 
 S = {"conf": 0.0, "max_det": 4}
 
@@ -53,7 +53,7 @@ def test_parquet_parts_written_so_far_survive(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "PARQUET_ROWS_PER_PART", 2)
     w = ParquetWriter(tmp_path / "p.parquet")
     p = Prediction(boxes=[[0, 0, 1, 1], [1, 1, 2, 2]], scores=[0.5, 0.6], class_ids=[0, 1], classes=["a", "b"],
-                   img_size=(4, 4), name="x.png")
+                   orig_size=(4, 4), item=Item(index=0, key="x", name="x.png"))
     w.add([p])
     w.add([p])  # no close(): as if the process died here
     assert pq.read_table(tmp_path / "p.parquet").num_rows == 4
@@ -87,11 +87,12 @@ def test_prediction_json_round_trip_with_masks():
     masks[0, 2:5, 3:9] = True
     masks[1, 7:, :2] = True
     p = Prediction(boxes=[[3, 2, 9, 5], [0, 7, 2, 10]], scores=[0.9, 0.4], class_ids=[1, 0], classes=["b", "a"],
-                   masks=masks, img_size=(10, 12), source="x.jpg", image_path="x.jpg", name="x.jpg")
+                   masks=masks, orig_size=(10, 12),
+                   item=Item(index=0, key="file:x.jpg", name="x.jpg", source="x.jpg", image_path="x.jpg"))
     q = Prediction.from_json(json.loads(json.dumps(p.to_json())))
     np.testing.assert_array_equal(q.masks, masks)
     np.testing.assert_allclose(q.boxes, p.boxes)
-    assert q.classes == p.classes and q.image_path == "x.jpg" and q.img_size == (10, 12)
+    assert q.classes == p.classes and q.image_path == "x.jpg" and q.orig_size == (10, 12)
     ann = p.to_annotation()
     assert [lab.obj_class.name for lab in ann.labels] == ["b", "a"]
     assert [lab.confidence for lab in ann.labels] == [pytest.approx(0.9), pytest.approx(0.4)]

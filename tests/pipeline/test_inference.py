@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.stages.scheduler import Scheduler, batched, pick_replica
-from pipeline.stages.source import Item
+from pipeline.prediction import Item
+from pipeline.stages.loading.images import ImageLoader
+from pipeline.stages.scheduler import RayExecutor, Scheduler, pick_replica
 
 
 @pytest.mark.parametrize(
@@ -20,7 +21,7 @@ def test_pick_replica(in_flight, alive, limit, expected):
 
 def test_batched_sizes():
     items = [Item(index=i, key=str(i), name=str(i)) for i in range(10)]
-    sizes = [len(b.items) for b in batched(iter(items), 4, lambda chunk: None)]
+    sizes = [len(b.items) for b in ImageLoader(None, {}).batches(iter(items), 4)]
     assert sizes == [4, 4, 2]
 
 
@@ -30,7 +31,6 @@ def test_a_batch_that_kills_its_replica_fails_alone_and_the_replica_stays(ray_se
 
     import ray
 
-    from pipeline.stages.loading import submit_load
     from workers.messages import BatchResult, ModelOutput
 
     class Fragile:  # a replica that dies on an image whose first pixel is 255
@@ -49,10 +49,7 @@ def test_a_batch_that_kills_its_replica_fails_alone_and_the_replica_stays(ray_se
     for i in range(n):
         img = np.zeros((8, 8, 3), np.uint8)
         img[0, 0, 0] = 255 if i == 13 else 0
-        items.append(Item(index=i, key=str(i), name=str(i), array=img))
-
-    def factory(chunk):
-        return lambda node: submit_load(chunk, None, {}, node)
+        items.append(Item(index=i, key=str(i), name=str(i), image=img))
 
     results: dict[int, str | None] = {}
 
@@ -60,8 +57,8 @@ def test_a_batch_that_kills_its_replica_fails_alone_and_the_replica_stays(ray_se
         for idx, out in zip(result.indices, result.outputs):
             results[idx] = out.error
 
-    scheduler = Scheduler([replica], [None], {}, input_resized=False, max_in_flight=2)
-    scheduler.run(batched(iter(items), 2, factory), on_result)
+    scheduler = Scheduler(RayExecutor([replica], [None], {}, input_resized=False), 1, max_in_flight=2)
+    scheduler.run(ImageLoader(None, {}).batches(iter(items), 2), on_result)
     assert sorted(results) == list(range(n))  # every item answered, the run went on
     failed = sorted(i for i, e in results.items() if e)
     assert failed == [12, 13]  # the batch of the poison image, and nothing else

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.stages.upload.merge import base_class_name, iou_merge_keep, merge_annotation
 from pipeline.annotation import Annotation, Bitmap, Label, ObjClass, Rectangle, Tag
+from pipeline.stages.upload.merge import base_class_name, iou_merge_keep, merge_annotation
 
 RECT = ObjClass("car", "rectangle")
 MASK = ObjClass("car_nn", "bitmap")

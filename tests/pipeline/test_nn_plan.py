@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.deploy.planning import plan_replicas, resolve_device, spread_nodes
 from pipeline.exceptions import DeploymentError, InvalidArgumentError
-from pipeline.deploy.nn import plan_replicas, resolve_device, spread_nodes
 
 
 @pytest.mark.parametrize(

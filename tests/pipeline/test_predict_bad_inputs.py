@@ -55,7 +55,7 @@ def test_bad_files_in_a_directory_are_item_errors(tiny_model, bad_dir):
     for name, words in EXPECTED.items():
         p = by_name[name]
         assert p.error is not None and words in p.error, (name, p.error)
-        assert len(p) == 0 and p.img_size is None
+        assert len(p) == 0 and p.orig_size is None
     for g in good:
         assert by_name[g.name].error is None and len(by_name[g.name]) > 0
     status = session.status()
@@ -92,7 +92,7 @@ def test_a_bomb_can_be_allowed_explicitly(tiny_model, tmp_path):
     [refused] = tiny_model.predict(input=path, settings={"max_pixels": 50_000}, progress=False)
     assert "over the limit of 50,000" in refused.error
     [allowed] = tiny_model.predict(input=path, settings={"max_pixels": 60_000}, progress=False)
-    assert allowed.error is None and allowed.img_size == (200, 300)
+    assert allowed.error is None and allowed.orig_size == (200, 300)
 
 
 def test_max_pixels_above_pillows_own_limit_is_honoured(monkeypatch):

@@ -21,7 +21,7 @@ def _check(preds, images, direct, img_size=None):
     assert len(preds) == len(images)
     for p, out, img in zip(preds, outs, images):
         assert_same_objects(p, out)
-        assert p.img_size == img.shape[:2]
+        assert p.orig_size == img.shape[:2]
 
 
 def test_single_path_str_and_pathlib(tiny_model, direct_tiny, tmp_path):
@@ -147,7 +147,7 @@ def test_img_size_int_and_tuple_boxes_in_original_pixels(tiny_model, direct_tiny
         [p] = tiny_model.predict(input=path, img_size=size, settings=S, progress=False)
         hw = (size, size) if isinstance(size, int) else size
         _check([p], [img], direct_tiny, img_size=hw)
-        assert p.img_size == (90, 120)
+        assert p.orig_size == (90, 120)
         assert (p.boxes[:, 0::2] <= 120).all() and (p.boxes[:, 1::2] <= 90).all()
 
 

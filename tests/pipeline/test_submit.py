@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.app import cli
+from pipeline.app import cli, submit
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -172,7 +172,7 @@ def test_deploy_then_submit_a_relabel_job_whose_predictions_land(head, tiny_chec
     assert sid.startswith("pipeline-relabel-project-")
     assert "pipeline run: done" in out and "3 items, 0 failed" in out  # the job's log, followed
     assert "job_id=relabel-1" in out and f"job {sid} SUCCEEDED" in out
-    assert not (ROOT / cli.SUBMIT_DIR).exists()  # the shipped config was only there for the upload
+    assert not (ROOT / submit.SUBMIT_DIR).exists()  # the shipped config was only there for the upload
 
     from pipeline.platform import Platform
 
@@ -250,8 +250,8 @@ def test_relative_paths_must_travel_with_the_project(tmp_path, capsys):
     ("../elsewhere.pth", False),
 ])
 def test_which_relative_paths_travel_with_the_project(rel, travels):
-    assert (cli._left_out_of_upload(ROOT, rel, []) is None) is travels
-    assert cli._left_out_of_upload(ROOT, "configs/relabel_project.yaml", ["configs/"]) is not None
+    assert (submit._left_out_of_upload(ROOT, rel, []) is None) is travels
+    assert submit._left_out_of_upload(ROOT, "configs/relabel_project.yaml", ["configs/"]) is not None
 
 
 def test_runtime_env_merges_the_config(tmp_path):
@@ -260,7 +260,7 @@ def test_runtime_env_merges_the_config(tmp_path):
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text("model: {checkpoint: /m.pth}\ninput: {project_id: 1}\n"
                         "ray: {runtime_env: {env_vars: {PIPELINE_HOME: /data}, pip: [rich], excludes: [big/]}}\n")
-    env = cli.submit_runtime_env(load_config(cfg_path), ROOT, ROOT)
+    env = submit.submit_runtime_env(load_config(cfg_path), ROOT, ROOT)
     assert env["working_dir"] == str(ROOT) and env["pip"] == ["rich"]
     assert env["env_vars"] == {"PYTHONUNBUFFERED": "1", "PIPELINE_HOME": "/data"}
     assert ".venv" in env["excludes"] and "tests/" in env["excludes"] and "big/" in env["excludes"]
@@ -269,4 +269,4 @@ def test_runtime_env_merges_the_config(tmp_path):
     from pipeline.exceptions import ConfigError
 
     with pytest.raises(ConfigError, match="working_dir"):
-        cli.submit_runtime_env(load_config(cfg_path), ROOT, ROOT)
+        submit.submit_runtime_env(load_config(cfg_path), ROOT, ROOT)

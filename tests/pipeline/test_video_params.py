@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from pipeline.exceptions import InvalidArgumentError
 from pipeline.stages import args as _args
 from pipeline.stages.video_params import DEFAULT_VIDEO_PARAMS, check_video_params, select_frames, split_ranges
-from pipeline.exceptions import InvalidArgumentError
 
 # ------------------------------------------------------------------------------------------ check_video_params
 

@@ -18,10 +18,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))  # the shared video writers
 from test_video_decode import SELECTION_TABLE, frame_number, truncate, write_audio_only, write_video  # noqa: E402
 
+from pipeline.exceptions import FormatError, InvalidArgumentError, NotFoundError  # noqa: E402
+from pipeline.prediction import Item  # noqa: E402
+from pipeline.stages.loading.video import VideoLanes, VideoLoader  # noqa: E402
 from pipeline.stages.source import video as video_source  # noqa: E402
 from pipeline.stages.video_params import select_frames  # noqa: E402
-from pipeline.exceptions import FormatError, InvalidArgumentError, NotFoundError  # noqa: E402
-from pipeline.stages.source import Item  # noqa: E402
 
 IMG = 64  # model input side: small, so the tiny detector is quick on CPU
 
@@ -68,7 +69,7 @@ def test_predict_selects_exact_frames(tiny_model, clips, params, expected):
         assert all(p.image_path == str(clips[kind]) and p.video_id is None for p in preds)
         for p in preds[:: max(1, len(preds) // 3)]:  # load_image() gives that very frame
             assert _drawn(p) == p.frame_idx
-            assert p.img_size == (48, 64)
+            assert p.orig_size == (48, 64)
 
 
 def test_variable_frame_rate_indices_follow_presentation_order(tiny_model, clips):
@@ -209,20 +210,20 @@ def test_directory_with_videos_predicts_their_frames(tiny_model, tmp_path, capfd
 # ------------------------------------------------------------------------- range decoding (the loading stage)
 
 
-def _fake_video(n: int, keyframes, lanes: int, stride: int = 1) -> video_source.VideoFrames:
+def _fake_video(n: int, keyframes, lanes: int, stride: int = 1):
+    """A video of `n` frames (no file) and a loader that deals it to `lanes` readers."""
     index = SimpleNamespace(keyframes=np.asarray(keyframes), path="/v.mp4", readable=n, frames_count=n)
     fields = {"name": "v.mp4", "source": "/v.mp4", "path": "/v.mp4", "image_path": "/v.mp4", "video_path": "/v.mp4"}
     video = video_source.VideoFrames(index, range(0, n, stride), "frame:/v.mp4", fields)
-    video.plan_lanes(lanes)
-    return video
+    return video, VideoLoader(None, {}, readers=lanes)
 
 
 def test_items_stream_lane_by_lane_without_listing_the_video():
     """18,000 frames: the items come lazily, lanes interleaved, and a lane's frames in order."""
-    video = _fake_video(18_000, range(0, 18_000, 250), lanes=2)
-    assert video.lanes == 2 and len(video.ranges) == 8
-    loading = video_source.VideoLoading()
-    first = list(itertools.islice(loading.frames(video), 6))
+    video, loader = _fake_video(18_000, range(0, 18_000, 250), lanes=2)
+    first = list(itertools.islice(loader.items(iter([video])), 6))
+    lanes = loader.videos["/v.mp4"]
+    assert lanes.lanes == 2 and len(lanes.ranges) == 8
     assert [it.frame_idx for it in first] == [0, 2250, 1, 2251, 2, 2252]  # lane 0 range 0, lane 1 range 1
     assert [it.key for it in first[:2]] == ["frame:/v.mp4:0", "frame:/v.mp4:2250"]
 
@@ -230,48 +231,46 @@ def test_items_stream_lane_by_lane_without_listing_the_video():
 @pytest.mark.parametrize("n,stride,lanes,batch_size", [(1000, 1, 2, 16), (1000, 3, 3, 4), (97, 1, 4, 8),
                                                        (10, 1, 1, 4), (500, 7, 2, 5)])
 def test_batches_stay_in_one_range_in_frame_order(n, stride, lanes, batch_size):
-    video = _fake_video(n, range(0, n, 30), lanes=lanes, stride=stride)
-    loading = video_source.VideoLoading()
-    made = []
-    batches = list(loading.batcher(loading.frames(video), batch_size, lambda chunk: made.append(chunk)))
+    video, loader = _fake_video(n, range(0, n, 30), lanes=lanes, stride=stride)
+    plan = VideoLanes(video, lanes)  # the same ranges and lanes the loader computes
+    batches = list(loader.batches(loader.items(iter([video])), batch_size))
     seen = []
     for b in batches:
         frames = [it.frame_idx for it in b.items]
         assert 0 < len(frames) <= batch_size
         assert frames == sorted(frames)
-        assert len({video.range_of(it) for it in b.items}) == 1  # one range: one reader, decoded in order
+        assert len({plan.range_of(it) for it in b.items}) == 1  # one range: one reader, decoded in order
         seen += frames
     assert sorted(seen) == list(range(0, n, stride))
     # consecutive batches alternate between lanes while more than one lane has frames left
-    if video.lanes > 1 and len(batches) > video.lanes:
-        first_lanes = [video.range_of(b.items[0]) % video.lanes for b in batches[: video.lanes]]
-        assert sorted(first_lanes) == list(range(video.lanes))
-    assert loading.videos == {}  # the video left the registry once its last batch was made
+    if plan.lanes > 1 and len(batches) > plan.lanes:
+        first_lanes = [plan.range_of(b.items[0]) % plan.lanes for b in batches[: plan.lanes]]
+        assert sorted(first_lanes) == list(range(plan.lanes))
+    assert loader.videos == {}  # the video left the registry once its last batch was made
 
 
 def test_resumed_items_skip_done_frames_and_still_batch_by_range():
-    video = _fake_video(200, range(0, 200, 25), lanes=2)
-    loading = video_source.VideoLoading()
+    video, loader = _fake_video(200, range(0, 200, 25), lanes=2)
+    plan = VideoLanes(video, 2)
     done = {f"frame:/v.mp4:{f}" for f in range(0, 200, 3)}
-    items = (it for it in loading.frames(video) if it.key not in done)
-    batches = list(loading.batcher(items, 8, lambda chunk: None))
+    items = (it for it in loader.items(iter([video])) if it.key not in done)
+    batches = list(loader.batches(items, 8))
     seen = sorted(it.frame_idx for b in batches for it in b.items)
     assert seen == [f for f in range(200) if f % 3]
-    assert all(len({video.range_of(it) for it in b.items}) == 1 for b in batches)
+    assert all(len({plan.range_of(it) for it in b.items}) == 1 for b in batches)
 
 
 def test_images_and_videos_batch_separately():
-    video = _fake_video(10, [0], lanes=1)
-    loading = video_source.VideoLoading()
+    video, loader = _fake_video(10, [0], lanes=1)
 
-    def items():
+    def stream():
         for i in range(3):
             yield Item(index=i, key=f"file:/i{i}.jpg", name=f"i{i}.jpg", path=f"/i{i}.jpg")
         video.base = 3
-        yield from loading.frames(video)
+        yield video
         yield Item(index=13, key="file:/z.jpg", name="z.jpg", path="/z.jpg")
 
-    batches = list(loading.batcher(items(), 4, lambda chunk: None))
+    batches = list(loader.batches(loader.items(stream()), 4))
     assert [[it.index for it in b.items] for b in batches] == [[0, 1, 2], [3, 4, 5, 6], [7, 8, 9, 10], [11, 12],
                                                                [13]]
 
@@ -281,21 +280,24 @@ def test_parallel_readers_decode_exact_frames(ray_session, tmp_path, monkeypatch
     reader is its own process, and each seeks once per range (at a GOP start): no GOP is decoded twice."""
     import ray
 
+    from pipeline.stages.loading import video as video_loading
     from workers.video import index_video
 
     path = write_video(tmp_path / "v.mp4", 150)
     # readers take no CPU here, so three fit beside whatever the shared test cluster is running
-    monkeypatch.setitem(video_source.READER_OPTIONS, "num_cpus", 0)
-    monkeypatch.setattr(video_source, "MIN_RANGE_FRAMES", 6)
+    monkeypatch.setitem(video_loading.READER_OPTIONS, "num_cpus", 0)
+    monkeypatch.setattr(video_loading, "MIN_RANGE_FRAMES", 6)
     index = index_video(path)
     fields = {"name": "v.mp4", "source": str(path), "path": str(path), "image_path": str(path),
               "video_path": str(path)}
     video = video_source.VideoFrames(index, select_frames({"stride": 2, "start_frame": 1}, 150, 30),
                                      f"frame:{path}", fields)
-    video.plan_lanes(3)
-    assert video.lanes == 3 and len(video.ranges) == 12
-    loading = video_source.VideoLoading()
-    batches = list(loading.batcher(loading.frames(video), 5, loading.submit_factory((32, 32), {})))
+    loader = VideoLoader((32, 32), {}, readers=3)
+    items = loader.items(iter([video]))
+    first = next(items)
+    lanes = loader.videos[str(path)]
+    assert lanes.lanes == 3 and len(lanes.ranges) == 12
+    batches = list(loader.batches(itertools.chain([first], items), 5))
     refs = [b.submit(None) for b in batches]
     seen = []
     for b, loaded in zip(batches, ray.get(refs)):
@@ -305,10 +307,10 @@ def test_parallel_readers_decode_exact_frames(ray_session, tmp_path, monkeypatch
         assert all(img.shape == (32, 32, 3) for img in loaded.images)
         seen += [it.frame_idx for it in b.items]
     assert sorted(seen) == list(range(1, 150, 2))
-    stats = ray.get([h.stats.remote() for h in video._readers.values()])
+    stats = ray.get([h.stats.remote() for h in lanes._readers.values()])
     assert len({s["pid"] for s in stats}) == 3
-    assert sum(s["seeks"] for s in stats) == len(video.ranges)
-    video.release()
+    assert sum(s["seeks"] for s in stats) == len(lanes.ranges)
+    lanes.release()
 
 
 def test_plan_count_and_context_before_any_work(clips):

@@ -33,14 +33,14 @@ from pipeline.annotation import (  # noqa: E402
     VideoObject,
 )
 from pipeline.exceptions import FormatError, RunError  # noqa: E402
-from pipeline.prediction import Prediction  # noqa: E402
-from pipeline.stages.upload.videos import (  # noqa: E402
-    VideoTarget,
+from pipeline.prediction import Item, Prediction  # noqa: E402
+from pipeline.stages.upload.merge import (  # noqa: E402
     frame_labels,
     labels_to_video,
     merge_video_annotation,
     merge_video_json,
 )
+from pipeline.stages.upload.videos import VideoTarget  # noqa: E402
 
 IMG = 64
 SETTINGS = {"conf": 0.0, "max_det": 3}  # three objects on every frame: small annotations, never empty
@@ -315,7 +315,7 @@ def test_resume_after_a_crash_neither_loses_nor_duplicates(tiny_model, api, anno
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("simulated crash: the process died here")
-        real_write(self, preds)
+        return real_write(self, preds)
 
     monkeypatch.setattr(VideoTarget, "write", crash_on_second_group)
     with pytest.raises(RunError, match="simulated crash"):
@@ -349,7 +349,7 @@ def test_resume_create_reuses_the_video_it_made(tiny_model, api, clip, monkeypat
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("simulated crash")
-        real_write(self, preds)
+        return real_write(self, preds)
 
     monkeypatch.setattr(VideoTarget, "write", crash)
     with pytest.raises(RunError):
@@ -410,9 +410,9 @@ def _target(platform, mode: str) -> VideoTarget:
 
 
 def _frame_pred(video_id: int, frame: int, *boxes) -> Prediction:
+    item = Item(index=frame, key=f"video:{video_id}:{frame}", name="v", video_id=video_id, frame_idx=frame)
     return Prediction(boxes=list(boxes), scores=[0.75] * len(boxes), class_ids=[0] * len(boxes),
-                      classes=["a"] * len(boxes), video_id=video_id, frame_idx=frame, img_size=(48, 64),
-                      _key=f"video:{video_id}:{frame}")
+                      classes=["a"] * len(boxes), item=item, orig_size=(48, 64))
 
 
 def _boxes(ann: VideoAnnotation) -> dict[int, list[tuple]]:
@@ -437,7 +437,7 @@ def test_append_keeps_the_stored_json_as_it_is(stored, monkeypatch):
     monkeypatch.setattr(VideoAnnotation, "from_json", no_decoding)
     monkeypatch.setattr(Bitmap, "from_json", no_decoding)
     preds = [_frame_pred(video_id, 3, (1, 1, 9, 9)), _frame_pred(video_id, 7, (4, 4, 12, 12), (30, 5, 50, 25))]
-    _target(platform, "append").write(preds)
+    preds = _target(platform, "append").write(preds)
     monkeypatch.undo()
     assert [p.error for p in preds] == [None, None] and all(p.target.video_id == video_id for p in preds)
     after, count, _ = _row(platform, video_id)
@@ -469,13 +469,13 @@ def test_new_objects_are_checked_against_the_video_and_the_meta(stored):
     before = _row(platform, video_id)
     target = _target(platform, "append")
     past = [_frame_pred(video_id, 23, (1, 1, 5, 5)), _frame_pred(video_id, 24, (1, 1, 5, 5))]
-    target.write(past)
+    past = target.write(past)
     assert past[0].error and "frame 24" in past[1].error and "has 24" in past[1].error  # the video's frames fail
     meta = platform.project.get_meta(platform.video.get(video_id).project_id)
     platform.project.update_meta(platform.video.get(video_id).project_id, ProjectMeta(
         meta.obj_classes, (TagMeta("confidence", "any_string"),), "videos"))
     wrong_tag = [_frame_pred(video_id, 1, (1, 1, 5, 5))]
-    target.write(wrong_tag)
+    wrong_tag = target.write(wrong_tag)
     assert "confidence" in wrong_tag[0].error
     assert _row(platform, video_id) == before  # nothing written
     with platform.store.read() as conn:

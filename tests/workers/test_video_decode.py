@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.stages.video_params import select_frames
 from pipeline.exceptions import FormatError
+from pipeline.stages.video_params import select_frames
 
 # name -> (file suffix, codec, encoder options, variable frame rate?)
 VIDEO_KINDS = {

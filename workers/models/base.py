@@ -12,6 +12,7 @@ defaults that suit most image models. A new framework plugs in with::
 from __future__ import annotations
 
 import abc
+import importlib
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,8 @@ import numpy as np
 from pipeline.exceptions import ModelLoadError
 from workers.messages import ModelOutput
 
-__all__ = ["ModelSpec", "ModelAdapter", "register_adapter", "get_adapter", "list_frameworks", "DEFAULT_SETTINGS"]
+__all__ = ["BUILTIN_ADAPTERS", "DEFAULT_SETTINGS", "ModelAdapter", "ModelSpec", "get_adapter", "list_frameworks",
+           "register_adapter"]
 
 # Batches arrive as read-only arrays mapped from Ray's object store; adapters only read them (copy to the device,
 # convert to float), so torch's warning about non-writable arrays is noise.
@@ -150,6 +152,10 @@ class ModelAdapter(abc.ABC):
 
 
 _ADAPTERS: dict[str, type[ModelAdapter]] = {}
+# The adapters that ship with the package, imported when their framework is first asked for, so a replica of a
+# torchvision model never imports another framework's library. (Imported by name: an adapter module imports this
+# one, and this one must not import it back.)
+BUILTIN_ADAPTERS = {"torchvision": "workers.models.torchvision"}
 
 
 def register_adapter(framework: str):
@@ -163,22 +169,17 @@ def register_adapter(framework: str):
     return deco
 
 
-def _ensure_builtin_adapters() -> None:
-    # The built-in adapters register themselves on import; import lazily so `workers.models` stays light.
-    from workers.models import torchvision as _tv  # noqa: F401
-
-
 def get_adapter(framework: str) -> type[ModelAdapter]:
-    _ensure_builtin_adapters()
+    if framework not in _ADAPTERS and framework in BUILTIN_ADAPTERS:
+        importlib.import_module(BUILTIN_ADAPTERS[framework])
     try:
         return _ADAPTERS[framework]
     except KeyError:
         raise ModelLoadError(
-            f"unknown framework {framework!r}; known frameworks: {sorted(_ADAPTERS)} "
+            f"unknown framework {framework!r}; known frameworks: {list_frameworks()} "
             "(register another with workers.models.register_adapter)"
         ) from None
 
 
 def list_frameworks() -> list[str]:
-    _ensure_builtin_adapters()
-    return sorted(_ADAPTERS)
+    return sorted(set(_ADAPTERS) | set(BUILTIN_ADAPTERS))

@@ -44,19 +44,6 @@ class Checkpoint:
     sha256: str = ""
     uri: str = ""
 
-    def describe(self) -> dict[str, Any]:
-        """Everything but the weights: what a driver needs to know about the model."""
-        return {
-            "framework": self.framework,
-            "architecture": self.architecture,
-            "task_type": self.task_type,
-            "classes": list(self.classes),
-            "img_size": self.img_size,
-            "arch_kwargs": dict(self.arch_kwargs),
-            "sha256": self.sha256,
-            "uri": self.uri,
-        }
-
 
 def _filesystem_and_path(uri: str):
     import pyarrow.fs as pafs

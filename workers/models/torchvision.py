@@ -19,6 +19,8 @@ from pipeline.exceptions import ModelLoadError
 from workers.messages import ModelOutput
 from workers.models.base import ModelAdapter, ModelSpec, register_adapter
 
+__all__ = ["TorchvisionAdapter", "builtin_architectures", "task_type_of", "weights_cache_path"]
+
 # ImageNet statistics: what torchvision's segmentation weights were trained with (their `transforms()`).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -118,8 +118,8 @@ class ParquetWriter:
                 "video_id": p.video_id, "frame_idx": p.frame_idx,
                 "target_project_id": target.project_id if target else None,
                 "target_image_id": (target.image_id if target else None),
-                "image_height": p.img_size[0] if p.img_size else None,
-                "image_width": p.img_size[1] if p.img_size else None,
+                "image_height": p.orig_size[0] if p.orig_size else None,
+                "image_width": p.orig_size[1] if p.orig_size else None,
             }
             if p.error is not None or len(p) == 0:
                 if p.error is None:
@@ -211,11 +211,11 @@ class CocoWriter:
 
     def add(self, preds: list[Prediction]) -> None:
         for p in preds:
-            if p.error is not None or p.img_size is None:
+            if p.error is not None or p.orig_size is None:
                 continue
             image_id = len(self.images) + 1
             file_name = "/".join((*p.dataset, p.name or f"{image_id}"))
-            entry = {"id": image_id, "file_name": file_name, "height": p.img_size[0], "width": p.img_size[1]}
+            entry = {"id": image_id, "file_name": file_name, "height": p.orig_size[0], "width": p.orig_size[1]}
             if p.frame_idx is not None:
                 entry["frame_idx"] = p.frame_idx
             self.images.append(entry)

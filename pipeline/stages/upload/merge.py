@@ -1,13 +1,21 @@
-"""Pure decisions of the upload modes: which predicted labels survive `iou_merge`, how annotations combine.
+"""Pure decisions of the upload modes: which predicted labels survive `iou_merge`, how annotations combine, for
+images (`merge_annotation`) and video annotations (`merge_video_annotation` on a `VideoAnnotation`,
+`merge_video_json` on its stored JSON: the same rules).
 
-Table-tested in tests/pipeline/test_merge.py; `pipeline.stages.upload` calls these inside its transactions.
+Table-tested in tests/pipeline/test_merge.py and tests/pipeline/test_video_upload.py; the upload targets call
+these inside their transactions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from pipeline.annotation import Annotation, Label, geometry_iou
+from pipeline.exceptions import FormatError
+
+__all__ = ["MODES", "base_class_name", "frame_labels", "iou_merge_keep", "labels_to_video", "merge_annotation",
+           "merge_video_annotation", "merge_video_json"]
 
 
 def base_class_name(name: str) -> str:
@@ -60,3 +68,140 @@ def merge_annotation(mode: str, current: Annotation | None, predicted: Annotatio
         keep = iou_merge_keep(current.labels, predicted.labels, threshold, h, w)
         return current.add_labels([lab for lab, k in zip(predicted.labels, keep) if k])
     raise ValueError(f"unknown upload mode {mode!r}")
+
+
+# --- videos ---------------------------------------------------------------------------------------------------
+
+MODES = ("create", "append", "replace", "iou_merge")
+
+
+def labels_to_video(frame: int, labels: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """(objects, figures) for the predicted `labels` of `frame`: one `VideoObject` per label, its `confidence`
+    tag (if the label has one) moved onto the object with `frame_range (frame, frame)`, one `VideoFigure` each."""
+    from pipeline.annotation import VideoFigure, VideoObject, VideoTag
+
+    objects, figures = [], []
+    for lab in labels:
+        tags = tuple(VideoTag(t.meta, t.value, (frame, frame)) for t in lab.tags)
+        obj = VideoObject(lab.obj_class, tags)
+        objects.append(obj)
+        figures.append(VideoFigure(obj, lab.geometry, frame))
+    return objects, figures
+
+
+def merge_video_annotation(mode: str, current: Any, predicted: Mapping[int, Sequence[Any]],
+                           threshold: float = 0.9) -> Any:
+    """The video annotation after writing `predicted` = {frame index: predicted `Label`s} into `current` under
+    `mode`, frame by frame, leaving every other frame as it was.
+
+    create / append: the predicted objects are added. replace: the figures already on a predicted frame are
+    removed first, and so is every object left with no figure by that (objects that never had figures stay).
+    iou_merge: like append, minus each predicted label that `iou_merge_keep` drops against the figures already on
+    its frame (same class, IoU >= threshold).
+    """
+    from pipeline.annotation import Label
+
+    if mode not in MODES:
+        raise ValueError(f"unknown upload mode {mode!r}")
+    ann = current
+    if mode == "replace" and predicted:
+        frames = set(predicted)
+        had = {f.video_object.key for f in ann.figures}
+        kept_frames = tuple(fr for fr in ann.frames if fr.index not in frames)
+        still = {f.video_object.key for fr in kept_frames for f in fr.figures}
+        objects = tuple(o for o in ann.objects if o.key in still or o.key not in had)
+        ann = ann.clone(frames=kept_frames, objects=objects)
+    h, w = ann.img_size
+    new_objects, new_figures = [], []
+    for frame in sorted(predicted):
+        labels = list(predicted[frame])
+        if mode == "iou_merge" and labels:
+            existing = [Label(f.geometry, f.video_object.obj_class) for f in ann.figures_on_frame(frame)]
+            keep = iou_merge_keep(existing, labels, threshold, h, w)
+            labels = [lab for lab, k in zip(labels, keep) if k]
+        objects, figures = labels_to_video(frame, labels)
+        new_objects += objects
+        new_figures += figures
+    if not new_objects:
+        return ann
+    return ann.add_objects(new_objects).add_figures(new_figures)
+
+
+def frame_labels(data: Mapping[str, Any], frames: Iterable[int]) -> dict[int, list[Any]]:
+    """{frame: its figures as `Label`s (geometry and class name)} for the `frames` of the video annotation JSON
+    `data`: only those frames' figures are decoded (what `iou_merge` compares the predictions with)."""
+    from pipeline.annotation import Label, ObjClass, geometry_from_json
+
+    wanted = set(frames)
+    figures: dict[int, list[dict]] = {}
+    for fr in data.get("frames", ()):
+        if fr.get("index") in wanted:
+            figures.setdefault(fr["index"], []).extend(fr.get("figures", ()))
+    keys = {fig.get("objectKey") for figs in figures.values() for fig in figs}
+    titles = {o.get("key"): o.get("classTitle") for o in data.get("objects", ()) if o.get("key") in keys}
+    classes: dict[str, Any] = {}
+    out: dict[int, list[Any]] = {}
+    for index, figs in figures.items():
+        for j, fig in enumerate(figs):
+            where = f"video annotation: frame {index} figure {j}"
+            title = titles.get(fig.get("objectKey"))
+            if title is None:
+                raise FormatError(f"{where}: objectKey {fig.get('objectKey')!r} is not one of the annotation's objects")
+            geometry = geometry_from_json(str(fig.get("geometryType")), fig.get("geometry") or {}, where)
+            cls = classes.setdefault(title, ObjClass(title, "any_shape"))
+            out.setdefault(index, []).append(Label(geometry, cls))
+    return out
+
+
+def merge_video_json(mode: str, data: dict[str, Any], predicted: Mapping[int, Sequence[Any]],
+                     threshold: float = 0.9) -> tuple[list[Any], list[Any], bool]:
+    """`merge_video_annotation` on the video annotation JSON `data`, which is changed in place: the same rules,
+    without decoding what is stored (objects and figures stay dicts; `iou_merge` decodes the figures of the
+    predicted frames only, `frame_labels`). Returns (the `VideoObject`s added, their `VideoFigure`s, whether
+    `data` changed), so that the caller can check the new ones against the project meta and the video."""
+    if mode not in MODES:
+        raise ValueError(f"unknown upload mode {mode!r}")
+    objects = data.setdefault("objects", [])
+    frames = data.setdefault("frames", [])
+    changed = False
+    if mode == "replace" and predicted:
+        drop = set(predicted)
+        gone = [fr for fr in frames if fr.get("index") in drop]
+        if gone:
+            frames[:] = [fr for fr in frames if fr.get("index") not in drop]
+            # the objects whose only figures were on the dropped frames go too (objects with no figure stay)
+            lost = {fig.get("objectKey") for fr in gone for fig in fr.get("figures", ())}
+            if lost:
+                lost -= {fig.get("objectKey") for fr in frames for fig in fr.get("figures", ())}
+                objects[:] = [o for o in objects if o.get("key") not in lost]
+            changed = True
+    size = data.get("size") or {}
+    h, w = int(size.get("height", 0)), int(size.get("width", 0))
+    existing = frame_labels(data, predicted) if mode == "iou_merge" else {}
+    new_objects: list[Any] = []
+    new_figures: list[Any] = []
+    for frame in sorted(predicted):
+        labels = list(predicted[frame])
+        if mode == "iou_merge" and labels:
+            keep = iou_merge_keep(existing.get(frame, []), labels, threshold, h, w)
+            labels = [lab for lab, k in zip(labels, keep) if k]
+        objs, figs = labels_to_video(frame, labels)
+        new_objects += objs
+        new_figures += figs
+    if not new_figures:
+        return new_objects, new_figures, changed
+    objects.extend(o.to_json() for o in new_objects)
+    by_index: dict[int, dict] = {}
+    for fr in frames:
+        by_index.setdefault(fr.get("index"), fr)
+    added = False
+    for fig in new_figures:
+        fr = by_index.get(fig.frame_index)
+        if fr is None:
+            fr = by_index[fig.frame_index] = {"index": fig.frame_index, "figures": []}
+            frames.append(fr)
+            added = True
+        fr.setdefault("figures", []).append(fig.to_json())
+    if added:  # frames in index order, as `VideoAnnotation.add_figures` keeps them (stable: nearly sorted is cheap)
+        frames.sort(key=lambda fr: fr["index"])
+    return new_objects, new_figures, True

@@ -1,0 +1,208 @@
+"""Video frames decoded by reader actors, each decoding its ranges of one video front to back.
+
+When a video's frames come up, its selection is cut into frame ranges (`split_ranges`: a few per reader, cut at GOP
+starts), dealt round-robin to `lanes` readers, one per loader CPU: lane j decodes ranges j, j + lanes, ... Each lane
+is a `workers.video.FrameReader` Ray actor holding one CPU, and each batch is one `next_batch` call on it; calls from
+the driver run in order, so a reader decodes its range front to back and never decodes a GOP twice.
+
+Items are made one at a time, lanes interleaved (lane 0's next frame, lane 1's next frame, ...), and the batches of
+each lane stay inside one range. The scheduler's in-flight bound therefore spreads over all lanes, keeps every
+reader busy, and is the only thing that decides how many decoded frames exist at once: a 10-hour video costs the
+driver a few batches of item descriptors. Image items of the same plan (a directory with images and videos) load
+as usual, by loading tasks.
+
+A reader holds its CPU until its last batch is done: the lanes' handles are dropped when the video's last batch is
+made, and Ray ends an actor whose handles are gone once its queued calls have run.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from typing import Any
+
+from pipeline.prediction import Item
+from pipeline.stages.loading.batch import Batch
+from pipeline.stages.loading.images import ImageLoader
+from pipeline.stages.source.video import VideoFrames
+from pipeline.stages.video_params import split_ranges
+
+__all__ = ["MAX_READERS", "READER_OPTIONS", "VideoLanes", "VideoLoader", "loader_cpus"]
+
+# Ranges per reader: progress moves front to back through the video (what a stopped or crashed run leaves done is
+# close to a prefix) while each reader pays a seek into a new range only this many times.
+RANGES_PER_READER = 4
+# A range holds at least this many selected frames (several batches), so the seek and the partial GOP at its start
+# cost little next to the frames it decodes.
+MIN_RANGE_FRAMES = 48
+# At most this many readers for one video, whatever the cluster has: beyond it, a video's frames are spread so thin
+# that each reader's ranges are mostly seeks.
+MAX_READERS = 64
+# One CPU per reader (its decoder runs single-threaded); a reader that crashes is restarted and its calls retried,
+# which is safe because every call names the frames it wants.
+READER_OPTIONS: dict[str, Any] = {"num_cpus": 1, "max_restarts": 2, "max_task_retries": 2}
+
+
+def loader_cpus() -> int:
+    """How many readers a video gets: the CPUs free in the Ray cluster now (at least 1)."""
+    import ray
+
+    free = int(ray.available_resources().get("CPU", 0) + 1e-9)
+    return max(1, min(MAX_READERS, free))
+
+
+_reader_class = None
+
+
+def _remote_reader() -> Any:
+    global _reader_class
+    if _reader_class is None:
+        import ray
+
+        from workers.video import FrameReader
+
+        _reader_class = ray.remote(FrameReader)
+    return _reader_class
+
+
+class VideoLanes:
+    """One video's frames dealt to reader lanes: its ranges, its readers, the order its items are read in."""
+
+    def __init__(self, video: VideoFrames, readers: int):
+        self.video = video
+        n = len(video.selection)
+        wanted = max(1, min(readers * RANGES_PER_READER, n // MIN_RANGE_FRAMES))
+        self.ranges = split_ranges(video.selection, video.index.keyframes.tolist(), wanted)
+        self.lanes = max(1, min(readers, len(self.ranges)))
+        self._starts = [r.start for r in self.ranges]
+        self._readers: dict[int, Any] = {}
+
+    def items(self) -> Iterator[Item]:
+        """Items lane by lane, one each in turn; within a lane, its ranges in order."""
+        lanes = [_chain(self.ranges[j::self.lanes]) for j in range(self.lanes)]
+        while lanes:
+            alive = []
+            for lane in lanes:
+                pos = next(lane, None)
+                if pos is not None:
+                    yield self.video.item(pos)
+                    alive.append(lane)
+            lanes = alive
+
+    def range_of(self, item: Item) -> int:
+        return bisect.bisect_right(self._starts, self.video.position(item)) - 1
+
+    def reader(self, lane: int, node_id: str | None) -> Any:
+        """The Ray actor that decodes `lane` (started on first use, softly on `node_id`)."""
+        handle = self._readers.get(lane)
+        if handle is None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            options = dict(READER_OPTIONS)
+            if node_id:
+                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)
+            index = self.video.index
+            handle = _remote_reader().options(**options).remote(index.path, (index.readable, index.frames_count))
+            self._readers[lane] = handle
+        return handle
+
+    def release(self, kill: bool = False) -> None:
+        """Drop the readers' handles: each reader ends once the calls queued on it have run, or at once with
+        `kill`."""
+        if kill:
+            import ray
+
+            for handle in self._readers.values():
+                try:
+                    ray.kill(handle, no_restart=True)
+                except Exception:  # already gone (ended, or its creation never completed)
+                    pass
+        self._readers.clear()
+
+
+def _chain(ranges: list[range]) -> Iterator[int]:
+    for r in ranges:
+        yield from r
+
+
+class VideoLoader:
+    """Loads a plan whose stream holds videos (`VideoFrames`), and image items as `ImageLoader` does. Videos
+    register when their items start and leave once their last batch is made."""
+
+    def __init__(self, img_size: tuple[int, int] | None, settings: dict[str, Any], readers: int | None = None):
+        self.img_size = img_size
+        self.images = ImageLoader(img_size, settings)
+        self.readers = readers
+        self.videos: dict[str, VideoLanes] = {}
+
+    def items(self, stream: Iterator[Any]) -> Iterator[Item]:
+        for entry in stream:
+            if isinstance(entry, VideoFrames):
+                lanes = VideoLanes(entry, self.readers or loader_cpus())
+                self.videos[entry.path] = lanes
+                yield from lanes.items()
+            else:
+                yield entry
+
+    def _frames_batch(self, lanes: VideoLanes, chunk: list[Item]) -> Batch:
+        lane = lanes.range_of(chunk[0]) % lanes.lanes
+        indices = [it.index for it in chunk]
+        frames = [it.frame_idx for it in chunk]
+        return Batch(chunk, lambda node_id: lanes.reader(lane, node_id).next_batch.remote(indices, frames,
+                                                                                         self.img_size),
+                     load_by_actor=True)
+
+    def batches(self, items: Iterator[Item], batch_size: int) -> Iterator[Batch]:
+        """Batches of `batch_size`: image items in runs as they come; a video's frames per lane, each batch inside
+        one range and in frame order. Holds at most one unfinished batch per lane."""
+        images: list[Item] = []
+        open_: dict[int, list[Item]] = {}  # lane -> items of the current video
+        current: VideoLanes | None = None
+
+        def finish_video() -> Iterator[Batch]:
+            nonlocal current
+            if current is None:
+                return
+            for buf in open_.values():
+                if buf:
+                    yield self._frames_batch(current, buf)
+            open_.clear()
+            current.release()
+            self.videos.pop(current.video.path, None)
+            current = None
+
+        for item in items:
+            if item.frame_idx is None:
+                yield from finish_video()
+                images.append(item)
+                if len(images) >= batch_size:
+                    yield self.images.batch(images)
+                    images = []
+                continue
+            lanes = self.videos[item.video_path]
+            if lanes is not current:
+                yield from finish_video()
+                current = lanes
+            if images:  # a video follows images: the images' last batch goes first
+                yield self.images.batch(images)
+                images = []
+            r = lanes.range_of(item)
+            buf = open_.setdefault(r % lanes.lanes, [])
+            if buf and lanes.range_of(buf[0]) != r:
+                yield self._frames_batch(lanes, buf)
+                buf = open_[r % lanes.lanes] = []
+            buf.append(item)
+            if len(buf) >= batch_size:
+                yield self._frames_batch(lanes, buf)
+                open_[r % lanes.lanes] = []
+        yield from finish_video()
+        if images:
+            yield self.images.batch(images)
+
+    def close(self, stopped: bool = False) -> None:
+        """The run is over: every reader's handle goes, so no reader keeps its CPU once its queued calls have run,
+        even while the session is kept. A stopped run's readers are killed at once: their queued calls are not
+        wanted (and cancelling calls queued on an actor would stall it, see `Scheduler.run`)."""
+        for lanes in list(self.videos.values()):
+            lanes.release(kill=stopped)
+        self.videos.clear()

@@ -1,0 +1,116 @@
+"""The upload thread: takes predictions from the collector, writes them (platform target, Parquet / COCO files),
+then hands them to the reader. The replicas never wait for the database."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+from pipeline.exceptions import UploadError
+from pipeline.prediction import Item, Prediction
+from pipeline.stages.upload.target import Target
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MAX_GROUP", "UploadStage"]
+
+# Items written per transaction at most: large enough that SQLite's per-commit cost (an fsync of the WAL) is
+# spread over many items, small enough that one transaction holds the write lock for well under a second.
+MAX_GROUP = 256
+
+
+class UploadStage:
+    """The upload thread: takes predictions from the collector, writes them, then hands them to the reader."""
+
+    def __init__(self, target: Target | None, writers: list[Any]):
+        self.target = target
+        self.writers = writers
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._emit: Callable[[list[Prediction]], None] | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        self._queued = 0  # predictions put and not yet written (backpressure counts predictions, not groups)
+        self._lock = threading.Lock()
+
+    # -- resume -----------------------------------------------------------------------------------------------
+    def filter_done(self, items: Iterator[Item]) -> Iterator[Item]:
+        done = self.target.done_keys if self.target is not None else set()
+        for item in items:
+            if item.key not in done:
+                yield item
+
+    def skipped_count(self) -> int:
+        return len(self.target.done_keys) if self.target is not None else 0
+
+    def context(self) -> dict[str, Any]:
+        ctx = self.target.context() if self.target is not None else {}
+        for w in self.writers:
+            ctx[f"output_{type(w).__name__.replace('Writer', '').lower()}"] = w.path
+        return ctx
+
+    def backlog(self) -> int:
+        """Predictions waiting to be written."""
+        return self._queued
+
+    # -- the thread -------------------------------------------------------------------------------------------
+    def start(self, emit: Callable[[list[Prediction]], None]) -> None:
+        self._emit = emit
+        self._thread = threading.Thread(target=self._loop, name="pipeline-upload", daemon=True)
+        self._thread.start()
+
+    def put(self, preds: list[Prediction]) -> None:
+        if self._error is not None:
+            raise UploadError(f"the upload failed: {type(self._error).__name__}: {self._error}") from self._error
+        with self._lock:
+            self._queued += len(preds)
+        self._queue.put(preds)
+
+    def _loop(self) -> None:
+        stop = False
+        while not stop:
+            group = self._queue.get()
+            if group is None:
+                break
+            while len(group) < MAX_GROUP:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                group = group + more
+            try:
+                if self.target is not None:
+                    group = self.target.write(group)
+                for w in self.writers:
+                    w.add(group)
+                    if self.target is not None and hasattr(w, "flush"):
+                        # a job's done items are skipped on resume: their rows must be on disk once committed
+                        # (a crash between the two loses at most this group's rows)
+                        w.flush()
+            except BaseException as exc:  # the database or a file is unusable: the run must end
+                log.exception("upload failed")
+                self._error = exc
+                group = [p if p.error is not None else replace(p, error=f"upload failed: {exc}") for p in group]
+            with self._lock:
+                self._queued -= len(group)
+            self._emit(group)
+
+    def close(self, abort: bool = False) -> None:
+        """Write everything queued, close the files; raise if the upload failed."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+        for w in self.writers:
+            w.close()
+        if self._error is not None and not abort:
+            raise UploadError(f"the upload failed: {type(self._error).__name__}: {self._error}") from self._error
