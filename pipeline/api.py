@@ -41,5 +41,10 @@ class Api:
 
         self.nn = NnApi(self)
 
+    @property
+    def platform(self):
+        """The embedded platform this Api reads and writes (`pipeline.platform.Platform`)."""
+        return self._platform
+
     def __repr__(self) -> str:
         return f"Api(data_dir={str(self.data_dir)!r})"

@@ -1,4 +1,4 @@
-"""YAML pipelines: the schema of SPEC.md (`model`, `input`, `predict`, `upload`, `output`, `ray`) in pydantic.
+"""YAML pipelines: the schema of the pipeline config (`model`, `input`, `predict`, `upload`, `output`, `ray`) in pydantic.
 
     cfg = load_config("configs/predict_directory.yaml", overrides=["predict.batch_size=8"])
     model = deploy(api, cfg)                       # pipeline/app/runner.py: the one path shared with the CLI
@@ -170,7 +170,7 @@ class InputSection(_Section):
 
 
 class VideoParams(_Section):
-    """Which frames of a video (SPEC "Video"); a key left out keeps the video stage's default."""
+    """Which frames of a video (docs/video.md); a key left out keeps the video stage's default."""
 
     stride: PositiveInt | None = None
     start_frame: int | None = Field(default=None, ge=0)
@@ -212,7 +212,7 @@ class PredictSection(_Section):
         return v
 
 
-# The settings predict() reads besides the model's own (SPEC.md, docs/api.md): the upload's merge threshold and the
+# The settings predict() reads besides the model's own (docs/api.md): the upload's merge threshold and the
 # loaders' limits. The model's are DEFAULT_SETTINGS (conf, iou, max_det) plus whatever `default_settings` an
 # adapter declares (its model-specific keys).
 PIPELINE_SETTINGS = ("iou_merge_threshold", "max_pixels", "url_timeout")

@@ -331,7 +331,7 @@ def precheck(api: Api, kwargs: dict[str, Any]) -> None:
         try:
             # What resolving says on stderr (a video damaged part way) the run says again when it resolves.
             with contextlib.redirect_stderr(io.StringIO()):
-                resolve_source(args, api._platform)
+                resolve_source(args, api.platform)
         except FormatError as exc:
             raise InvalidArgumentError(str(exc)) from None
     if args.output:

@@ -144,6 +144,11 @@ class Model:
         self._handles: list | None = None
 
     @property
+    def api(self) -> Api:
+        """The `Api` this handle was made by (its platform is where uploads go)."""
+        return self._api
+
+    @property
     def task_id(self) -> int:
         return int(self._record["task_id"])
 
@@ -157,10 +162,10 @@ class Model:
 
     def _replicas(self) -> list:
         """Handles of the live replicas (a replica killed for good is left out)."""
-        return [h for h, _ in self._replicas_and_nodes()]
+        return [h for h, _ in self.replicas_and_nodes()]
 
-    def _replicas_and_nodes(self) -> list[tuple[Any, str | None]]:
-        """(handle, node id it was placed on) of each live replica, aligned."""
+    def replicas_and_nodes(self) -> list[tuple[Any, str | None]]:
+        """(actor handle, node id it was placed on) of each live replica: what a prediction run feeds."""
         import ray
 
         from pipeline.deploy.cluster import NAMESPACE

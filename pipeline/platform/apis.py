@@ -11,7 +11,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pipeline.exceptions import InvalidArgumentError, NotFoundError
 from pipeline.platform import ops
@@ -199,34 +199,29 @@ class ImageApi(_SubApi):
         ops.check_item_name(name, "image")
         with self._store.read() as conn:  # fail before copying anything when the target is wrong
             ops._item_dataset(conn, dataset_id, "images", name, "image")
-        tmp, sha256, size = self._stage(image, name)
-        try:
-            probe = media.probe_image(tmp, name)
-            self._store.commit_blob(tmp, sha256, probe.ext)
-        except BaseException:
-            self._store.discard(tmp)
-            raise
+        with self._stream(image, name) as src:
+            sha256, size, probe = self._store.store_blob(src, lambda tmp: media.probe_image(tmp, name))
         with self._store.write() as conn:
             image_id = ops.insert_image(conn, dataset_id, name, probe.width, probe.height, sha256, size, probe.ext)
             return self._image_info(ops.get_image_row(conn, image_id))
 
-    def _stage(self, image: Any, name: str) -> tuple[Path, str, int]:
+    def _stream(self, image: Any, name: str) -> BinaryIO:
+        """A binary stream of the image's file content (the caller closes it)."""
         import numpy as np
 
         from pipeline.platform import media
 
         if isinstance(image, (str, os.PathLike)):
             try:
-                with open(image, "rb") as f:
-                    return self._store.stage_file(f)
+                return open(image, "rb")  # noqa: SIM115 - the caller's `with` closes it
             except FileNotFoundError:
                 raise NotFoundError(f"image file {str(image)!r} does not exist") from None
             except IsADirectoryError:
                 raise InvalidArgumentError(f"image {name!r}: {str(image)!r} is a directory, not an image file") from None
         if isinstance(image, np.ndarray):
-            return self._store.stage_file(io.BytesIO(media.encode_array(image, name)))
+            return io.BytesIO(media.encode_array(image, name))
         if isinstance(image, (bytes, bytearray, memoryview)):
-            return self._store.stage_file(media.as_stream(image))
+            return media.as_stream(image)
         raise InvalidArgumentError(
             f"image {name!r}: expected a path, a uint8 array or bytes; got {type(image).__name__}"
         )
@@ -380,16 +375,11 @@ class VideoApi(_SubApi):
         with self._store.read() as conn:
             ops._item_dataset(conn, dataset_id, "videos", name, "video")
         try:
-            with open(path, "rb") as f:
-                tmp, sha256, size = self._store.stage_file(f)
+            f = open(path, "rb")  # noqa: SIM115 - closed below, after the blob is stored
         except FileNotFoundError:
             raise NotFoundError(f"video file {str(path)!r} does not exist") from None
-        try:
-            probe = media.probe_video(tmp, name)
-            self._store.commit_blob(tmp, sha256, probe.ext)
-        except BaseException:
-            self._store.discard(tmp)
-            raise
+        with f:
+            sha256, size, probe = self._store.store_blob(f, lambda tmp: media.probe_video(tmp, name))
         with self._store.write() as conn:
             video_id = ops.insert_video(conn, dataset_id, name, probe.frames_count, probe.fps, probe.width,
                                         probe.height, sha256, size, probe.ext)

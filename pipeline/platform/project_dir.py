@@ -127,18 +127,16 @@ def _prepare(store: Any, item: _Item, meta: ProjectMeta, project_type: str) -> N
     """Copy the item into the blob store, check it decodes, parse and check its annotation."""
     from pipeline.annotation import Annotation, VideoAnnotation
 
+    probe = media.probe_image if project_type == "images" else media.probe_video
     try:
-        with open(item.path, "rb") as f:
-            tmp, item.sha256, item.size = store.stage_file(f)
+        f = open(item.path, "rb")  # noqa: SIM115 - closed by the `with` below
     except OSError as exc:
         raise FormatError(f"{item.path}: cannot be read ({exc})") from None
-    try:
-        probe = media.probe_image if project_type == "images" else media.probe_video
-        item.probe = _wrap(item.path, probe, tmp, item.name)
-        store.commit_blob(tmp, item.sha256, item.probe.ext)
-    except BaseException:
-        store.discard(tmp)
-        raise
+    with f:
+        try:
+            item.sha256, item.size, item.probe = store.store_blob(f, lambda tmp: _wrap(item.path, probe, tmp, item.name))
+        except OSError as exc:
+            raise FormatError(f"{item.path}: cannot be read ({exc})") from None
     if item.ann_path is None:
         return
     data = _load_json(item.ann_path)

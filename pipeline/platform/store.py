@@ -27,15 +27,17 @@ import os
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from pipeline.exceptions import FormatError, InvalidArgumentError, PipelineError
 from pipeline.platform.infos import blob_path
 
 __all__ = ["BUSY_TIMEOUT_S", "SCHEMA_VERSION", "Store", "now"]
+
+P = TypeVar("P")
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 30.0  # a long import holds the write lock for seconds; other writers wait rather than fail
@@ -302,6 +304,19 @@ class Store:
     def discard(self, tmp: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+    def store_blob(self, src: BinaryIO, probe: Callable[[Path], P]) -> tuple[str, int, P]:
+        """Stage a stream, check it with `probe(tmp_path)` (which returns something with an `ext`, or raises),
+        and commit it under that extension: (sha256, size, what probe returned). Nothing is left behind when the
+        probe or the copy fails."""
+        tmp, sha256, size = self.stage_file(src)
+        try:
+            found = probe(tmp)
+            self.commit_blob(tmp, sha256, found.ext)
+        except BaseException:
+            self.discard(tmp)
+            raise
+        return sha256, size, found
 
 
 def _translate(exc: sqlite3.Error, db_path: Path) -> PipelineError:

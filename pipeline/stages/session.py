@@ -107,7 +107,7 @@ class PredictionSession:
         loader = None
         try:
             model, args = self.model, self.args
-            pairs = model._replicas_and_nodes()
+            pairs = model.replicas_and_nodes()
             img_size = args.img_size or _spec_size(model.spec.img_size)
             batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(model.device, 4)
             settings = dict(args.settings)
@@ -247,7 +247,7 @@ def _spec_size(size: Any) -> tuple[int, int] | None:
 def start_session(model: Model, input: Any = None, **kwargs: Any) -> PredictionSession:  # noqa: A002
     """Validate everything, then start the run. Raises `ValueError`s before any work."""
     args = _args.normalize({"input": input, **kwargs}, model_classes=model.classes)
-    platform = model._api._platform
+    platform = model.api.platform
     plan = resolve_source(args, platform)
     uploader = None
     if args.upload is not None or args.output:

@@ -1,5 +1,5 @@
 """Every input kind of predict(): boxes equal a direct model call on the same decoded image, and the
-Prediction's source fields are set as SPEC.md's table says."""
+Prediction's source fields are set as docs/api.md's table says."""
 
 from __future__ import annotations
 

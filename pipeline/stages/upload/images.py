@@ -55,21 +55,15 @@ class ImageTarget(Target):
             info = self.platform.image.get(p.image_id)
             return (info.hash, info.size, info.ext, info.width, info.height)
         if p.image is not None:
-            data = media.encode_array(p.image, p.name or "image.png")
-            tmp, sha, size = self.store.stage_file(io.BytesIO(data))
+            src = io.BytesIO(media.encode_array(p.image, p.name or "image.png"))
         elif p.image_path is not None:
-            with open(p.image_path, "rb") as f:
-                tmp, sha, size = self.store.stage_file(f)
+            src = open(p.image_path, "rb")  # noqa: SIM115 - closed by the `with` below
         elif p.image_url is not None:
-            tmp, sha, size = self.store.stage_file(io.BytesIO(fetch_url(p.image_url)))
+            src = io.BytesIO(fetch_url(p.image_url))
         else:
             raise InvalidArgumentError("the item has no image to store")
-        try:
-            probe = media.probe_image(tmp, p.name or "image")
-            self.store.commit_blob(tmp, sha, probe.ext)
-        except BaseException:
-            self.store.discard(tmp)
-            raise
+        with src:
+            sha, size, probe = self.store.store_blob(src, lambda tmp: media.probe_image(tmp, p.name or "image"))
         return (sha, size, probe.ext, probe.width, probe.height)
 
     def before_units(self, conn: Any, todo: list[Prediction], metas: dict[int, Any]) -> dict[int, str]:

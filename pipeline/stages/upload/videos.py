@@ -90,13 +90,7 @@ class VideoTarget(Target):
             raise InvalidArgumentError("the prediction has no video file to store")
         name = os.path.basename(path)
         with open(path, "rb") as f:
-            tmp, sha, size = self.store.stage_file(f)
-        try:
-            probe = media.probe_video(tmp, name)
-            self.store.commit_blob(tmp, sha, probe.ext)
-        except BaseException:
-            self.store.discard(tmp)
-            raise
+            sha, size, probe = self.store.store_blob(f, lambda tmp: media.probe_video(tmp, name))
         return (name, probe.frames_count, probe.fps, probe.width, probe.height, sha, size, probe.ext)
 
     def _video_id(self, conn: Any, p: Prediction) -> int:
