@@ -37,13 +37,15 @@ class DirectModel:
         self.adapter.load(ckpt.state_dict)
 
     def __call__(self, images: list[np.ndarray], settings: dict | None = None, img_size=None):
-        """Outputs for HWC RGB uint8 `images`; `img_size` (h, w) resizes them first as the loading stage does."""
+        """Outputs for HWC RGB uint8 `images`; an (h, w) `img_size` resizes them first as the loading stage does,
+        an int is the model's own fitting rule."""
         from workers.decode import resize_to
 
         sizes = [tuple(img.shape[:2]) for img in images]
-        if img_size is not None:
-            images = [resize_to(img, tuple(img_size)) for img in images]
-        outs, _ = self.adapter.run(images, sizes, settings, input_resized=img_size is not None)
+        if isinstance(img_size, tuple | list):
+            img_size = tuple(img_size)
+            images = [resize_to(img, img_size) for img in images]
+        outs, _ = self.adapter.run(images, sizes, {**(settings or {}), "img_size": img_size})
         return outs
 
 

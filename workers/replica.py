@@ -86,7 +86,7 @@ class Replica:
             "images": self.images,
         }
 
-    def predict(self, batch: LoadedBatch, settings: dict[str, Any] | None = None, input_resized: bool = False) -> BatchResult:
+    def predict(self, batch: LoadedBatch, settings: dict[str, Any] | None = None) -> BatchResult:
         """Predict the images of `batch` that loaded; items that failed to load keep their error."""
         ok = [i for i, img in enumerate(batch.images) if img is not None]
         outputs: list[ModelOutput] = [
@@ -97,7 +97,7 @@ class Replica:
             images = [batch.images[i] for i in ok]
             sizes = [batch.orig_sizes[i] for i in ok]
             try:
-                results, seconds = self.adapter.run(images, sizes, settings, input_resized=input_resized)
+                results, seconds = self.adapter.run(images, sizes, settings)
             except Exception as exc:  # a model error fails this batch's items, not the replica
                 msg = f"model error: {type(exc).__name__}: {exc}"
                 traceback.print_exc()

@@ -212,18 +212,12 @@ class PredictSection(_Section):
         return v
 
 
-# The settings predict() reads besides the model's own (docs/api.md): the upload's merge threshold and the
-# loaders' limits. The model's are DEFAULT_SETTINGS (conf, iou, max_det) plus whatever `default_settings` an
-# adapter declares (its model-specific keys).
-PIPELINE_SETTINGS = ("iou_merge_threshold", "max_pixels", "url_timeout")
-
-
 def known_settings() -> list[str]:
     """The keys `predict.settings` may hold: the model settings (conf, iou, max_det), every registered adapter's
     `default_settings`, and the pipeline's own (iou_merge_threshold, max_pixels, url_timeout)."""
     from workers.models import DEFAULT_SETTINGS, get_adapter, list_frameworks
 
-    keys = [*_args.SETTING_ALIASES, *DEFAULT_SETTINGS, *PIPELINE_SETTINGS]
+    keys = [*_args.SETTING_ALIASES, *DEFAULT_SETTINGS, *_args.PIPELINE_SETTINGS]
     for framework in list_frameworks():  # imports the adapters' modules, not their frameworks (no torch)
         keys.extend(get_adapter(framework).default_settings)
     return list(dict.fromkeys(keys))

@@ -157,6 +157,13 @@ class Model:
         return list(self.spec.classes)
 
     @property
+    def settings_keys(self) -> list[str]:
+        """The `settings` keys this model's adapter takes (besides the pipeline's own)."""
+        from workers.models import get_adapter
+
+        return list(get_adapter(self.spec.framework).default_settings)
+
+    @property
     def device(self) -> str:
         return self._record["device"]
 

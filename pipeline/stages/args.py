@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import collections
 import difflib
+import math
 import numbers
 import operator
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +19,7 @@ from pipeline.exceptions import InvalidArgumentError
 from pipeline.stages.video_params import check_video_params
 from workers.formats import is_url
 
-__all__ = ["ALIASES", "DEFAULT_IOU_MERGE_THRESHOLD", "PredictArgs", "UPLOAD_MODES", "abs_path", "as_int",
+__all__ = ["ALIASES", "DEFAULT_IOU_MERGE_THRESHOLD", "PIPELINE_SETTINGS", "PredictArgs", "UPLOAD_MODES", "abs_path", "as_int",
            "describe_input", "normalize", "parse_img_size"]
 
 UPLOAD_MODES = ("create", "append", "replace", "iou_merge")
@@ -26,6 +28,8 @@ ID_SOURCES = ("project_id", "dataset_id", "image_ids", "video_id")
 # Released Supervisely SDK names accepted as aliases: alias -> canonical.
 ALIASES = {"image_id": "image_ids", "upload_mode": "upload"}
 SETTING_ALIASES = ("conf", "iou", "max_det")
+# The settings predict() reads besides the model's own: the upload's merge threshold and the loaders' limits.
+PIPELINE_SETTINGS = ("iou_merge_threshold", "max_pixels", "url_timeout")
 DEFAULT_IOU_MERGE_THRESHOLD = 0.9
 
 KNOWN = (
@@ -43,7 +47,7 @@ class PredictArgs:
     video_id: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     batch_size: int | None = None
-    img_size: tuple[int, int] | None = None
+    img_size: int | tuple[int, int] | None = None
     classes: list[str] | None = None
     upload: str | None = None
     recursive: bool = False
@@ -80,15 +84,16 @@ def _int_id(name: str, value: Any) -> int:
     return n
 
 
-def parse_img_size(value: Any) -> tuple[int, int] | None:
-    """None -> None; int n -> (n, n); (h, w) -> (h, w). Anything else is an error."""
+def parse_img_size(value: Any) -> int | tuple[int, int] | None:
+    """None -> None; an int n stays n (a square side the image is fitted into, aspect kept, the framework's own
+    way); (h, w) -> (h, w) (an exact size). Anything else is an error."""
     if value is None:
         return None
     n = as_int(value)
     if n is not None:
         if n < 1:
             raise InvalidArgumentError(f"img_size must be positive; got {value!r}")
-        return (n, n)
+        return n
     if isinstance(value, list | tuple) and len(value) == 2:
         h, w = as_int(value[0]), as_int(value[1])
         if h is not None and w is not None and h > 0 and w > 0:
@@ -96,17 +101,26 @@ def parse_img_size(value: Any) -> tuple[int, int] | None:
     raise InvalidArgumentError(f"img_size must be an int (square side) or (height, width) of positive ints; got {value!r}")
 
 
-def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None) -> PredictArgs:
-    """Check and normalise predict() keyword arguments. Raises `InvalidArgumentError` (a ValueError)."""
+def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None,
+              model_settings: Iterable[str] | None = None) -> PredictArgs:
+    """Check and normalise predict() keyword arguments. Raises `InvalidArgumentError` (a ValueError).
+
+    `model_classes` and `model_settings` (the setting keys the model's adapter declares) make unknown class names
+    and unknown settings errors."""
     kw, settings = _unalias(kwargs)
     args = PredictArgs(**kw)
     args.settings = settings
     _check_source(args)
     args.batch_size = _positive("batch_size", args.batch_size)
     args.max_in_flight = _positive("max_in_flight", args.max_in_flight)
+    _check_settings(settings, model_settings)
+    if "img_size" in settings:  # also a setting (as in the Ultralytics and Supervisely APIs): one value only
+        if args.img_size is not None and parse_img_size(args.img_size) != parse_img_size(settings["img_size"]):
+            raise InvalidArgumentError(f"img_size given twice: img_size={args.img_size!r} and "
+                                       f"settings['img_size']={settings['img_size']!r}")
+        args.img_size = settings.pop("img_size")
     args.img_size = parse_img_size(args.img_size)
     args.classes = _check_classes(args.classes, model_classes)
-    _check_settings(settings)
     _check_upload(args)
     if not isinstance(args.recursive, bool):
         raise InvalidArgumentError(f"recursive must be True or False; got {args.recursive!r}")
@@ -234,13 +248,28 @@ def _refuse_repeats(args: PredictArgs) -> None:
         )
 
 
-def _check_settings(settings: dict[str, Any]) -> None:
+def _check_settings(settings: dict[str, Any], allowed: Iterable[str] | None = None) -> None:
+    """The values of the settings the pipeline knows (numbers in range, finite); with `allowed` (the model's
+    settings), any other key is an error, with a did-you-mean."""
+    if allowed is not None:
+        known = list(dict.fromkeys([*allowed, *PIPELINE_SETTINGS]))
+        unknown = [k for k in settings if k not in known]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(str(k), known, n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise InvalidArgumentError(f"unknown setting(s) {', '.join(hints)}: this model takes "
+                                       f"{', '.join(known)}")
+
     def number(key: str, lo: float, hi: float, lo_open: bool = False) -> None:
         if key not in settings:
             return
         v = settings[key]
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise InvalidArgumentError(f"settings[{key!r}] must be a number; got {v!r}")
+        if not math.isfinite(v):  # NaN passes every comparison; an infinite value is no threshold or timeout
+            raise InvalidArgumentError(f"settings[{key!r}] must be a finite number; got {v!r}")
         if (v <= lo if lo_open else v < lo) or v > hi:
             bracket = "(" if lo_open else "["
             raise InvalidArgumentError(f"settings[{key!r}] must be in {bracket}{lo:g}, {hi:g}]; got {v!r}")
@@ -248,7 +277,7 @@ def _check_settings(settings: dict[str, Any]) -> None:
     number("conf", 0.0, 1.0)
     number("iou", 0.0, 1.0)
     number("iou_merge_threshold", 0.0, 1.0, lo_open=True)
-    number("url_timeout", 0.0, float("inf"), lo_open=True)
+    number("url_timeout", 0.0, math.inf, lo_open=True)
     for key in ("max_det", "max_pixels"):
         if key in settings:
             v = as_int(settings[key])

@@ -131,16 +131,15 @@ class ReplicaPool:
 class RayExecutor:
     """`Executor` on Ray: loading tasks (or reader calls) placed on the replica's node, replica actor calls."""
 
-    def __init__(self, replicas: list[Any], nodes: list[str | None], settings: dict[str, Any], input_resized: bool):
+    def __init__(self, replicas: list[Any], nodes: list[str | None], settings: dict[str, Any]):
         self.replicas = list(replicas)
         self.nodes = list(nodes) + [None] * (len(replicas) - len(nodes))
         self.settings = settings
-        self.input_resized = input_resized
 
     def submit(self, batch: Batch, replica: int) -> Any:
         if batch.load_ref is None:
             batch.load_ref = batch.submit(self.nodes[replica])
-        return self.replicas[replica].predict.remote(batch.load_ref, self.settings, self.input_resized)
+        return self.replicas[replica].predict.remote(batch.load_ref, self.settings)
 
     def wait(self, handles: list[Any], timeout: float) -> list[Any]:
         import ray

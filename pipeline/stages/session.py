@@ -110,15 +110,16 @@ class PredictionSession:
             pairs = model.replicas_and_nodes()
             img_size = args.img_size or _spec_size(model.spec.img_size)
             batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(model.device, 4)
-            settings = dict(args.settings)
+            settings = {**args.settings, "img_size": img_size}
             if self.uploader is not None:
                 self.uploader.start(self._emit)
-            loader = make_loader(self.plan, img_size, settings)
+            # Only an exact (h, w) size is applied while decoding; an int is the model's own fitting rule, done in
+            # the replica (docs/api.md, "img_size").
+            loader = make_loader(self.plan, img_size if isinstance(img_size, tuple) else None, settings)
             items = loader.items(self.plan.iter_items())
             if self.uploader is not None:
                 items = self.uploader.filter_done(items)
-            executor = RayExecutor([h for h, _ in pairs], [n for _, n in pairs], settings,
-                                   input_resized=img_size is not None)
+            executor = RayExecutor([h for h, _ in pairs], [n for _, n in pairs], settings)
             self.scheduler = Scheduler(executor, len(pairs), args.max_in_flight or DEFAULT_MAX_IN_FLIGHT,
                                        stop_event=self._stop)
             self._message = "predicting"
@@ -240,13 +241,14 @@ class PredictionSession:
         return f"PredictionSession({s['done']}/{s['total']} done, {s['failed']} failed, {s['message']})"
 
 
-def _spec_size(size: Any) -> tuple[int, int] | None:
+def _spec_size(size: Any) -> int | tuple[int, int] | None:
     return _args.parse_img_size(list(size) if isinstance(size, tuple) else size)
 
 
 def start_session(model: Model, input: Any = None, **kwargs: Any) -> PredictionSession:  # noqa: A002
     """Validate everything, then start the run. Raises `ValueError`s before any work."""
-    args = _args.normalize({"input": input, **kwargs}, model_classes=model.classes)
+    args = _args.normalize({"input": input, **kwargs}, model_classes=model.classes,
+                           model_settings=model.settings_keys)
     platform = model.api.platform
     plan = resolve_source(args, platform)
     uploader = None

@@ -66,7 +66,7 @@ def test_aliases_and_defaults():
     a = _args.normalize({"image_id": 5, "upload_mode": "append", "conf": 0.4, "iou": 0.6}, ["a"])
     assert a.image_ids == [5] and a.upload == "append" and a.settings == {"conf": 0.4, "iou": 0.6}
     b = _args.normalize({"input": IMG, "img_size": 320}, ["a"])
-    assert b.img_size == (320, 320) and b.batch_size is None and b.upload is None
+    assert b.img_size == 320 and b.batch_size is None and b.upload is None  # an int: the model fits the image into it
     assert _args.normalize({"input": IMG, "img_size": [240, 320]}, ["a"]).img_size == (240, 320)
     # NumPy integers are integers; a repeated item is fine without an upload
     c = _args.normalize({"image_ids": [np.int64(3), np.int64(3)], "batch_size": np.int32(2),

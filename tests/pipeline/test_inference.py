@@ -34,7 +34,7 @@ def test_a_batch_that_kills_its_replica_fails_alone_and_the_replica_stays(ray_se
     from workers.messages import BatchResult, ModelOutput
 
     class Fragile:  # a replica that dies on an image whose first pixel is 255
-        def predict(self, batch, settings, resized):
+        def predict(self, batch, settings):
             if any(img is not None and img[0, 0, 0] == 255 for img in batch.images):
                 os._exit(1)
             return BatchResult(list(batch.indices), [ModelOutput.empty() for _ in batch.indices],
@@ -57,7 +57,7 @@ def test_a_batch_that_kills_its_replica_fails_alone_and_the_replica_stays(ray_se
         for idx, out in zip(result.indices, result.outputs):
             results[idx] = out.error
 
-    scheduler = Scheduler(RayExecutor([replica], [None], {}, input_resized=False), 1, max_in_flight=2)
+    scheduler = Scheduler(RayExecutor([replica], [None], {}), 1, max_in_flight=2)
     scheduler.run(ImageLoader(None, {}).batches(iter(items), 2), on_result)
     assert sorted(results) == list(range(n))  # every item answered, the run went on
     failed = sorted(i for i, e in results.items() if e)

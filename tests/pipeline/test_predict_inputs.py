@@ -145,8 +145,7 @@ def test_img_size_int_and_tuple_boxes_in_original_pixels(tiny_model, direct_tiny
     img = read_image_file(str(path))
     for size in (64, (48, 80)):
         [p] = tiny_model.predict(input=path, img_size=size, settings=S, progress=False)
-        hw = (size, size) if isinstance(size, int) else size
-        _check([p], [img], direct_tiny, img_size=hw)
+        _check([p], [img], direct_tiny, img_size=size)  # an int: fitted the model's way; a tuple: exact
         assert p.orig_size == (90, 120)
         assert (p.boxes[:, 0::2] <= 120).all() and (p.boxes[:, 1::2] <= 90).all()
 
@@ -167,7 +166,7 @@ def test_instance_masks_in_original_pixels(ray_session, api, tiny_mask_checkpoin
         [path] = write_images(tmp_path, 1, size=(80, 100))
         img = read_image_file(str(path))
         [p] = model.predict(input=path, img_size=64, settings=S, progress=False)
-        [out] = DirectModel(Path(tiny_mask_checkpoint))([img], S, img_size=(64, 64))
+        [out] = DirectModel(Path(tiny_mask_checkpoint))([img], S, img_size=64)
         keep = out.masks.reshape(len(out.masks), -1).any(axis=1)  # empty masks are dropped
         assert p.masks.shape == (int(keep.sum()), 80, 100)
         np.testing.assert_array_equal(p.masks, out.masks[keep])

@@ -81,7 +81,6 @@ def test_variable_frame_rate_indices_follow_presentation_order(tiny_model, clips
 
 def test_boxes_equal_a_direct_model_call_on_the_decoded_frame(tiny_model, tiny_checkpoint, clips):
     """The pipeline's boxes for frame f equal the adapter run in-process on frame f (resized the same way)."""
-    from workers.decode import resize_to
     from workers.models import get_adapter
     from workers.models.checkpoint import load_checkpoint
 
@@ -94,7 +93,7 @@ def test_boxes_equal_a_direct_model_call_on_the_decoded_frame(tiny_model, tiny_c
     for p in preds:
         frame = p.load_image()
         assert frame_number(frame) == p.frame_idx
-        (out,), _ = adapter.run([np.array(resize_to(frame, (IMG, IMG)))], [frame.shape[:2]], settings, input_resized=True)
+        (out,), _ = adapter.run([frame], [frame.shape[:2]], {**settings, "img_size": IMG})
         assert len(p) == len(out.boxes) > 0
         np.testing.assert_allclose(p.boxes, out.boxes, atol=1e-3)
         np.testing.assert_allclose(p.scores, out.scores, atol=1e-5)

@@ -23,16 +23,36 @@ import numpy as np
 from pipeline.exceptions import ModelLoadError
 from workers.messages import ModelOutput
 
-__all__ = ["BUILTIN_ADAPTERS", "DEFAULT_SETTINGS", "ModelAdapter", "ModelSpec", "get_adapter", "list_frameworks",
-           "register_adapter"]
+__all__ = ["BUILTIN_ADAPTERS", "DEFAULT_SETTINGS", "TASK_ALIASES", "TASK_TYPES", "ModelAdapter", "ModelSpec",
+           "get_adapter", "list_frameworks", "normalize_task_type", "register_adapter", "rescale_output"]
 
 # Batches arrive as read-only arrays mapped from Ray's object store; adapters only read them (copy to the device,
 # convert to float), so torch's warning about non-writable arrays is noise.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 # conf 0.25 / max_det 100: the usual detector defaults (YOLO, Supervisely serving apps). iou None keeps the
-# model's own NMS threshold (what it was trained and evaluated with) unless the caller sets one.
-DEFAULT_SETTINGS: dict[str, Any] = {"conf": 0.25, "iou": None, "max_det": 100}
+# model's own NMS threshold (what it was trained and evaluated with) unless the caller sets one. img_size None
+# keeps the input size the model was saved with (the spec's), else the framework's own default.
+DEFAULT_SETTINGS: dict[str, Any] = {"conf": 0.25, "iou": None, "max_det": 100, "img_size": None}
+
+TASK_TYPES = ("detection", "instance_segmentation", "semantic_segmentation", "pose", "classification")
+# The Supervisely SDK's names of the same tasks (what checkpoints written by tools that follow it say).
+TASK_ALIASES = {
+    "object detection": "detection",
+    "instance segmentation": "instance_segmentation",
+    "semantic segmentation": "semantic_segmentation",
+    "pose estimation": "pose",
+}
+
+
+def normalize_task_type(task_type: Any) -> str | None:
+    """Our name of a task type, given ours or the Supervisely SDK's ("object detection" -> "detection"); None when
+    it is neither."""
+    if not isinstance(task_type, str):
+        return None
+    name = task_type.strip()
+    name = TASK_ALIASES.get(name.lower(), name)
+    return name if name in TASK_TYPES else None
 
 
 @dataclass
@@ -71,10 +91,14 @@ class ModelAdapter(abc.ABC):
     framework: ClassVar[str] = ""
     default_settings: ClassVar[dict[str, Any]] = DEFAULT_SETTINGS
 
+    # True when `postprocess` maps outputs to `orig_sizes` itself; else they are in the pixels of the images given
+    # and `run` scales them (an image the loading stage resized, to an exact (h, w) img_size, or decoded reduced).
+    outputs_in_original_pixels: ClassVar[bool] = False
+
     def __init__(self, spec: ModelSpec, device: str = "cpu"):
         self.spec = spec
         self.device = device
-        self.input_resized = False
+        self.call_settings: dict[str, Any] = {}
 
     # -- driver side ---------------------------------------------------------------------------------------
     @classmethod
@@ -120,11 +144,17 @@ class ModelAdapter(abc.ABC):
         orig_sizes: list[tuple[int, int]],
         settings: dict[str, Any],
     ) -> list[ModelOutput]:
-        """Raw outputs -> one `ModelOutput` per image, boxes and masks mapped from input to original pixels."""
+        """Raw outputs -> one `ModelOutput` per image, in the pixels of the images given (`input_sizes`), or of the
+        original images (`orig_sizes`) when the class sets `outputs_in_original_pixels`."""
 
     def settings_with_defaults(self, settings: dict[str, Any] | None) -> dict[str, Any]:
+        """The adapter's defaults, the call's settings over them; `img_size` None becomes the spec's."""
         merged = dict(self.default_settings)
         merged.update(settings or {})
+        if merged.get("img_size") is None:
+            merged["img_size"] = self.spec.img_size
+        if isinstance(merged["img_size"], list):
+            merged["img_size"] = tuple(merged["img_size"])
         return merged
 
     def run(
@@ -132,23 +162,50 @@ class ModelAdapter(abc.ABC):
         images: list[np.ndarray],
         orig_sizes: list[tuple[int, int]],
         settings: dict[str, Any] | None = None,
-        input_resized: bool = False,
     ) -> tuple[list[ModelOutput], float]:
-        """preprocess -> predict -> postprocess under `torch.inference_mode()`; returns outputs and seconds.
+        """preprocess -> predict -> postprocess under `torch.inference_mode()`; returns outputs in the pixels of
+        `orig_sizes` (the original images) and the seconds it took.
 
-        `input_resized`: the loading stage already brought the images to the requested input size, so the model
-        must not resize them again (`self.input_resized` tells `predict`).
+        `settings["img_size"]`: None (the spec's size, else the framework's default), an int (the image fitted into
+        a square of that side the framework's own way, aspect kept), or (h, w): an exact size, to which the
+        loading stage has already resized the images (the adapter takes them as they are).
         """
         import torch
 
         s = self.settings_with_defaults(settings)
-        self.input_resized = input_resized
+        self.call_settings = s  # what preprocess may need of this call's settings (e.g. img_size)
         t0 = time.perf_counter()
         with torch.inference_mode():
             batch = self.preprocess(images)
             raw = self.predict(batch, s)
-            outputs = self.postprocess(raw, [tuple(img.shape[:2]) for img in images], list(orig_sizes), s)
+            sizes = [tuple(img.shape[:2]) for img in images]
+            outputs = self.postprocess(raw, sizes, list(orig_sizes), s)
+        if not self.outputs_in_original_pixels:
+            outputs = [rescale_output(o, size, tuple(orig)) for o, size, orig in zip(outputs, sizes, orig_sizes)]
         return outputs, time.perf_counter() - t0
+
+
+def rescale_output(out: ModelOutput, size: tuple[int, int], orig: tuple[int, int]) -> ModelOutput:
+    """`out` from the pixels of an image of `size` (h, w) to those of the original image `orig`: boxes and
+    keypoints scaled, masks resized (nearest neighbour)."""
+    if tuple(size) == tuple(orig) or out.error is not None:
+        return out
+    (h, w), (oh, ow) = size, orig
+    sx, sy = ow / w, oh / h
+    boxes = out.boxes * np.array([sx, sy, sx, sy], np.float32) if len(out.boxes) else out.boxes
+    keypoints = out.keypoints
+    if keypoints is not None and len(keypoints):
+        keypoints = keypoints * np.array([sx, sy, 1.0], np.float32)
+    masks = out.masks
+    if masks is not None:
+        if len(masks):
+            rows = np.minimum((np.arange(oh) + 0.5) * h / oh, h - 1).astype(np.int64)
+            cols = np.minimum((np.arange(ow) + 0.5) * w / ow, w - 1).astype(np.int64)
+            masks = masks[:, rows][:, :, cols]
+        else:
+            masks = np.zeros((0, oh, ow), bool)
+    return ModelOutput(boxes=boxes.astype(np.float32), scores=out.scores, class_ids=out.class_ids, masks=masks,
+                       error=out.error, keypoints=keypoints, probs=out.probs)
 
 
 _ADAPTERS: dict[str, type[ModelAdapter]] = {}

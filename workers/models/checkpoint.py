@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.exceptions import CheckpointError, NotFoundError
+from workers.models.base import TASK_ALIASES, TASK_TYPES, normalize_task_type
 
 FORMAT = "pipeline-checkpoint/1"
-TASK_TYPES = ("detection", "instance_segmentation", "semantic_segmentation")
 REQUIRED_KEYS = ("format", "framework", "architecture", "task_type", "classes", "state_dict")
 
 __all__ = ["FORMAT", "TASK_TYPES", "Checkpoint", "read_bytes", "load_checkpoint", "parse_checkpoint", "save_checkpoint"]
@@ -124,8 +124,10 @@ def parse_checkpoint(data: bytes, uri: str = "<bytes>") -> Checkpoint:
     missing = [k for k in REQUIRED_KEYS if k not in obj]
     if missing:
         raise CheckpointError(f"{uri} lacks the keys {missing}")
-    if obj["task_type"] not in TASK_TYPES:
-        raise CheckpointError(f"{uri}: unknown task_type {obj['task_type']!r}; expected one of {list(TASK_TYPES)}")
+    task_type = normalize_task_type(obj["task_type"])
+    if task_type is None:
+        raise CheckpointError(f"{uri}: unknown task_type {obj['task_type']!r}; expected one of {list(TASK_TYPES)} "
+                              f"(or the Supervisely SDK's {list(TASK_ALIASES)})")
     classes = obj["classes"]
     if not isinstance(classes, list | tuple) or not all(isinstance(c, str) for c in classes) or not classes:
         raise CheckpointError(f"{uri}: classes must be a non-empty list of strings")
@@ -139,7 +141,7 @@ def parse_checkpoint(data: bytes, uri: str = "<bytes>") -> Checkpoint:
     return Checkpoint(
         framework=str(obj["framework"]),
         architecture=str(obj["architecture"]),
-        task_type=str(obj["task_type"]),
+        task_type=task_type,
         classes=[str(c) for c in classes],
         img_size=_normalise_img_size(obj.get("img_size")),
         arch_kwargs=dict(obj.get("arch_kwargs") or {}),
@@ -176,8 +178,10 @@ def save_checkpoint(
     """
     import torch
 
-    if task_type not in TASK_TYPES:
-        raise ValueError(f"task_type must be one of {list(TASK_TYPES)}; got {task_type!r}")
+    if normalize_task_type(task_type) is None:
+        raise ValueError(f"task_type must be one of {list(TASK_TYPES)} (or the Supervisely SDK's "
+                         f"{list(TASK_ALIASES)}); got {task_type!r}")
+    task_type = normalize_task_type(task_type)
     state_dict = model.state_dict() if hasattr(model, "state_dict") else dict(model)
     state_dict = {
         k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())

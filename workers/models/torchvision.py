@@ -95,7 +95,17 @@ def _weights_only_downloads():
 
 @register_adapter("torchvision")
 class TorchvisionAdapter(ModelAdapter):
-    """torchvision detection (Faster R-CNN, RetinaNet, FCOS, SSD, SSDlite), Mask R-CNN and DeepLabV3/FCN/LRASPP."""
+    """torchvision detection (Faster R-CNN, RetinaNet, FCOS, SSD, SSDlite), Mask R-CNN and DeepLabV3/FCN/LRASPP.
+
+    `img_size`: None keeps the model's own transform (e.g. min_size=800, max_size=1333); an int fits the image
+    into a square of that side the model's own way: detectors' transform with min_size = max_size = side (aspect
+    kept; SSD's fixed size becomes side x side, its own rule), semantic segmentation resized so its shorter side is
+    `side` (torchvision's `SemanticSegmentation` preset); a (h, w) tuple arrives resized to exactly that by the
+    loading stage and the model's resize is switched off.
+    """
+
+    # masks are interpolated as probabilities at the original size, finer than resizing the thresholded masks
+    outputs_in_original_pixels = True
 
     # -- driver side ---------------------------------------------------------------------------------------
     @classmethod
@@ -123,6 +133,7 @@ class TorchvisionAdapter(ModelAdapter):
 
     @classmethod
     def validate_spec(cls, spec: ModelSpec) -> None:
+        _num_classes_kwargs(spec)
         small = _small_architectures()
         expected = task_type_of(spec.architecture) if spec.architecture in small else None
         expected = expected or builtin_architectures().get(spec.architecture)
@@ -182,11 +193,12 @@ class TorchvisionAdapter(ModelAdapter):
                     "to move it), or deploy a checkpoint file instead."
                 ) from None
         num_classes = len(spec.classes) + 1
+        arch_kwargs = _num_classes_kwargs(spec)
         try:
             if spec.architecture in small:
-                model = small[spec.architecture](num_classes=num_classes, **spec.arch_kwargs)
+                model = small[spec.architecture](num_classes=num_classes, **arch_kwargs)
             else:
-                kwargs = {"weights": None, "weights_backbone": None, **spec.arch_kwargs}
+                kwargs = {"weights": None, "weights_backbone": None, **arch_kwargs}
                 model = get_model(spec.architecture, num_classes=num_classes, **kwargs)
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"arch_kwargs {spec.arch_kwargs} do not fit {spec.architecture!r}: {exc}") from None
@@ -224,15 +236,24 @@ class TorchvisionAdapter(ModelAdapter):
         if hasattr(target, "detections_per_img"):
             target.detections_per_img = max_det
 
-    def _set_resize(self, enabled: bool) -> None:
-        # When the loading stage already resized the images to img_size, the model must take them as they are;
-        # otherwise its own transform (e.g. min_size=800) decides.
-        if self._transform is None:
+    def _set_input_size(self, img_size: int | tuple[int, int] | None) -> None:
+        """The model's transform for this call (see the class docstring)."""
+        t = self._transform
+        if t is None:
             return
-        if enabled:
-            self._transform.resize = self._original_resize
-        else:
-            self._transform.resize = lambda image, target=None: (image, target)
+        if not hasattr(self, "_own_size"):
+            self._own_size = (t.min_size, t.max_size, getattr(t, "fixed_size", None))
+        t.resize = self._original_resize
+        t.min_size, t.max_size, fixed = self._own_size
+        if hasattr(t, "fixed_size"):
+            t.fixed_size = fixed
+        if isinstance(img_size, tuple):  # resized by the loading stage: taken as it is
+            t.resize = lambda image, target=None: (image, target)
+        elif isinstance(img_size, int):
+            if fixed is not None:  # SSD: its own rule is a fixed square
+                t.fixed_size = (img_size, img_size)
+            else:
+                t.min_size, t.max_size = (img_size,), img_size
 
     def preprocess(self, images: list[np.ndarray]) -> Any:
         import torch
@@ -243,8 +264,8 @@ class TorchvisionAdapter(ModelAdapter):
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         out = []
         for img in images:
-            t = torch.from_numpy(np.ascontiguousarray(img)).to(self.device, non_blocking=True)
-            t = t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+            t = torch.from_numpy(np.ascontiguousarray(img)).to(self.device, non_blocking=True).permute(2, 0, 1)
+            t = _shorter_side(t, self.call_settings.get("img_size")).unsqueeze(0).float().div_(255.0)
             out.append((t - mean) / std)
         return out
 
@@ -258,7 +279,7 @@ class TorchvisionAdapter(ModelAdapter):
                 return list(self.model(torch.cat(batch))["out"])
             return [self.model(t)["out"][0] for t in batch]
         self._set_thresholds(settings)
-        self._set_resize(not self.input_resized)
+        self._set_input_size(settings.get("img_size"))
         return self.model(batch)
 
     def postprocess(self, raw, input_sizes, orig_sizes, settings) -> list[ModelOutput]:
@@ -329,3 +350,29 @@ class TorchvisionAdapter(ModelAdapter):
             class_ids=np.asarray(ids, np.int64)[order],
             masks=np.stack(masks)[order],
         )
+
+
+def _num_classes_kwargs(spec: ModelSpec) -> dict[str, Any]:
+    """`arch_kwargs` without `num_classes`, which the adapter passes itself (len(classes) + 1, the background
+    included): a checkpoint that records it (as training scripts that build the model with it do) must agree."""
+    kwargs = dict(spec.arch_kwargs)
+    if "num_classes" in kwargs:
+        given, expected = kwargs.pop("num_classes"), len(spec.classes) + 1
+        if given != expected:
+            raise ModelLoadError(
+                f"arch_kwargs num_classes={given!r} disagrees with the checkpoint's {len(spec.classes)} classes: a "
+                f"torchvision model of these classes has num_classes={expected} (the classes plus the background); "
+                "fix `classes` or `num_classes` in the checkpoint"
+            )
+    return kwargs
+
+
+def _shorter_side(image: Any, img_size: int | tuple[int, int] | None) -> Any:
+    """A (3, H, W) uint8 tensor resized so its shorter side is an int `img_size`, as torchvision's
+    `SemanticSegmentation(resize_size=...)` preset does (bilinear, antialiased, on the uint8 image); unchanged
+    otherwise."""
+    if not isinstance(img_size, int):
+        return image
+    from torchvision.transforms.functional import InterpolationMode, resize
+
+    return resize(image, [img_size], interpolation=InterpolationMode.BILINEAR, antialias=True)
