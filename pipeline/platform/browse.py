@@ -314,11 +314,13 @@ def page_images(conn: sqlite3.Connection, dataset_id: int, after: int = 0, limit
         rows = rows[:limit]
         last = rows[-1]["id"] if rows else None
         return ImagePage(rows, last if more else None, last)
+    # the window's last id, and whether any id follows it (else the dataset ends within this window)
     edge = conn.execute(
-        "SELECT id FROM images WHERE dataset_id = ? AND id > ? ORDER BY id LIMIT 1 OFFSET ?",
+        "SELECT id FROM images WHERE dataset_id = ? AND id > ? ORDER BY id LIMIT 2 OFFSET ?",
         (dataset_id, after, window - 1),
-    ).fetchone()
-    window_end = edge[0] if edge else None
+    ).fetchall()
+    window_end = edge[0][0] if edge else None
+    beyond = len(edge) > 1
     bound = " AND i.id <= ?" if window_end is not None else ""
     bargs = [window_end] if window_end is not None else []
     rows = conn.execute(
@@ -328,7 +330,7 @@ def page_images(conn: sqlite3.Connection, dataset_id: int, after: int = 0, limit
     if len(rows) > limit:
         rows = rows[:limit]
         return ImagePage(rows, rows[-1]["id"], rows[-1]["id"])
-    return ImagePage(rows, window_end, window_end)
+    return ImagePage(rows, window_end if beyond else None, window_end)
 
 
 def image_record(conn: sqlite3.Connection, image_id: int) -> dict[str, Any]:

@@ -9,7 +9,7 @@ triangle (any shape) with distinct colours, and the confidence tag.
     plain     no annotation
     existing  1 existing square polygon; an upload job failed on it                           -> has errors
     healed    1 existing circle bitmap; failed in a job, then uploaded by its resume          -> no errors
-    circles   2 existing circle bitmaps
+    pair      2 existing bitmaps (circle, triangle)
 Project "clips" (videos): dataset "cams", one 12-frame 96x64 video: a car track on frames 0..5 (rectangles that
 move 4 px per frame) and a predicted person (confidence 0.7) on frame 3.
 Upload jobs: "job-running" (iou_merge into shapes, running, 2 failed of which 1 healed), "job-done" (create).
@@ -35,15 +35,19 @@ def _background(seed: int) -> np.ndarray:
     return np.clip(base + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
-def _masks() -> dict[str, np.ndarray]:
+PAINT = {"circle": (236, 214, 140), "triangle": (225, 225, 232), "square": (150, 205, 210)}  # not the class colours
+
+
+def _masks(dx: int = 0, dy: int = 0) -> dict[str, np.ndarray]:
+    """Full-image masks of the three shapes, moved by (dx, dy) pixels (0, 0 for the "scene" image)."""
     from PIL import Image, ImageDraw
 
     h, w = SIZE
     out = {}
     for name, draw_it in (
-        ("circle", lambda d: d.ellipse([40, 50, 130, 140], fill=1)),
-        ("triangle", lambda d: d.polygon([(200, 40), (290, 170), (150, 170)], fill=1)),
-        ("square", lambda d: d.rectangle([60, 160, 130, 229], fill=1)),
+        ("circle", lambda d: d.ellipse([40 + dx, 50 + dy, 130 + dx, 140 + dy], fill=1)),
+        ("triangle", lambda d: d.polygon([(200 - dx, 40 + dy), (290 - dx, 170 + dy), (150 - dx, 170 + dy)], fill=1)),
+        ("square", lambda d: d.rectangle([60 + dx, 160 - dy, 130 + dx, 229 - dy], fill=1)),
     ):
         img = Image.new("L", (w, h), 0)
         draw_it(ImageDraw.Draw(img))
@@ -54,15 +58,24 @@ def _masks() -> dict[str, np.ndarray]:
 def _paint(seed: int, masks: dict[str, np.ndarray]) -> np.ndarray:
     img = _background(seed)
     for name, m in masks.items():
-        img[m] = [int(COLORS[name][i:i + 2], 16) * 0.8 for i in (1, 3, 5)]
+        img[m] = PAINT[name]
     return img
 
 
 def build(data_dir: Path, tmp: Path) -> dict[str, Any]:
     """Fill a platform in `data_dir` (videos written under `tmp`); returns the ids and expectations."""
     import pipeline
-    from pipeline.annotation import (CONFIDENCE_TAG, Annotation, Bitmap, Label, ObjClass, Polygon, ProjectMeta,
-                                     Rectangle, Tag)
+    from pipeline.annotation import (
+        CONFIDENCE_TAG,
+        Annotation,
+        Bitmap,
+        Label,
+        ObjClass,
+        Polygon,
+        ProjectMeta,
+        Rectangle,
+        Tag,
+    )
 
     api = pipeline.Api(data_dir=data_dir)
     classes = {n: ObjClass(n, "any_shape", c) for n, c in COLORS.items()}
@@ -72,8 +85,8 @@ def build(data_dir: Path, tmp: Path) -> dict[str, Any]:
     hard = api.dataset.create(project.id, "hard", parent_id=train.id)
     masks = _masks()
 
-    def bitmap(name: str) -> Label:
-        return Label(Bitmap.from_mask(masks[name]), classes[name])
+    def bitmap(name: str, m: dict[str, np.ndarray] = masks) -> Label:
+        return Label(Bitmap.from_mask(m[name]), classes[name])
 
     def square_polygon() -> Label:
         return Label(Polygon([(60, 160), (131, 160), (131, 230), (60, 230)]), classes["square"])
@@ -84,11 +97,13 @@ def build(data_dir: Path, tmp: Path) -> dict[str, Any]:
     scene = [bitmap("circle"), bitmap("triangle"), square_polygon(),
              predicted("circle", 0.92, (38, 48, 133, 143)), predicted("triangle", 0.35, (148, 38, 292, 172)),
              predicted("square", 0.15, (56, 156, 136, 234))]
-    plan = [("scene", scene), ("pred_only", [predicted("square", 0.8, (60, 160, 131, 230))]), ("plain", None),
-            ("existing", [square_polygon()]), ("healed", [bitmap("circle")]), ("circles", [bitmap("circle")] * 2)]
+    moved = _masks(12, 8)  # "healed" and "pair": the shapes moved, their objects with them
+    plan = [("scene", scene, masks), ("pred_only", [predicted("square", 0.8, (60, 160, 131, 230))], masks),
+            ("plain", None, masks), ("existing", [square_polygon()], masks), ("healed", [bitmap("circle", moved)], moved),
+            ("pair", [bitmap("circle", moved), bitmap("triangle", moved)], moved)]
     ids: dict[str, int] = {}
-    for i, (name, labels) in enumerate(plan):
-        info = api.image.upload(train.id, f"{name}.png", _paint(i, masks))
+    for i, (name, labels, painted) in enumerate(plan):
+        info = api.image.upload(train.id, f"{name}.png", _paint(i, painted))
         ids[name] = info.id
         if labels is not None:
             api.annotation.set(info.id, Annotation(SIZE, tuple(labels)))
@@ -116,8 +131,16 @@ def _write_video(path: Path, frames: int = 12) -> None:
 
 
 def _video_project(api: Any, tmp: Path) -> dict[str, Any]:
-    from pipeline.annotation import (CONFIDENCE_TAG, ObjClass, ProjectMeta, Rectangle, VideoAnnotation,
-                                     VideoFigure, VideoObject, VideoTag)
+    from pipeline.annotation import (
+        CONFIDENCE_TAG,
+        ObjClass,
+        ProjectMeta,
+        Rectangle,
+        VideoAnnotation,
+        VideoFigure,
+        VideoObject,
+        VideoTag,
+    )
 
     project = api.project.create("clips", type="videos")
     car_cls, person_cls = ObjClass("car", "rectangle", "#F58231"), ObjClass("person", "rectangle", "#911EB4")

@@ -54,11 +54,11 @@ async function load() {
     el("p", { class: "muted" }, el("span", { id: "shown" }), ` · ${predicted} predicted (dashed), ${data.objects.length - predicted} existing (solid)`));
   const raw = el("details", {}, el("summary", { text: "Raw annotation JSON" }),
     el("pre", { id: "raw", text: data.annotation ? JSON.stringify(data.annotation, null, 2) : "(no annotation)" }));
-  main().replaceChildren(
+  main().replaceChildren(...[
     el("h1", { text: img.name }),
     el("p", { class: "muted", text: `${img.width}×${img.height} px · ${img.ext} · ${img.size} bytes · id ${img.id}` }),
     neighbours(data), el("div", { class: "viewer" }, stage, controls), errorList(data.errors),
-    el("h2", { text: "Objects" }), data.objects.length ? table : el("p", { text: "No objects." }), raw);
+    el("h2", { text: "Objects" }), data.objects.length ? table : el("p", { text: "No objects." }), raw].filter(Boolean));
   vis.onChange();
   setStatus("");
   document.addEventListener("keydown", (e) => {

@@ -97,11 +97,11 @@ async function load() {
   const stage = el("div", { class: "stage" }, picture, overlay);
   stage.style.aspectRatio = `${v.width} / ${v.height}`;
   const buttons = el("div", { class: "buttons" },
-    el("button", { type: "button", onclick: () => jump(-1), text: "⏮ figures" }),
+    el("button", { type: "button", onclick: () => jump(-1), text: "« figures" }),
     el("button", { id: "prev-frame", type: "button", onclick: () => show(frame - 1), text: "‹ frame" }),
-    el("button", { id: "play", type: "button", onclick: play, text: "▶ / ❚❚" }),
+    el("button", { id: "play", type: "button", onclick: play, text: "play / pause" }),
     el("button", { id: "next-frame", type: "button", onclick: () => show(frame + 1), text: "frame ›" }),
-    el("button", { type: "button", onclick: () => jump(1), text: "figures ⏭" }), counter);
+    el("button", { type: "button", onclick: () => jump(1), text: "figures »" }), counter);
   const controls = el("div", { class: "controls" }, vis.slider(), vis.legend(data.classes),
     el("label", {}, trackBox, " colour by track (object key)"),
     el("p", { class: "muted", text: `${data.objects.length} objects${data.has_tracks ? " (tracks: on several frames)" : ""} · predicted ones dashed` }));
