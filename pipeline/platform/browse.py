@@ -238,19 +238,22 @@ def list_datasets(conn: sqlite3.Connection, project_id: int) -> list[dict[str, A
     return out
 
 
-def dataset_items(conn: sqlite3.Connection, dataset_id: int) -> dict[str, Any]:
-    """A dataset's record with its project (id, name, type, classes), `path` and `items` count."""
+def dataset_items(conn: sqlite3.Connection, dataset_id: int, count: bool = True) -> dict[str, Any]:
+    """A dataset's record with its project (id, name, type, classes), `path` and `items` count (None when not
+    `count`: counting walks the dataset's index, some milliseconds at 100,000 images)."""
     ds = ops.get_dataset_row(conn, dataset_id)
     project = ops.get_project_row(conn, ds["project_id"])
     table = "images" if project["type"] == "images" else "videos"
-    items = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE dataset_id = ?", (dataset_id,)).fetchone()[0]
+    items = None
+    if count:
+        items = int(conn.execute(f"SELECT COUNT(*) FROM {table} WHERE dataset_id = ?", (dataset_id,)).fetchone()[0])
     path, parent = [ds["name"]], ds["parent_id"]
     while parent is not None:
         prow = ops.get_dataset_row(conn, parent)
         path.insert(0, prow["name"])
         parent = prow["parent_id"]
     return {"id": ds["id"], "name": ds["name"], "parent_id": ds["parent_id"], "path": "/".join(path),
-            "items": int(items), "created_at": ds["created_at"],
+            "items": items, "created_at": ds["created_at"],
             "project": {"id": project["id"], "name": project["name"], "type": project["type"],
                         "classes": project_classes(project["meta"])}}
 

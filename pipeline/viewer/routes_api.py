@@ -146,7 +146,7 @@ def router(viewer: Any) -> Any:
         if any(not c or len(c) > 255 for c in cls):
             raise InvalidArgumentError("query parameter 'class': a class name is 1 to 255 characters")
         with viewer.store.read() as conn:
-            ds = browse.dataset_items(conn, dataset_id)
+            ds = browse.dataset_items(conn, dataset_id, count=False)
             if ds["project"]["type"] != "images":
                 raise InvalidArgumentError(f"dataset {dataset_id} holds videos: list them at /api/datasets/"
                                            f"{dataset_id}/videos")
@@ -168,7 +168,7 @@ def router(viewer: Any) -> Any:
             rec = browse.image_record(conn, image_id)
             prev_id, next_id = browse.image_neighbours(conn, image_id, rec["row"]["dataset_id"])
             errors = browse.item_errors(conn, f"image:{image_id}")
-            ds = browse.dataset_items(conn, rec["row"]["dataset_id"])
+            ds = browse.dataset_items(conn, rec["row"]["dataset_id"], count=False)
         ann = _ann(rec["ann"], f"image {image_id}")
         classes = ds["project"]["classes"]
         objects = annotation_objects(ann, class_colors(classes), full=True)
@@ -188,7 +188,7 @@ def router(viewer: Any) -> Any:
     def video(video_id: Id) -> dict[str, Any]:
         with viewer.store.read() as conn:
             rec = browse.video_record(conn, video_id)
-            ds = browse.dataset_items(conn, rec["row"]["dataset_id"])
+            ds = browse.dataset_items(conn, rec["row"]["dataset_id"], count=False)
             errors = browse.item_errors(conn, f"video:{video_id}:", prefix=True)
         ann = viewer.video_annotation(video_id) or {}
         classes = ds["project"]["classes"]
@@ -211,7 +211,7 @@ def router(viewer: Any) -> Any:
 
         with viewer.store.read() as conn:
             rec = browse.video_record(conn, video_id)
-            ds = browse.dataset_items(conn, rec["row"]["dataset_id"])
+            ds = browse.dataset_items(conn, rec["row"]["dataset_id"], count=False)
         n = int(rec["row"]["frames_count"])
         if frame >= n:
             raise NotFoundError(f"video {video_id} has frames 0..{n - 1}; there is no frame {frame}")

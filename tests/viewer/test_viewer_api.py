@@ -327,3 +327,27 @@ def test_serve_refuses_a_bad_port_and_builds_the_address():
         serve("/nonexistent", port=70000)
     assert viewer_url("0.0.0.0", 8000, "abc") == "http://0.0.0.0:8000/?token=abc"
     assert viewer_url("::1", 9000) == "http://[::1]:9000/"
+
+
+def test_serve_generates_a_token_for_a_non_loopback_host(viewer_data, monkeypatch):
+    """`serve` on 0.0.0.0 without a token makes one, builds the app with it and prints the address to open;
+    on 127.0.0.1 it needs none. (uvicorn's run is replaced: the test checks what serve hands it.)"""
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from pipeline.viewer import serve
+
+    served = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: served.append(self.config))
+    out = io.StringIO()
+    serve(viewer_data["data_dir"], host="0.0.0.0", port=8123, out=out)
+    printed = out.getvalue()
+    assert "http://0.0.0.0:8123/?token=" in printed and "generated token" in printed
+    token = printed.split("?token=")[1].split()[0]
+    assert len(token) >= 32 and (served[0].host, served[0].port) == ("0.0.0.0", 8123)
+    with TestClient(served[0].app, base_url="http://192.168.1.5:8123") as c:
+        assert c.get("/api/projects").status_code == 401
+        assert c.get("/api/projects", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    out = io.StringIO()
+    serve(viewer_data["data_dir"], out=out)
+    assert "open http://127.0.0.1:8000/\n" in out.getvalue() and served[1].host == "127.0.0.1"
