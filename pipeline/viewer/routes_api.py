@@ -114,9 +114,28 @@ def router(viewer: Any) -> Any:
     """The routes, bound to `viewer` (app.Viewer)."""
     from fastapi import APIRouter
 
+    api = APIRouter(prefix="/api")
+    _catalog_routes(api, viewer)
+    _image_routes(api, viewer)
+    _video_routes(api, viewer)
+    return api
+
+
+def _dataset_of_type(conn: Any, dataset_id: int, kind: str) -> dict[str, Any]:
+    """The dataset's record (no count); a dataset of the other kind is an `InvalidArgumentError` saying where to
+    look instead."""
+    from pipeline.exceptions import InvalidArgumentError
     from pipeline.platform import browse
 
-    api = APIRouter(prefix="/api")
+    ds = browse.dataset_items(conn, dataset_id, count=False)
+    if ds["project"]["type"] != kind:
+        other = "videos" if kind == "images" else "images"
+        raise InvalidArgumentError(f"dataset {dataset_id} holds {other}: list them at /api/datasets/{dataset_id}/{other}")
+    return ds
+
+
+def _catalog_routes(api: Any, viewer: Any) -> None:
+    from pipeline.platform import browse
 
     @api.get("/projects")
     def projects() -> dict[str, Any]:
@@ -135,6 +154,10 @@ def router(viewer: Any) -> Any:
         with viewer.store.read() as conn:
             return browse.dataset_items(conn, dataset_id)
 
+
+def _image_routes(api: Any, viewer: Any) -> None:
+    from pipeline.platform import browse
+
     @api.get("/datasets/{dataset_id}/images")
     def dataset_images(
         dataset_id: Id, after: After = 0, limit: Limit = 100,
@@ -146,21 +169,11 @@ def router(viewer: Any) -> Any:
         if any(not c or len(c) > 255 for c in cls):
             raise InvalidArgumentError("query parameter 'class': a class name is 1 to 255 characters")
         with viewer.store.read() as conn:
-            ds = browse.dataset_items(conn, dataset_id, count=False)
-            if ds["project"]["type"] != "images":
-                raise InvalidArgumentError(f"dataset {dataset_id} holds videos: list them at /api/datasets/"
-                                           f"{dataset_id}/videos")
+            ds = _dataset_of_type(conn, dataset_id, "images")
             page = browse.page_images(conn, dataset_id, after, limit, cls, predicted, errors)
         classes = class_colors(ds["project"]["classes"])
         return {"items": [_image_summary(r, classes) for r in page.rows], "next_after": page.next_after,
                 "scanned_to": page.scanned_to, "filtered": bool(cls) or predicted is not None or errors is not None}
-
-    @api.get("/datasets/{dataset_id}/videos")
-    def dataset_videos(dataset_id: Id, after: After = 0, limit: Limit = 100) -> dict[str, Any]:
-        with viewer.store.read() as conn:
-            rows, nxt = browse.page_videos(conn, dataset_id, after, limit)
-        items = [{**_video_info(r), "objects": r["objects_count"] or 0} for r in rows]
-        return {"items": items, "next_after": nxt}
 
     @api.get("/images/{image_id}")
     def image(image_id: Id) -> dict[str, Any]:
@@ -183,6 +196,18 @@ def router(viewer: Any) -> Any:
         with viewer.store.read() as conn:
             rec = browse.image_record(conn, image_id)
         return _ann(rec["ann"], f"image {image_id}")
+
+
+def _video_routes(api: Any, viewer: Any) -> None:
+    from pipeline.platform import browse
+
+    @api.get("/datasets/{dataset_id}/videos")
+    def dataset_videos(dataset_id: Id, after: After = 0, limit: Limit = 100) -> dict[str, Any]:
+        with viewer.store.read() as conn:
+            _dataset_of_type(conn, dataset_id, "videos")
+            rows, nxt = browse.page_videos(conn, dataset_id, after, limit)
+        items = [{**_video_info(r), "objects": r["objects_count"] or 0} for r in rows]
+        return {"items": items, "next_after": nxt}
 
     @api.get("/videos/{video_id}")
     def video(video_id: Id) -> dict[str, Any]:
@@ -217,5 +242,3 @@ def router(viewer: Any) -> Any:
             raise NotFoundError(f"video {video_id} has frames 0..{n - 1}; there is no frame {frame}")
         figures = frame_figures(viewer.video_annotation(video_id), frame, class_colors(ds["project"]["classes"]))
         return {"frame": frame, "figures": figures, "image_url": f"/api/videos/{video_id}/frames/{frame}/image"}
-
-    return api

@@ -212,6 +212,7 @@ def test_unknown_ids_are_404_with_a_message(client, url):
     ("/api/datasets/1/images?predicted=maybe", "predicted"),
     ("/api/datasets/1/images?class=", "class"),
     ("/api/datasets/3/images", "holds videos"),
+    ("/api/datasets/1/videos", "holds images"),
     ("/api/videos/1/frames/-1", "frame"),
     ("/api/runs?before=0", "before"),
 ])
@@ -351,3 +352,21 @@ def test_serve_generates_a_token_for_a_non_loopback_host(viewer_data, monkeypatc
     out = io.StringIO()
     serve(viewer_data["data_dir"], out=out)
     assert "open http://127.0.0.1:8000/\n" in out.getvalue() and served[1].host == "127.0.0.1"
+
+
+def test_an_unexpected_error_is_a_500_with_one_line_and_no_traceback(viewer_data, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from pipeline.platform import browse
+    from pipeline.viewer import create_app
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom at /secret/path")
+
+    monkeypatch.setattr(browse, "list_projects", broken)
+    with TestClient(create_app(viewer_data["data_dir"]), base_url="http://127.0.0.1",
+                    raise_server_exceptions=False) as c:
+        r = c.get("/api/projects")
+        assert r.status_code == 500 and r.json() == {
+            "detail": "internal error (RuntimeError); the server log has the details"}
+        assert c.get("/api/runs").status_code == 200  # and it goes on serving
