@@ -1,4 +1,4 @@
-"""Read queries for the web viewer (`pipeline.viewer`), and the two job-log tables the runs page reads.
+"""Read queries for the web viewer (`pipeline.viewer`); it writes nothing.
 
 Everything here takes an open connection (`store.read()`), like `ops`. Lists are keyset-paginated on ids
 (`WHERE id > :after ORDER BY id LIMIT n`, walking the `(dataset_id, id)` indexes), so the page after image 50,000
@@ -6,16 +6,10 @@ costs what the first page costs. Filters that must look inside the annotation JS
 SQLite's JSON functions over a bounded window of ids (`SCAN_WINDOW`) per call: a filter that matches rarely returns
 a short page with a cursor to continue from, instead of one slow request that scans a whole dataset.
 
-Job log (written by the upload stage, read by the runs page):
-
-    upload_job_errors  one row per item of a job that failed, with its error (the upload stage records it when the
-                       item's prediction carries an error: loading, inference or the upload itself). An item that
-                       a later resume of the job uploads is done, not failed (`upload_job_items` wins).
-    upload_job_runs    one row per start or resume of a job: when it started and ended, its state, how many items
-                       it was to process and how many earlier runs had done (skipped).
-
-The upload stage writes them with `record_upload_errors`, `start_upload_run`, `set_upload_run_total` and
-`finish_upload_run`; the tables are created by `create_job_log_tables` (idempotent).
+The runs come from the upload job tables, which `jobs` owns and the upload stage writes: `upload_jobs`,
+`upload_job_items` (done), `upload_job_errors` (failed) and `upload_job_runs` (each start or resume). A data dir
+without them (no upload yet, or made by an older version) shows no runs or no errors; the viewer never creates
+them.
 """
 
 from __future__ import annotations
@@ -23,20 +17,17 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from pipeline.exceptions import InvalidArgumentError, NotFoundError
-from pipeline.platform import ops
+from pipeline.exceptions import NotFoundError
+from pipeline.platform import jobs, ops
 
 __all__ = [
-    "JOB_LOG_TABLES",
     "RUN_STALE_S",
     "SCAN_WINDOW",
     "ImagePage",
-    "create_job_log_tables",
     "dataset_items",
-    "finish_upload_run",
     "get_run",
     "image_neighbours",
     "image_record",
@@ -48,10 +39,7 @@ __all__ = [
     "page_images",
     "page_videos",
     "project_classes",
-    "record_upload_errors",
     "run_errors",
-    "set_upload_run_total",
-    "start_upload_run",
     "video_annotation_if_changed",
     "video_record",
 ]
@@ -63,95 +51,15 @@ call stays near 50 ms however rarely the filter matches."""
 RUN_STALE_S = 600.0
 """A run still marked running whose job wrote nothing for this long is shown as interrupted (its process died)."""
 
-JOB_LOG_TABLES = """
-CREATE TABLE IF NOT EXISTS upload_job_errors (
-    job_id   TEXT NOT NULL REFERENCES upload_jobs(id) ON DELETE CASCADE,
-    item_key TEXT NOT NULL,              -- Item.key: "image:<id>", "video:<id>:<frame>", "file:<path>", "url:..."
-    error    TEXT NOT NULL,
-    at       REAL NOT NULL,              -- epoch seconds, as upload_jobs.created_at
-    PRIMARY KEY (job_id, item_key)
-) WITHOUT ROWID;
--- the grid's "has errors" filter looks an image's key up across all jobs
-CREATE INDEX IF NOT EXISTS upload_job_errors_key ON upload_job_errors (item_key);
-CREATE TABLE IF NOT EXISTS upload_job_runs (
-    job_id        TEXT NOT NULL REFERENCES upload_jobs(id) ON DELETE CASCADE,
-    run           INTEGER NOT NULL,      -- 1 for the first start, 2 for the first resume, ...
-    started_at    REAL NOT NULL,
-    ended_at      REAL,                  -- NULL while running, or when its process died
-    state         TEXT NOT NULL CHECK (state IN ('running', 'done', 'stopped', 'failed')),
-    items_total   INTEGER,               -- items this run processes (input minus skipped), once counted
-    items_skipped INTEGER NOT NULL DEFAULT 0,  -- items earlier runs had done, skipped by this one
-    message       TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (job_id, run)
-) WITHOUT ROWID
-"""
-
-_JOB_LOG_NAMES = ("upload_job_errors", "upload_job_errors_key", "upload_job_runs")
-_RUN_STATES = ("running", "done", "stopped", "failed")
-
-
-# ------------------------------------------------------------------------------------------------ job log (DDL)
-
 
 def job_log_ready(conn: sqlite3.Connection) -> bool:
-    """True when the job-log tables and their index exist (a read: the viewer checks before it writes DDL)."""
+    """True when the job-log tables and their index exist (written by uploads of this version on)."""
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
-    return all(n in names for n in _JOB_LOG_NAMES)
-
-
-def create_job_log_tables(conn: sqlite3.Connection) -> None:
-    """Create the job-log tables and index if missing; call inside `store.write()`."""
-    for statement in JOB_LOG_TABLES.split(";\n"):
-        if statement.strip():
-            conn.execute(statement)
+    return all(n in names for n in jobs.JOB_LOG_NAMES)
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
-
-
-# ---------------------------------------------------------------------------------------------- job log (writes)
-
-
-def record_upload_errors(conn: sqlite3.Connection, job_id: str, errors: Iterable[tuple[str, str]],
-                         at: float | None = None) -> int:
-    """Record failed items of a job: (item_key, error) pairs; an item that failed before gets the new error.
-    Returns how many were written. Call in the transaction that records the same group's done items."""
-    stamp = time.time() if at is None else float(at)
-    rows = [(job_id, str(key), str(error), stamp) for key, error in errors]
-    conn.executemany(
-        "INSERT INTO upload_job_errors (job_id, item_key, error, at) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (job_id, item_key) DO UPDATE SET error = excluded.error, at = excluded.at",
-        rows,
-    )
-    return len(rows)
-
-
-def start_upload_run(conn: sqlite3.Connection, job_id: str, skipped: int, total: int | None = None) -> int:
-    """A new run of the job (its first start or a resume), state running; returns its number (1, 2, ...)."""
-    row = conn.execute("SELECT COALESCE(MAX(run), 0) FROM upload_job_runs WHERE job_id = ?", (job_id,)).fetchone()
-    run = int(row[0]) + 1
-    conn.execute(
-        "INSERT INTO upload_job_runs (job_id, run, started_at, state, items_total, items_skipped) "
-        "VALUES (?, ?, ?, 'running', ?, ?)",
-        (job_id, run, time.time(), total, int(skipped)),
-    )
-    return run
-
-
-def set_upload_run_total(conn: sqlite3.Connection, job_id: str, run: int, total: int) -> None:
-    """How many items the run processes, once the input is counted (the count runs beside the run)."""
-    conn.execute("UPDATE upload_job_runs SET items_total = ? WHERE job_id = ? AND run = ?", (int(total), job_id, run))
-
-
-def finish_upload_run(conn: sqlite3.Connection, job_id: str, run: int, state: str, message: str = "") -> None:
-    """Mark the run ended: state "done", "stopped" or "failed" (with the error as `message`)."""
-    if state not in _RUN_STATES[1:]:
-        raise InvalidArgumentError(f"a run ends as one of {_RUN_STATES[1:]}; got {state!r}")
-    conn.execute(
-        "UPDATE upload_job_runs SET ended_at = ?, state = ?, message = ? WHERE job_id = ? AND run = ?",
-        (time.time(), state, message, job_id, run),
-    )
 
 
 # --------------------------------------------------------------------------------------------------- projects

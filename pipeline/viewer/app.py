@@ -71,21 +71,6 @@ class Viewer:
         return data
 
 
-def _ensure_job_log(store: Any) -> None:
-    """Create the job-log tables when missing (the runs page reads them; the upload stage writes them). Checked
-    with a read first, so a viewer started beside a long upload does not wait for its write lock."""
-    from pipeline.platform import browse
-
-    try:
-        with store.read() as conn:
-            if browse.job_log_ready(conn):
-                return
-        with store.write() as conn:
-            browse.create_job_log_tables(conn)
-    except PipelineError as exc:  # e.g. a read-only database: the viewer still shows everything else
-        log.warning("viewer: cannot create the job-log tables (%s); runs show no errors", exc)
-
-
 def create_app(data_dir: str | os.PathLike, token: str | None = None) -> Any:
     """The viewer over the platform in `data_dir` (its `platform.db` must exist). With `token`, every request must
     carry it (see `security`); without, only loopback Host names are answered. Returns a FastAPI app."""
@@ -105,7 +90,6 @@ def create_app(data_dir: str | os.PathLike, token: str | None = None) -> Any:
         raise InvalidArgumentError("the token must be 16 to 256 characters of A-Z a-z 0-9 . _ ~ - "
                                    "(leave it out and `serve` generates one)")
     viewer = Viewer(root)
-    _ensure_job_log(viewer.store)
     app = FastAPI(title="cv-pipeline viewer", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.viewer = viewer
     _install_error_handlers(app)

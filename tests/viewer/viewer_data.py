@@ -1,5 +1,5 @@
 """A small platform for the viewer tests, filled through `pipeline.Api` platform calls (and the job tables through
-the upload stage's and `browse`'s own functions): what every drawn object is, and what each filter must return.
+the upload stage's own functions, `platform.jobs`): what every drawn object is, and what each filter must return.
 
 Project "shapes" (images): dataset "train" (6 images, 320x240) and "train/hard" (1 image); classes circle, square,
 triangle (any shape) with distinct colours, and the confidence tag.
@@ -17,7 +17,6 @@ Upload jobs: "job-running" (iou_merge into shapes, running, 2 failed of which 1 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -161,29 +160,22 @@ def _video_project(api: Any, tmp: Path) -> dict[str, Any]:
 
 
 def _jobs(api: Any, project_id: int, ids: dict[str, int]) -> None:
-    """Two upload jobs as the upload stage records them."""
-    from pipeline.platform import browse
-    from pipeline.upload import ensure_job_tables
+    """Two upload jobs, recorded through the functions the upload stage records them with (`platform.jobs`)."""
+    from pipeline.platform import jobs
 
-    store = api._platform.store
-    ensure_job_tables(store)
-    now = time.time()
+    store = api.platform.store
+    jobs.ensure_tables(store)
     with store.write() as conn:
-        browse.create_job_log_tables(conn)
-        for job, mode, target, created in (("job-done", "create", None, now - 3600), ("job-running", "iou_merge",
-                                                                                        project_id, now - 5)):
-            conn.execute("INSERT INTO upload_jobs (id, mode, source, target_project_id, created_at, updated_at) "
-                         "VALUES (?, ?, ?, ?, ?, ?)", (job, mode, "project 1 (7 images)", target, created, created))
-        done = [f"image:{ids[n]}" for n in ("scene", "pred_only", "healed")]
-        conn.executemany("INSERT INTO upload_job_items (job_id, item_key, target_id, done_at) VALUES (?, ?, ?, ?)",
-                         [("job-running", k, int(k.split(":")[1]), now) for k in done])
-        conn.execute("UPDATE upload_jobs SET items_done = ?, updated_at = ? WHERE id = 'job-running'", (3, now))
-        run = browse.start_upload_run(conn, "job-running", skipped=0, total=7)
-        browse.record_upload_errors(conn, "job-running", [
+        jobs.insert_job(conn, "job-done", "create", "project 1 (7 images)", None)
+        old = jobs.start_run(conn, "job-done", skipped=0, total=2)
+        jobs.finish_run(conn, "job-done", old, "done")
+        jobs.insert_job(conn, "job-running", "iou_merge", "project 1 (7 images)", project_id)
+        run = jobs.start_run(conn, "job-running", skipped=0, total=7)
+        assert run == 1
+        done = [(f"image:{ids[n]}", ids[n]) for n in ("scene", "pred_only", "healed")]
+        jobs.count_done(conn, "job-running", jobs.record_done(conn, "job-running", done))
+        jobs.record_errors(conn, "job-running", [
             (f"image:{ids['existing']}", "upload failed: cannot read the image (truncated file)"),
             (f"image:{ids['healed']}", "loading failed: timeout"),  # uploaded since by a resume: not failed
             ("file:/data/missing.png", "loading failed: no such file"),
         ])
-        assert run == 1
-        old = browse.start_upload_run(conn, "job-done", skipped=0, total=2)
-        browse.finish_upload_run(conn, "job-done", old, "done")

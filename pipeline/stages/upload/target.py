@@ -120,6 +120,21 @@ class Target:
             ctx["renamed_from"] = self.renamed_from
         return ctx
 
+    # -- the job's runs (the viewer's runs page) ----------------------------------------------------------------
+    def start_run(self, total: int | None = None) -> int:
+        """Record a run of the job (its start, or this resume) as running; returns its number."""
+        with self.store.write() as conn:
+            return jobs.start_run(conn, self.job_id, skipped=len(self.done_keys), total=total)
+
+    def set_run_total(self, run: int, total: int) -> None:
+        with self.store.write() as conn:
+            jobs.set_run_total(conn, self.job_id, run, total)
+
+    def finish_run(self, run: int, state: str, message: str = "") -> None:
+        """Record how the run ended: "done", "stopped" or "failed" (`message`: the error)."""
+        with self.store.write() as conn:
+            jobs.finish_run(conn, self.job_id, run, state, message)
+
     # -- shared by the units ----------------------------------------------------------------------------------
     def dataset_for(self, conn: Any, path: tuple[str, ...]) -> int:
         """The target dataset of a source dataset path, created (with its parents) in a SAVEPOINT of its own; the
@@ -220,6 +235,9 @@ class Target:
                     except PipelineError as exc:
                         errors.update((id(p), f"upload failed: {exc}") for p in unit)
                 jobs.count_done(conn, self.job_id, done)
+                # every failed item of the group, whatever failed (loading, the model, staging, its unit), in the
+                # transaction that records the group's done items: the error log always matches what is uploaded
+                jobs.record_errors(conn, self.job_id, _failures(preds, errors))
         except BaseException:
             self.rolled_back()
             raise
@@ -227,6 +245,16 @@ class Target:
         # only after the commit: a prediction says where it went once it is there
         return [replace(p, error=errors[id(p)]) if id(p) in errors
                 else replace(p, target=targets[id(p)]) if id(p) in targets else p for p in preds]
+
+
+def _failures(preds: list[Prediction], errors: dict[int, str]) -> list[tuple[str, str]]:
+    """(item key, error) of the group's predictions that came failed or failed here."""
+    out = []
+    for p in preds:
+        error = p.error if p.error is not None else errors.get(id(p))
+        if error is not None:
+            out.append((p.key, error))
+    return out
 
 
 def _target_id(t: UploadTarget) -> int | None:
