@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.exceptions import FormatError, InvalidArgumentError, NotFoundError, PipelineError
+from pipeline.viewer.pages import STATIC_DIR
 
 __all__ = ["STATIC_DIR", "Viewer", "create_app"]
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
 _TOKEN = re.compile(r"^[A-Za-z0-9._~-]{16,256}$")
 _VIDEO_CACHE = 8  # parsed video annotations kept (a long video's JSON is MBs; scrubbing reads it per frame)
 

@@ -6,17 +6,19 @@ A page route checks its id first, so an unknown project, dataset, image, video o
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from pipeline.viewer.params import Id, JobId
 
-__all__ = ["router"]
+__all__ = ["STATIC_DIR", "router"]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+"""The pages' HTML, JS modules and CSS, served as they are under /static (no build step)."""
 
 
 @lru_cache(maxsize=16)
 def _shell(name: str) -> bytes:
-    from pipeline.viewer.app import STATIC_DIR
-
     return (STATIC_DIR / f"{name}.html").read_bytes()
 
 

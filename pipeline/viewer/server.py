@@ -18,14 +18,13 @@ def viewer_url(host: str, port: int, token: str | None = None, path: str = "/") 
     return f"http://{shown}:{port}{path}" + (f"?token={token}" if token else "")
 
 
-def serve(data_dir: str | os.PathLike | None = None, host: str = "127.0.0.1", port: int = 8000,
+def serve(data_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
           token: str | None = None, *, out: TextIO | None = None, log_level: str = "info") -> None:
-    """Serve the web viewer of the platform in `data_dir` (None: the default data directory, as `Api()`) on
-    `host`:`port` until Ctrl-C. Read-only. A `host` other than the loopback interface needs a token: pass one, or
-    one is generated; the address to open (with `?token=`) is printed to `out` (stderr) either way."""
+    """Serve the web viewer of the platform in `data_dir` on `host`:`port` until Ctrl-C (`Api.serve` passes its
+    own data dir). Read-only. A `host` other than the loopback interface needs a token: pass one, or one is
+    generated; the address to open (with `?token=`) is printed to `out` (stderr) either way."""
     import uvicorn
 
-    from pipeline.api import default_data_dir
     from pipeline.viewer.app import create_app
     from pipeline.viewer.security import is_loopback
 
@@ -37,8 +36,7 @@ def serve(data_dir: str | os.PathLike | None = None, host: str = "127.0.0.1", po
     generated = token is None and not is_loopback(host)
     if generated:
         token = secrets.token_urlsafe(24)
-    root = data_dir if data_dir is not None else default_data_dir()
-    app = create_app(root, token=token)
+    app = create_app(data_dir, token=token)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, server_header=False,
                             proxy_headers=False, access_log=log_level == "debug")
     server = uvicorn.Server(config)
@@ -49,9 +47,11 @@ def serve(data_dir: str | os.PathLike | None = None, host: str = "127.0.0.1", po
     server.run()
 
 
-def _main(argv: Any = None) -> None:  # `python -m pipeline.viewer.server [data_dir] [host] [port]`, for benchmarks
+def _main(argv: Any = None) -> None:  # `python -m pipeline.viewer.server DATA_DIR [host] [port]`, for benchmarks
     args = list(sys.argv[1:] if argv is None else argv)
-    serve(args[0] if args else None, args[1] if len(args) > 1 else "127.0.0.1",
+    if not args:
+        raise SystemExit("usage: python -m pipeline.viewer.server DATA_DIR [HOST] [PORT]")
+    serve(args[0], args[1] if len(args) > 1 else "127.0.0.1",
           int(args[2]) if len(args) > 2 else 8000, os.environ.get("PIPELINE_VIEWER_TOKEN"), log_level="warning")
 
 
