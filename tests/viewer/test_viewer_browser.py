@@ -1,8 +1,13 @@
 """The viewer in a real browser: headless Chromium (Debian's `chromium`, driven by Playwright; no browser download)
 against the app served by uvicorn on 127.0.0.1. Asserts what is drawn, that the confidence slider and the class
-legend hide objects, and saves the screenshots the README shows (docs/images/viewer_grid.png, viewer_image.png).
+legend hide objects, and takes the screenshots the README shows: into a temporary folder by default, into
+docs/images/ (viewer_grid.png, viewer_image.png) with `PIPELINE_UPDATE_SCREENSHOTS=1`, so a test run never changes
+the tree unless asked to:
 
-Never skipped: without Chromium or Playwright the test fails and says how to install them.
+    PIPELINE_UPDATE_SCREENSHOTS=1 .venv/bin/python -m pytest tests/viewer/test_viewer_browser.py
+
+Never skipped: without Chromium or Playwright the test fails and says how to install them (.ci/run installs
+Chromium).
 """
 
 from __future__ import annotations
@@ -16,9 +21,20 @@ import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--num-raster-threads=1", "--force-color-profile=srgb", "--disable-partial-raster",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+UPDATE_SCREENSHOTS = "PIPELINE_UPDATE_SCREENSHOTS"
 VIEWPORT = {"width": 1280, "height": 860}
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where the screenshots go: docs/images/ when $PIPELINE_UPDATE_SCREENSHOTS is 1, else a temporary folder."""
+    if os.environ.get(UPDATE_SCREENSHOTS) == "1":
+        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+        return DOCS_IMAGES
+    return tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +107,24 @@ def _wait_images_loaded(page, selector: str) -> None:
     _wait(page, "sel => [...document.querySelectorAll(sel)].every(i => i.complete && i.naturalWidth > 0)", selector)
 
 
-def test_image_page_draws_objects_and_hides_them(page, base_url, viewer_data):
+def _screenshot(page, path: Path, **options) -> None:
+    """A screenshot of a settled page: every <img> decoded, then shots until two in a row are the same (an image
+    drawn at its final quality), so the committed screenshots change only when the page does."""
+    page.evaluate("() => Promise.all([...document.images].map(i => i.decode().catch(() => null)))")
+    last = page.screenshot(**options)
+    for _ in range(20):
+        time.sleep(0.1)
+        shot = page.screenshot(**options)
+        if shot == last:
+            break
+        last = shot
+    else:
+        pytest.fail(f"the page kept changing; no stable screenshot for {path.name}")
+    path.write_bytes(shot)
+    assert len(shot) > 10_000
+
+
+def test_image_page_draws_objects_and_hides_them(page, base_url, viewer_data, shots):
     page.goto(f"{base_url}/images/{viewer_data['images']['scene']}")
     _wait(page, "() => document.querySelectorAll('#canvas g.obj').length === 6")
     _wait_images_loaded(page, "#picture")
@@ -105,8 +138,7 @@ def test_image_page_draws_objects_and_hides_them(page, base_url, viewer_data):
     box = page.locator("#canvas g.obj[data-index='3'] rect").bounding_box()
     scale = pic["width"] / 320
     assert abs(box["x"] - (pic["x"] + 38 * scale)) < 3 and abs(box["width"] - 95 * scale) < 3
-    DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(DOCS_IMAGES / "viewer_image.png"), full_page=True)
+    _screenshot(page, shots / "viewer_image.png", full_page=True)
 
     page.locator("#confidence").fill("0.5")
     shown = _shown(page, "#canvas g.obj")
@@ -122,14 +154,14 @@ def test_image_page_draws_objects_and_hides_them(page, base_url, viewer_data):
     assert len(_shown(page, "#canvas g.obj")) == 6
 
 
-def test_grid_page_draws_every_thumbnail_and_filters(page, base_url, viewer_data):
+def test_grid_page_draws_every_thumbnail_and_filters(page, base_url, viewer_data, shots):
     page.goto(f"{base_url}/datasets/{viewer_data['train']}")
     _wait(page, "() => document.querySelectorAll('#grid .cell').length === 6")
     _wait_images_loaded(page, "#grid img")
     assert page.locator("#grid .cell").first.get_attribute("href") == f"/images/{viewer_data['images']['scene']}"
     assert page.locator("#grid g.obj").count() == 11  # 6 + 1 + 0 + 1 + 1 + 2 objects
     assert page.locator("#grid g.obj.predicted").count() == 4
-    page.screenshot(path=str(DOCS_IMAGES / "viewer_grid.png"), clip={"x": 0, "y": 0, "width": 1280, "height": 420})
+    _screenshot(page, shots / "viewer_grid.png", clip={"x": 0, "y": 0, "width": 1280, "height": 420})
 
     page.locator("#filter-predicted").select_option("true")
     page.wait_for_url("**predicted=true**")
