@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def build(data_dir: Path, n: int) -> tuple[int, int]:
                   Label(Rectangle.from_xyxy(5, 5, 40, 30), cls, (Tag(CONFIDENCE_TAG, round(0.1 * (k + 1), 2)),)))
         templates.append(Annotation((32, 48), labels))
     rare = Annotation((32, 48), (Label(Rectangle.from_xyxy(1, 1, 9, 9), classes[3]),))
-    store = api._platform.store
+    store = api.platform.store
     t0 = time.perf_counter()
     for start in range(0, n, BATCH):
         with store.write() as conn:
@@ -168,6 +169,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
