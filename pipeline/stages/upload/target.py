@@ -5,7 +5,9 @@ A group of predictions (whatever arrived since the last write) is one SQLite tra
 WAL). Each unit of it (an image, or one video's frames) is written in a SAVEPOINT together with its rows in
 `upload_job_items`: a unit that fails rolls back alone and its predictions get `error`; a crash at any moment
 leaves every unit either fully written and recorded, or untouched; a re-run with the same job id skips the recorded
-items, so nothing is lost or done twice.
+items, so nothing is lost or done twice. The group's failed items (whatever failed them) are recorded in
+`upload_job_errors` in the same transaction, and each run of the job in `upload_job_runs` (`start_run`,
+`finish_run`): what the viewer's runs page shows.
 """
 
 from __future__ import annotations
