@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 __all__ = ["Api", "default_data_dir"]
 
@@ -45,6 +46,14 @@ class Api:
     def platform(self):
         """The embedded platform this Api reads and writes (`pipeline.platform.Platform`)."""
         return self._platform
+
+    def serve(self, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, **kwargs: Any) -> None:
+        """Serve the web viewer of this platform (projects, image grids, images, videos, upload runs) on
+        `host`:`port` until Ctrl-C; prints the address to open. Read-only. A non-loopback `host` needs `token`
+        (one is generated and printed when it is None). See docs/viewer.md; `pipeline serve` calls this."""
+        from pipeline.viewer.server import serve  # deferred: FastAPI and uvicorn load only for the viewer
+
+        serve(self.data_dir, host=host, port=port, token=token, **kwargs)
 
     def __repr__(self) -> str:
         return f"Api(data_dir={str(self.data_dir)!r})"

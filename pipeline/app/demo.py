@@ -76,6 +76,7 @@ def _table(rows: list[list[str]], out) -> None:
 
 def main(args: argparse.Namespace | None = None) -> int:
     from pipeline import Api
+    from pipeline.app.serve_cli import serve_hint
 
     out = sys.stdout
     n_images = int(getattr(args, "images", None) or DEFAULT_IMAGES)
@@ -91,10 +92,12 @@ def main(args: argparse.Namespace | None = None) -> int:
         return 1
     _report(api, project_id, before, summary, out)
     _write_outputs(api, project_id, preds_kept, out_dir, out)
-    dd = f"--data-dir {args.data_dir} " if getattr(args, "data_dir", None) else ""
+    data_dir = getattr(args, "data_dir", None)
+    dd = f"--data-dir {data_dir} " if data_dir else ""
     out.write(f"wrote the {counts['images']} generated images to {out_dir / 'images'}\n")
     out.write(f"demo finished in {time.time() - t_start:.1f}s. Next: `pipeline {dd}platform ls {project_id}`, "
               f"`pipeline {dd}run configs/demo.yaml --set input.project_id={project_id}`\n")
+    out.write(f"see the relabeled project in the web viewer: {serve_hint(data_dir, f'/projects/{project_id}')}\n")
     return 0
 
 

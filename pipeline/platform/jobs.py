@@ -1,8 +1,16 @@
-"""The upload jobs' records: one row per job (`upload_jobs`), one per item it has written (`upload_job_items`).
+"""The upload jobs' records, the only place that writes them:
 
-An item's row is written in the same transaction as the item's upload, so a job resumed after a crash skips
-exactly what is on the platform (`pipeline.stages.upload`). The tables belong to this module, which creates them
-on first use (`ensure_tables`).
+    upload_jobs        one row per job (mode, source, target project, items done)
+    upload_job_items   one row per item the job has written
+    upload_job_errors  one row per item of the job that failed, with its error (loading, inference or the upload
+                       itself); an item that a later resume uploads is done, not failed (`upload_job_items` wins)
+    upload_job_runs    one row per run of the job (its start, then each resume): started, ended, state, how many
+                       items it was to process and how many earlier runs had done (skipped)
+
+An item's row, done or failed, is written in the same transaction as the item's upload, so a job resumed after a
+crash skips exactly what is on the platform (`pipeline.stages.upload`) and its error log matches it. The tables
+belong to this module, which creates them on first use (`ensure_tables`, idempotent: a data dir made by a version
+without the last two gains them at its next upload). The viewer reads them (`browse`).
 """
 
 from __future__ import annotations
@@ -12,8 +20,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["JOB_TABLES", "JobRow", "count_done", "done_keys", "ensure_tables", "first_target", "get_job",
-           "insert_job", "list_jobs", "record_done"]
+from pipeline.exceptions import InvalidArgumentError
+
+__all__ = ["JOB_LOG_NAMES", "JOB_TABLES", "RUN_STATES", "JobRow", "count_done", "done_keys", "ensure_tables",
+           "finish_run", "first_target", "get_job", "insert_job", "list_jobs", "record_done", "record_errors",
+           "set_run_total", "start_run"]
 
 JOB_TABLES = """
 CREATE TABLE IF NOT EXISTS upload_jobs (
@@ -31,8 +42,32 @@ CREATE TABLE IF NOT EXISTS upload_job_items (
     target_id INTEGER,
     done_at   REAL NOT NULL,
     PRIMARY KEY (job_id, item_key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS upload_job_errors (
+    job_id   TEXT NOT NULL REFERENCES upload_jobs(id) ON DELETE CASCADE,
+    item_key TEXT NOT NULL,              -- Item.key: "image:<id>", "video:<id>:<frame>", "file:<path>", "url:..."
+    error    TEXT NOT NULL,
+    at       REAL NOT NULL,              -- epoch seconds, as upload_jobs.created_at
+    PRIMARY KEY (job_id, item_key)
+) WITHOUT ROWID;
+-- the viewer's "has errors" filter looks an image's key up across all jobs
+CREATE INDEX IF NOT EXISTS upload_job_errors_key ON upload_job_errors (item_key);
+CREATE TABLE IF NOT EXISTS upload_job_runs (
+    job_id        TEXT NOT NULL REFERENCES upload_jobs(id) ON DELETE CASCADE,
+    run           INTEGER NOT NULL,      -- 1 for the first start, 2 for the first resume, ...
+    started_at    REAL NOT NULL,
+    ended_at      REAL,                  -- NULL while running, or when its process died
+    state         TEXT NOT NULL CHECK (state IN ('running', 'done', 'stopped', 'failed')),
+    items_total   INTEGER,               -- items this run processes (input minus skipped), once counted
+    items_skipped INTEGER NOT NULL DEFAULT 0,  -- items earlier runs had done, skipped by this one
+    message       TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (job_id, run)
 ) WITHOUT ROWID
 """
+
+JOB_LOG_NAMES = ("upload_job_errors", "upload_job_errors_key", "upload_job_runs")
+"""The tables and index of the error and run log (a data dir of an older version may lack them)."""
+RUN_STATES = ("running", "done", "stopped", "failed")
 
 JobRow = sqlite3.Row
 
@@ -86,3 +121,46 @@ def count_done(conn: sqlite3.Connection, job_id: str, n: int) -> None:
     if n:
         conn.execute("UPDATE upload_jobs SET updated_at = ?, items_done = items_done + ? WHERE id = ?",
                      (time.time(), n, job_id))
+
+
+def record_errors(conn: sqlite3.Connection, job_id: str, errors: Iterable[tuple[str, str]],
+                  at: float | None = None) -> int:
+    """Record failed items of the job, (item key, error) pairs, inside the caller's transaction (the one that
+    records the same group's done items); an item that failed before gets the new error. Returns how many."""
+    stamp = time.time() if at is None else float(at)
+    rows = [(job_id, str(key), str(error), stamp) for key, error in errors]
+    conn.executemany(
+        "INSERT INTO upload_job_errors (job_id, item_key, error, at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (job_id, item_key) DO UPDATE SET error = excluded.error, at = excluded.at",
+        rows,
+    )
+    if rows:  # the job is alive: the viewer tells a running job from a dead one by this stamp
+        conn.execute("UPDATE upload_jobs SET updated_at = ? WHERE id = ?", (stamp, job_id))
+    return len(rows)
+
+
+def start_run(conn: sqlite3.Connection, job_id: str, skipped: int, total: int | None = None) -> int:
+    """A new run of the job (its first start or a resume), state running; returns its number (1, 2, ...)."""
+    row = conn.execute("SELECT COALESCE(MAX(run), 0) FROM upload_job_runs WHERE job_id = ?", (job_id,)).fetchone()
+    run = int(row[0]) + 1
+    conn.execute(
+        "INSERT INTO upload_job_runs (job_id, run, started_at, state, items_total, items_skipped) "
+        "VALUES (?, ?, ?, 'running', ?, ?)",
+        (job_id, run, time.time(), total, int(skipped)),
+    )
+    return run
+
+
+def set_run_total(conn: sqlite3.Connection, job_id: str, run: int, total: int) -> None:
+    """How many items the run processes, once the input is counted (the count runs beside the run)."""
+    conn.execute("UPDATE upload_job_runs SET items_total = ? WHERE job_id = ? AND run = ?", (int(total), job_id, run))
+
+
+def finish_run(conn: sqlite3.Connection, job_id: str, run: int, state: str, message: str = "") -> None:
+    """Mark the run ended: state "done", "stopped" or "failed" (with the error as `message`)."""
+    if state not in RUN_STATES[1:]:
+        raise InvalidArgumentError(f"a run ends as one of {RUN_STATES[1:]}; got {state!r}")
+    conn.execute(
+        "UPDATE upload_job_runs SET ended_at = ?, state = ?, message = ? WHERE job_id = ? AND run = ?",
+        (time.time(), state, message, job_id, run),
+    )

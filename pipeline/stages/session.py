@@ -85,6 +85,11 @@ class PredictionSession:
         with self._lock:
             done_before = self.uploader.skipped_count() if self.uploader is not None else 0
             self._total = max(0, total - done_before)
+        if self.uploader is not None:  # before len() answers: a caller that waited for it finds the job's total
+            try:
+                self.uploader.set_total(self._total)
+            except Exception:  # the job's record misses its total; the run itself reports database failures
+                log.exception("recording the run's item count")
         self._total_ready.set()
 
     def _emit(self, preds: list[Prediction]) -> None:
@@ -106,6 +111,8 @@ class PredictionSession:
         error: BaseException | None = None
         loader = None
         try:
+            if self.uploader is not None:
+                self.uploader.begin_run()
             model, args = self.model, self.args
             pairs = model.replicas_and_nodes()
             img_size = args.img_size or _spec_size(model.spec.img_size)
@@ -142,6 +149,9 @@ class PredictionSession:
             if loader is not None:
                 loader.close(stopped=self._stop.is_set() or error is not None)
             self._error = error
+            if self.uploader is not None:  # before the reader hears of the end: the job's record is final by then
+                state = "failed" if error is not None else "stopped" if self._stop.is_set() else "done"
+                self.uploader.end_run(state, f"{type(error).__name__}: {error}" if error is not None else "")
             self._finished_at = time.time()
             self._finished.set()
             self._queue.put(_Done(error))

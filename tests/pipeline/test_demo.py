@@ -15,6 +15,9 @@ def test_demo_runs_twice_and_writes_pictures_and_the_project(ray_session, tmp_pa
     assert main(args) == 0
     first = capsys.readouterr().out
     assert "relabeled 6 images" in first and "mean confidence" in first
+    # it ends with how to look at the result: the viewer's command and the relabeled project's page
+    assert first.rstrip().splitlines()[-1].endswith(
+        f"`pipeline --data-dir {tmp_path / 'home'} serve`, then open http://127.0.0.1:8000/projects/1")
     assert len(list((tmp_path / "out" / "images").glob("*.png"))) == 6  # for configs/predict_directory.yaml
     pictures = sorted((tmp_path / "out" / "pictures").glob("*.png"))
     assert 1 <= len(pictures) <= 4

@@ -36,6 +36,10 @@ class UploadStage:
         self._closed = False
         self._queued = 0  # predictions put and not yet written (backpressure counts predictions, not groups)
         self._lock = threading.Lock()
+        # the job's run record: its number once started; a total counted before the start waits here
+        self._run: int | None = None
+        self._run_total: int | None = None
+        self._run_lock = threading.Lock()
 
     # -- resume -----------------------------------------------------------------------------------------------
     def filter_done(self, items: Iterator[Item]) -> Iterator[Item]:
@@ -56,6 +60,34 @@ class UploadStage:
     def backlog(self) -> int:
         """Predictions waiting to be written."""
         return self._queued
+
+    # -- the job's run record (start or resume -> done / stopped / failed) ------------------------------------
+    def begin_run(self) -> None:
+        """Record this run of the upload job as running (nothing without a platform target)."""
+        if self.target is None:
+            return
+        with self._run_lock:
+            self._run = self.target.start_run(self._run_total)
+
+    def set_total(self, total: int) -> None:
+        """The run's item count (input minus skipped), from the session's counting thread."""
+        if self.target is None:
+            return
+        with self._run_lock:
+            self._run_total = total
+            if self._run is not None:
+                self.target.set_run_total(self._run, total)
+
+    def end_run(self, state: str, message: str = "") -> None:
+        """Record how the run ended. Never raises: a database too broken to take it must not hide the run's own
+        outcome (the viewer then shows the run as interrupted)."""
+        if self.target is None or self._run is None:
+            return
+        try:
+            with self._run_lock:
+                self.target.finish_run(self._run, state, message)
+        except Exception:
+            log.exception("recording the end of upload job %s", self.target.job_id)
 
     # -- the thread -------------------------------------------------------------------------------------------
     def start(self, emit: Callable[[list[Prediction]], None]) -> None:

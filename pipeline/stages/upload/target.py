@@ -5,7 +5,9 @@ A group of predictions (whatever arrived since the last write) is one SQLite tra
 WAL). Each unit of it (an image, or one video's frames) is written in a SAVEPOINT together with its rows in
 `upload_job_items`: a unit that fails rolls back alone and its predictions get `error`; a crash at any moment
 leaves every unit either fully written and recorded, or untouched; a re-run with the same job id skips the recorded
-items, so nothing is lost or done twice.
+items, so nothing is lost or done twice. The group's failed items (whatever failed them) are recorded in
+`upload_job_errors` in the same transaction, and each run of the job in `upload_job_runs` (`start_run`,
+`finish_run`): what the viewer's runs page shows.
 """
 
 from __future__ import annotations
@@ -120,6 +122,21 @@ class Target:
             ctx["renamed_from"] = self.renamed_from
         return ctx
 
+    # -- the job's runs (the viewer's runs page) ----------------------------------------------------------------
+    def start_run(self, total: int | None = None) -> int:
+        """Record a run of the job (its start, or this resume) as running; returns its number."""
+        with self.store.write() as conn:
+            return jobs.start_run(conn, self.job_id, skipped=len(self.done_keys), total=total)
+
+    def set_run_total(self, run: int, total: int) -> None:
+        with self.store.write() as conn:
+            jobs.set_run_total(conn, self.job_id, run, total)
+
+    def finish_run(self, run: int, state: str, message: str = "") -> None:
+        """Record how the run ended: "done", "stopped" or "failed" (`message`: the error)."""
+        with self.store.write() as conn:
+            jobs.finish_run(conn, self.job_id, run, state, message)
+
     # -- shared by the units ----------------------------------------------------------------------------------
     def dataset_for(self, conn: Any, path: tuple[str, ...]) -> int:
         """The target dataset of a source dataset path, created (with its parents) in a SAVEPOINT of its own; the
@@ -220,6 +237,9 @@ class Target:
                     except PipelineError as exc:
                         errors.update((id(p), f"upload failed: {exc}") for p in unit)
                 jobs.count_done(conn, self.job_id, done)
+                # every failed item of the group, whatever failed (loading, the model, staging, its unit), in the
+                # transaction that records the group's done items: the error log always matches what is uploaded
+                jobs.record_errors(conn, self.job_id, _failures(preds, errors))
         except BaseException:
             self.rolled_back()
             raise
@@ -227,6 +247,16 @@ class Target:
         # only after the commit: a prediction says where it went once it is there
         return [replace(p, error=errors[id(p)]) if id(p) in errors
                 else replace(p, target=targets[id(p)]) if id(p) in targets else p for p in preds]
+
+
+def _failures(preds: list[Prediction], errors: dict[int, str]) -> list[tuple[str, str]]:
+    """(item key, error) of the group's predictions that came failed or failed here."""
+    out = []
+    for p in preds:
+        error = p.error if p.error is not None else errors.get(id(p))
+        if error is not None:
+            out.append((p.key, error))
+    return out
 
 
 def _target_id(t: UploadTarget) -> int | None:
