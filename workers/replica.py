@@ -48,7 +48,7 @@ class Replica:
     ):
         import torch
 
-        if weights is None and registry is not None and spec.get("source") == "checkpoint":
+        if weights is None and registry is not None and spec.get("source") in ("checkpoint", "file"):
             weights = _fetch_weights(registry, task_id)
 
         if num_threads:
@@ -58,12 +58,14 @@ class Replica:
         self.device = "cuda" if device.startswith("cuda") else device
         if self.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"replica {name} was asked for CUDA but torch sees no GPU on {socket.gethostname()}")
-        state_dict = None
-        if weights is not None:
-            state_dict = parse_checkpoint(weights, self.spec.name or "checkpoint").state_dict
         adapter_cls = get_adapter(self.spec.framework)
         self.adapter = adapter_cls(self.spec, self.device)
-        self.adapter.load(state_dict)
+        if self.spec.source == "file":  # a framework's own file (a YOLO .pt, an .onnx, a transformers model)
+            self.adapter.load_payload(weights)
+        elif weights is not None:  # our checkpoint
+            self.adapter.load(parse_checkpoint(weights, self.spec.name or "checkpoint").state_dict)
+        else:  # pretrained by name: the adapter finds its framework's weights
+            self.adapter.load(None)
         self.started_at = time.time()
         self.batches = 0
         self.images = 0

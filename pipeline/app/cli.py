@@ -7,6 +7,7 @@
     pipeline deploy MODEL | models | stop TASK_ID     long-lived deployments on a running Ray cluster
     pipeline platform import|export|ls                the embedded platform (pipeline/app/platform_cli.py)
     pipeline serve [--host H] [--port P] [--token T]  the web viewer of the platform (pipeline/app/serve_cli.py)
+    pipeline convert SRC [OUT]                        a model file into one self-describing file (convert_cli.py)
 
 Job commands talk to the Ray dashboard (http://HEAD:8265); deployment commands attach to the cluster itself
 (its GCS address, HEAD:6379, or `auto` on a node of the cluster).
@@ -114,10 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_address(p)
     p.set_defaults(func=cmd_stop)
 
-    from pipeline.app import platform_cli, serve_cli
+    from pipeline.app import convert_cli, platform_cli, serve_cli
 
     platform_cli.add_parser(sub)
     serve_cli.add_parser(sub)
+    convert_cli.add_parser(sub)
     return parser
 
 

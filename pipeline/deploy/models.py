@@ -1,6 +1,11 @@
-"""What a `deploy(model=...)` argument names: a checkpoint file (any `pyarrow.fs` URI) or a pretrained model
-`"<framework>/<name>"`, resolved in the driver into the `ModelSpec` replicas are built from (and the bytes they
-load), checked before any replica starts."""
+"""What a `deploy(model=...)` argument names, resolved in the driver into the `ModelSpec` replicas are built from
+and the bytes they load, checked before any replica starts:
+
+* a pretrained model `"<framework>/<name>"` (`torchvision/fasterrcnn_resnet50_fpn_v2`);
+* a framework's own file or directory (a YOLO `.pt`, an `.onnx`, a saved transformers model), recognised by the
+  adapters of `workers.models.base.FILE_FRAMEWORKS` (`ModelAdapter.sniff`, then `from_file`);
+* else our self-describing checkpoint (any `pyarrow.fs` URI).
+"""
 
 from __future__ import annotations
 
@@ -9,35 +14,80 @@ from typing import Any
 
 from pipeline.exceptions import ModelLoadError
 
-__all__ = ["resolve_model"]
+__all__ = ["PRETRAINED_PREFIXES", "resolve_model"]
+
+# "<prefix>/<name>" names a pretrained model of the framework the prefix stands for.
+PRETRAINED_PREFIXES: dict[str, str] = {}
+
+# How much of a file the adapters' `sniff` sees (a zip's first entry names, a protobuf's header, a safetensors header).
+SNIFF_BYTES = 1 << 16
 
 
-def resolve_model(model: str | os.PathLike) -> tuple[Any, bytes | None]:
-    """A model argument -> (ModelSpec, checkpoint bytes or None for pretrained)."""
+def _looks_pretrained(text: str) -> bool:
+    return ("/" in text and "://" not in text and not text.startswith((".", "/", "~")) and not os.path.exists(text)
+            and not text.endswith((".pth", ".pt", ".ckpt", ".bin", ".onnx", ".safetensors")))
+
+
+def _pretrained(text: str) -> tuple[Any, None]:
     from workers.models import get_adapter
-    from workers.models.base import ModelSpec
-    from workers.models.checkpoint import parse_checkpoint, read_bytes
+
+    prefix, name = text.split("/", 1)
+    try:
+        adapter = get_adapter(PRETRAINED_PREFIXES.get(prefix, prefix))
+    except ModelLoadError as exc:
+        raise ModelLoadError(
+            f"{exc}. {text!r} was read as a pretrained model '<framework>/<name>'; if it is a file, it does not "
+            "exist"
+        ) from None
+    return adapter.resolve_pretrained(name), None
+
+
+def resolve_model(model: str | os.PathLike, **options: Any) -> tuple[Any, bytes | None]:
+    """A model argument -> (ModelSpec, the bytes replicas load; None for a pretrained model). `options` are
+    deploy's (`runtime`, ...), for the frameworks whose files take them."""
+    from workers.models import get_adapter
+    from workers.models.base import FILE_FRAMEWORKS
+    from workers.models.checkpoint import read_bytes
 
     text = os.fspath(model) if not isinstance(model, str) else model
-    looks_pretrained = (
-        "/" in text
-        and "://" not in text
-        and text.count("/") == 1
-        and not text.startswith((".", "/", "~"))
-        and not os.path.exists(text)
-        and not text.endswith((".pth", ".pt", ".ckpt", ".bin"))
-    )
-    if looks_pretrained:
-        framework, name = text.split("/", 1)
-        try:
+    if _looks_pretrained(text) and text.split("/", 1)[0] in {*PRETRAINED_PREFIXES, *_known_frameworks()}:
+        return _pretrained(text)
+    if os.path.isdir(os.path.expanduser(text)):
+        path = os.path.abspath(os.path.expanduser(text))
+        for framework in FILE_FRAMEWORKS:
             adapter = get_adapter(framework)
-        except ModelLoadError as exc:
-            raise ModelLoadError(
-                f"{exc}. {text!r} was read as a pretrained model '<framework>/<name>'; if it is a checkpoint "
-                "file, it does not exist"
-            ) from None
-        return adapter.resolve_pretrained(name), None
+            if adapter.sniff(path, b""):
+                return _checked(adapter, *adapter.from_file(path, b"", **options))
+        raise ModelLoadError(f"{text} is a directory that holds no model this package can deploy (a saved "
+                             "transformers model has config.json and model.safetensors)")
+    if _looks_pretrained(text):
+        return _pretrained(text)
     data = read_bytes(text)
+    for framework in FILE_FRAMEWORKS:
+        adapter = get_adapter(framework)
+        if adapter.sniff(text, data[:SNIFF_BYTES]):
+            return _checked(adapter, *adapter.from_file(text, data, **options))
+    return _checkpoint(text, data)
+
+
+def _known_frameworks() -> list[str]:
+    from workers.models import list_frameworks
+
+    return list_frameworks()
+
+
+def _checked(adapter: Any, spec: Any, payload: bytes) -> tuple[Any, bytes]:
+    adapter.validate_spec(spec)
+    return spec, payload
+
+
+def _checkpoint(text: str, data: bytes) -> tuple[Any, bytes]:
+    """Our self-describing checkpoint: parsed with `weights_only=True`, its weights checked against the
+    architecture on PyTorch's meta device."""
+    from workers.models import get_adapter
+    from workers.models.base import ModelSpec
+    from workers.models.checkpoint import parse_checkpoint
+
     ckpt = parse_checkpoint(data, text)
     spec = ModelSpec(
         framework=ckpt.framework,

@@ -58,6 +58,7 @@ class NnApi:
         gpus_per_replica: float = 1.0,
         reuse: bool = False,
         timeout: float | None = None,
+        runtime: str | None = None,
     ) -> Model:
         """Deploy a checkpoint (path, file:// or pyarrow.fs URI) or a pretrained "<framework>/<name>".
 
@@ -66,10 +67,13 @@ class NnApi:
         replica per GPU (one on CPU); each replica is a Ray actor with `num_gpus=gpus_per_replica`. With
         `reuse=True` a running deployment of the same model (same checkpoint content or pretrained name) on the
         same device is returned instead of starting another. Waits until every replica has loaded the model.
+        `runtime` ("pytorch" | "onnx" | "tensorrt"; None: from the file) says how a framework's own file runs.
         """
         import ray
 
-        spec, weights = resolve_model(model)
+        if runtime not in (None, "pytorch", "onnx", "tensorrt"):
+            raise InvalidArgumentError(f"runtime must be None, 'pytorch', 'onnx' or 'tensorrt'; got {runtime!r}")
+        spec, weights = resolve_model(model, **({"runtime": runtime} if runtime is not None else {}))
         registry = self._ray()
         res = ray.cluster_resources()
         from pipeline.deploy.cluster import node_cpus

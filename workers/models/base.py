@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.exceptions import ModelLoadError
 from workers.messages import ModelOutput
 
-__all__ = ["BUILTIN_ADAPTERS", "DEFAULT_SETTINGS", "TASK_ALIASES", "TASK_TYPES", "ModelAdapter", "ModelSpec",
+__all__ = ["BUILTIN_ADAPTERS", "DEFAULT_SETTINGS", "FILE_FRAMEWORKS", "TASK_ALIASES", "TASK_TYPES", "ModelAdapter", "ModelSpec",
            "get_adapter", "list_frameworks", "normalize_task_type", "register_adapter", "rescale_output"]
 
 # Batches arrive as read-only arrays mapped from Ray's object store; adapters only read them (copy to the device,
@@ -59,7 +59,8 @@ def normalize_task_type(task_type: Any) -> str | None:
 class ModelSpec:
     """Everything needed to build a model, without its weights. Plain data: it travels to the replicas.
 
-    `source` is "checkpoint" (weights come with the deployment) or "pretrained" (the adapter fetches its
+    `source` is "checkpoint" (our checkpoint file comes with the deployment), "file" (a framework's own file, its
+    bytes given to `ModelAdapter.load_payload`; `runtime` says how to run it) or "pretrained" (the adapter fetches its
     framework's published weights). `identity` is what `reuse=True` compares: the checkpoint's sha256 or the
     pretrained name.
     """
@@ -73,6 +74,7 @@ class ModelSpec:
     source: str = "checkpoint"
     name: str = ""
     identity: str = ""
+    runtime: str | None = None  # how a "file" runs ("pytorch", "onnx", "tensorrt"); None: the framework's default
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +113,22 @@ class ModelAdapter(abc.ABC):
     def resolve_pretrained(cls, name: str) -> ModelSpec:
         """The spec of a pretrained model `"<framework>/<name>"`, without downloading weights."""
         raise ModelLoadError(f"framework {cls.framework!r} has no pretrained models")
+
+    @classmethod
+    def sniff(cls, path: str, head: bytes) -> bool:
+        """Whether the file (or directory) at `path` is this framework's own model file; `head` is its first
+        bytes (empty for a directory). Must run nothing from the file. Default: no files of its own."""
+        return False
+
+    @classmethod
+    def from_file(cls, uri: str, data: bytes, **options: Any) -> tuple[ModelSpec, bytes]:
+        """The spec of a file `sniff` recognised (source="file") and the payload every replica loads, read safely
+        (nothing from the file runs); `options` are deploy's (`runtime`, ...)."""
+        raise ModelLoadError(f"framework {cls.framework!r} does not deploy files of its own")
+
+    def load_payload(self, payload: bytes) -> None:
+        """Build the model on `self.device` from the bytes `from_file` returned."""
+        raise ModelLoadError(f"framework {self.framework!r} does not deploy files of its own")
 
     @classmethod
     def validate_spec(cls, spec: ModelSpec) -> None:
@@ -212,7 +230,12 @@ _ADAPTERS: dict[str, type[ModelAdapter]] = {}
 # The adapters that ship with the package, imported when their framework is first asked for, so a replica of a
 # torchvision model never imports another framework's library. (Imported by name: an adapter module imports this
 # one, and this one must not import it back.)
-BUILTIN_ADAPTERS = {"torchvision": "workers.models.torchvision"}
+BUILTIN_ADAPTERS = {
+    "torchvision": "workers.models.torchvision",
+}
+# The frameworks whose own files `deploy(model=path)` recognises (`ModelAdapter.sniff`), in the order they are
+# asked; a file none of them claims is read as our checkpoint.
+FILE_FRAMEWORKS: tuple[str, ...] = ()
 
 
 def register_adapter(framework: str):
