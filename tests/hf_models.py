@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-__all__ = ["CLASSES", "BUILDERS", "Direct", "build", "save_tiny", "tiny_tokenizer"]
+__all__ = ["BUILDERS", "CLASSES", "Direct", "assert_same", "build", "save_tiny", "tiny_tokenizer"]
 
 CLASSES = ["a", "b", "c"]
 
@@ -167,6 +169,46 @@ def save_tiny(kind: str, path, seed: int = 0) -> str:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return os.fspath(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Comparing outputs with the reference (tolerances of issue 14: boxes 1 px, scores 1e-3, labels equal, masks
+# IoU >= 0.98)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def _fits(out, i: int, ref: dict, j: int) -> bool:
+    """Is adapter object i the reference object j?"""
+    if out.class_ids[i] != ref["labels"][j] or abs(out.scores[i] - ref["scores"][j]) > 1e-3:
+        return False
+    if "masks" in ref:
+        return _iou(out.masks[i], ref["masks"][j]) >= 0.98
+    return np.abs(out.boxes[i] - ref["boxes"][j]).max() <= 1.0
+
+
+def assert_same(out, ref: dict) -> None:
+    """Each reference object has one adapter object (`out`: a ModelOutput or a Prediction) with the same label, score (1e-3) and box (1 px) or mask
+    (IoU >= 0.98), and the counts are equal. Greedy in score order: near-equal scores may swap places."""
+    if "label_map" in ref:  # semantic: one mask per present class, exactly the post-processing's label map
+        present = sorted(int(c) for c in np.unique(ref["label_map"]))
+        assert sorted(out.class_ids.tolist()) == present
+        for cid, mask, score in zip(out.class_ids, out.masks, out.scores):
+            assert _iou(mask, ref["label_map"] == cid) >= 0.98
+            if "class_scores" in ref:
+                assert abs(score - ref["class_scores"][int(cid)]) <= 1e-3
+        return
+    assert len(out.scores) == len(ref["scores"]), (len(out.scores), len(ref["scores"]))
+    free = set(range(len(out.scores)))
+    for j in np.argsort(-ref["scores"], kind="stable"):
+        match = next((i for i in sorted(free, key=lambda i: abs(out.scores[i] - ref["scores"][j]))
+                      if _fits(out, i, ref, j)), None)
+        assert match is not None, f"reference object {j} (label {ref['labels'][j]}, score {ref['scores'][j]})"
+        free.discard(match)
+
 
 
 # ---------------------------------------------------------------------------------------------------------------

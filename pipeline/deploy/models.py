@@ -17,7 +17,7 @@ from pipeline.exceptions import ModelLoadError
 __all__ = ["PRETRAINED_PREFIXES", "resolve_model"]
 
 # "<prefix>/<name>" names a pretrained model of the framework the prefix stands for.
-PRETRAINED_PREFIXES: dict[str, str] = {}
+PRETRAINED_PREFIXES: dict[str, str] = {"hf": "transformers"}
 
 # How much of a file the adapters' `sniff` sees (a zip's first entry names, a protobuf's header, a safetensors header).
 SNIFF_BYTES = 1 << 16
@@ -39,7 +39,10 @@ def _pretrained(text: str) -> tuple[Any, None]:
             f"{exc}. {text!r} was read as a pretrained model '<framework>/<name>'; if it is a file, it does not "
             "exist"
         ) from None
-    return adapter.resolve_pretrained(name), None
+    resolved = adapter.resolve_pretrained(name)
+    # (spec, bytes) from a framework whose pretrained models are files on this machine (transformers: the local
+    # Hugging Face cache), shipped to the replicas as a file's; a spec alone: the replicas fetch the weights
+    return _checked(adapter, *resolved) if isinstance(resolved, tuple) else (resolved, None)
 
 
 def resolve_model(model: str | os.PathLike, **options: Any) -> tuple[Any, bytes | None]:

@@ -130,7 +130,7 @@ class PredictionSession:
             self.scheduler = Scheduler(executor, len(pairs), args.max_in_flight or DEFAULT_MAX_IN_FLIGHT,
                                        stop_event=self._stop)
             self._message = "predicting"
-            collector = Collector(model.classes, args.classes, self._sink)
+            collector = Collector(args.class_names(model.classes), args.class_filter, self._sink)
             self.scheduler.run(loader.batches(items, batch_size), collector, before_submit=self._has_room)
             if self.uploader is not None:
                 self._message = "finishing upload"
@@ -258,7 +258,8 @@ def _spec_size(size: Any) -> int | tuple[int, int] | None:
 def start_session(model: Model, input: Any = None, **kwargs: Any) -> PredictionSession:  # noqa: A002
     """Validate everything, then start the run. Raises `ValueError`s before any work."""
     args = _args.normalize({"input": input, **kwargs}, model_classes=model.classes,
-                           model_settings=model.settings_keys)
+                           model_settings=model.settings_keys, open_vocabulary=model.open_vocabulary)
+    model.validate_settings({**args.settings, "img_size": args.img_size})
     platform = model.api.platform
     plan = resolve_source(args, platform)
     uploader = None

@@ -4,13 +4,14 @@ the safe-loading rules refuse what must not load."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 
 import numpy as np
 import pytest
-from hf_models import CLASSES, Direct, save_tiny
+from hf_models import CLASSES, Direct, assert_same, save_tiny
 
 from pipeline.exceptions import CheckpointError, InvalidArgumentError, ModelLoadError
 
@@ -61,40 +62,6 @@ def directs(hf_dirs):
     return get
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
-def _fits(out, i: int, ref: dict, j: int) -> bool:
-    """Is adapter object i the reference object j?"""
-    if out.class_ids[i] != ref["labels"][j] or abs(out.scores[i] - ref["scores"][j]) > 1e-3:
-        return False
-    if "masks" in ref:
-        return _iou(out.masks[i], ref["masks"][j]) >= 0.98
-    return np.abs(out.boxes[i] - ref["boxes"][j]).max() <= 1.0
-
-
-def _assert_same(out, ref: dict) -> None:
-    """Each reference object has one adapter object with the same label, score (1e-3) and box (1 px) or mask
-    (IoU >= 0.98), and the counts are equal. Greedy in score order: near-equal scores may swap places."""
-    if "label_map" in ref:  # semantic: one mask per present class, exactly the post-processing's label map
-        present = sorted(int(c) for c in np.unique(ref["label_map"]))
-        assert sorted(out.class_ids.tolist()) == present
-        for cid, mask, score in zip(out.class_ids, out.masks, out.scores):
-            assert _iou(mask, ref["label_map"] == cid) >= 0.98
-            if "class_scores" in ref:
-                assert abs(score - ref["class_scores"][int(cid)]) <= 1e-3
-        return
-    assert len(out.scores) == len(ref["scores"]), (len(out.scores), len(ref["scores"]))
-    free = set(range(len(out.scores)))
-    for j in np.argsort(-ref["scores"], kind="stable"):
-        match = next((i for i in sorted(free, key=lambda i: abs(out.scores[i] - ref["scores"][j]))
-                      if _fits(out, i, ref, j)), None)
-        assert match is not None, f"reference object {j} (label {ref['labels'][j]}, score {ref['scores'][j]})"
-        free.discard(match)
-
-
 def _settings(kind: str, **extra) -> dict:
     settings = {"conf": 0.0, "max_det": 100, **extra}
     if kind in PROMPTED:
@@ -112,13 +79,13 @@ def test_outputs_equal_the_model_through_its_own_processor(kind, adapters, direc
     for img, ref in zip(images, refs):
         [out] = adapter.run([img], [img.shape[:2]], _settings(kind))[0]
         assert len(out.class_ids) > 0  # random weights: each image must still yield objects to compare
-        _assert_same(out, ref)
+        assert_same(out, ref)
         if out.masks is not None:
             assert out.masks.shape[1:] == img.shape[:2] and out.masks.dtype == bool
         assert (out.boxes[:, 2] <= img.shape[1]).all() and (out.boxes[:, 3] <= img.shape[0]).all()
     batch, _ = adapter.run(images, [img.shape[:2] for img in images], _settings(kind))
     for out, ref in zip(batch, refs):
-        _assert_same(out, ref)
+        assert_same(out, ref)
 
 
 @pytest.mark.parametrize("kind, img_size, size", [
@@ -132,9 +99,33 @@ def test_img_size_is_the_processor_s_own_size_argument(kind, img_size, size, ada
     img = _image(3, SIZES[1])
     [out] = adapter.run([img], [img.shape[:2]], _settings(kind, img_size=img_size))[0]
     ref = direct(img, size=size, prompts=PROMPTS if kind == "owlv2" else None)
-    _assert_same(out, ref)
+    assert_same(out, ref)
     [default] = adapter.run([img], [img.shape[:2]], _settings(kind))[0]
     assert not np.array_equal(default.scores, out.scores)  # the size did change what the model saw
+
+
+@pytest.mark.parametrize("img_size", [50, (64, 80), 0, (64,), "64"])
+def test_sizes_a_model_cannot_take_are_refused_before_work(adapters, img_size):
+    """RT-DETR's fused feature maps need sides that are multiples of 32: a clear error with the size to use,
+    before any image is read (the driver calls validate_settings), instead of a tensor-shape error per item."""
+    adapter = adapters("rt_detr")
+    with pytest.raises(InvalidArgumentError, match="multiples of 32|img_size must be"):
+        adapter.validate_settings(adapter.spec, {"img_size": img_size})
+    adapter.validate_settings(adapter.spec, {"img_size": (64, 96)})
+
+
+def test_a_task_recorded_by_convert_is_the_default(hf_dirs, tmp_path):
+    from workers.models.hf import TransformersAdapter as A
+    from workers.models.hf import convert
+
+    out = convert(hf_dirs["mask2former"], tmp_path / "m2f.safetensors", task="panoptic_segmentation")
+    spec, _ = A.from_file(out, open(out, "rb").read())
+    assert spec.arch_kwargs["mode"] == "panoptic" and spec.task_type == "instance_segmentation"
+    with pytest.raises(InvalidArgumentError, match="cannot do"):
+        convert(hf_dirs["rt_detr"], tmp_path / "x.safetensors", task="semantic_segmentation")
+    with pytest.raises(InvalidArgumentError, match="--classes"):
+        convert(hf_dirs["rt_detr"], tmp_path / "x.safetensors", classes="a,b")
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_conf_and_max_det(adapters):
@@ -165,7 +156,7 @@ def test_prompts_are_the_classes(adapters, directs):
     img = _image(5, SIZES[2])
     [both] = adapter.run([img], [img.shape[:2]], {"conf": 0.0, "prompts": ["a", "b"]})[0]
     [only_b] = adapter.run([img], [img.shape[:2]], {"conf": 0.0, "prompts": ["b"]})[0]
-    _assert_same(only_b, direct(img, prompts=["b"]))
+    assert_same(only_b, direct(img, prompts=["b"]))
     assert set(both.class_ids.tolist()) == {0, 1} and set(only_b.class_ids.tolist()) == {0}
     for box, score in zip(both.boxes[both.class_ids == 1], both.scores[both.class_ids == 1]):
         i = int(np.argmin(np.abs(only_b.boxes - box).max(1)))
@@ -180,7 +171,7 @@ def test_grounding_dino_classes_index_the_prompts(adapters, directs):
     seen = set()
     for prompts in (["a", "red car", "b"], ["b"]):
         [out] = adapter.run([img], [SIZES[0]], {"conf": 0.0, "prompts": prompts})[0]
-        _assert_same(out, direct(img, prompts=prompts))
+        assert_same(out, direct(img, prompts=prompts))
         assert set(out.class_ids.tolist()) <= set(range(len(prompts)))
         seen |= {prompts[c] for c in out.class_ids}
     assert {"red car", "b"} <= seen  # a multi-token prompt is a class like the others
@@ -216,7 +207,7 @@ def test_spec_comes_from_the_files(hf_dirs):
 
     rt, _ = A.from_directory(hf_dirs["rt_detr"])
     assert (rt.framework, rt.architecture, rt.task_type) == ("transformers", "RTDetrForObjectDetection", "detection")
-    assert rt.classes == CLASSES and rt.img_size == (64, 64) and rt.source == "file"
+    assert rt.classes == CLASSES and rt.img_size == 64 and rt.source == "file"  # the processor's 64 x 64
     m2f, _ = A.from_directory(hf_dirs["mask2former"])
     assert m2f.task_type == "instance_segmentation" and m2f.img_size is None  # shortest/longest edge
     seg, _ = A.from_directory(hf_dirs["segformer"])
@@ -252,10 +243,10 @@ def test_mask2former_as_panoptic_and_semantic(hf_dirs, directs):
         [out] = adapter.run([img], [size], {"conf": 0.0, **thresholds})[0]
         assert len(out.masks) > 0 and out.masks.sum(0).max() == 1  # no pixel in two segments
         if task == "semantic_segmentation":
-            _assert_same(out, {"label_map": sem})
+            assert_same(out, {"label_map": sem})
         else:
             seg, info = pan["segmentation"].numpy(), pan["segments_info"]
-            _assert_same(out, {"masks": np.stack([seg == s["id"] for s in info]),
+            assert_same(out, {"masks": np.stack([seg == s["id"] for s in info]),
                                "scores": np.array([s["score"] for s in info], np.float32),
                                "labels": np.array([s["label_id"] for s in info])})
 
@@ -266,15 +257,16 @@ def test_mask2former_as_panoptic_and_semantic(hf_dirs, directs):
 
 def test_convert_writes_one_self_describing_file(hf_dirs, tmp_path, adapters):
     from workers.models.hf import TransformersAdapter as A
-    from workers.models.hf_pack import convert, pack_directory
+    from workers.models.hf import convert
+    from workers.models.hf_pack import pack_directory
 
     out = tmp_path / "owl.safetensors"
-    sha = convert(hf_dirs["owlv2"], out)
+    assert convert(hf_dirs["owlv2"], out) == str(out)
     data = out.read_bytes()
     assert A.sniff(str(out), data[:50]) and A.sniff(str(out), b"") and A.sniff(hf_dirs["owlv2"], b"")
     assert data == pack_directory(hf_dirs["owlv2"])  # deterministic: same directory, same identity
     spec, payload = A.from_file(str(out), data)
-    assert spec.identity == sha and payload == data and spec.name == "owl.safetensors"
+    assert spec.identity == hashlib.sha256(data).hexdigest() and payload == data and spec.name == str(out)
     adapter = A(spec, "cpu")
     adapter.load_payload(payload)
     img = _image(1, SIZES[0])
@@ -428,7 +420,7 @@ def test_hub_names_resolve_from_the_local_cache_only(hf_dirs, tmp_path, monkeypa
     (repo / "refs" / "main").write_text("0" * 40)
     assert resolve_hub_name("hf/someone/detector") == str(repo / "snapshots" / ("0" * 40))
     spec, _ = A.from_hub("hf/someone/detector")
-    assert spec.name == "hf/someone/detector" and spec.source == "pretrained" and spec.classes == CLASSES
+    assert spec.name == "hf/someone/detector" and spec.source == "file" and spec.classes == CLASSES
     with pytest.raises(ModelLoadError, match="not a Hugging Face model name"):
         resolve_hub_name("hf/../etc")
 

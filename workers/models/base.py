@@ -131,6 +131,18 @@ class ModelAdapter(abc.ABC):
         raise ModelLoadError(f"framework {self.framework!r} does not deploy files of its own")
 
     @classmethod
+    def is_open_vocabulary(cls, spec: ModelSpec) -> bool:
+        """Whether the model finds the classes it is told (`settings["prompts"]`, from predict's `classes`;
+        class_ids index into them) rather than a fixed list (`spec.classes`). Default: a fixed list."""
+        return False
+
+    @classmethod
+    def validate_settings(cls, spec: ModelSpec, settings: dict[str, Any]) -> None:
+        """Raise `InvalidArgumentError` for settings (the run's, `img_size` included) this model cannot take; the
+        driver calls it before any work (default: accept)."""
+        return None
+
+    @classmethod
     def validate_spec(cls, spec: ModelSpec) -> None:
         """Raise `ModelLoadError` when the spec names something this adapter cannot build (default: accept)."""
         return None
@@ -232,10 +244,11 @@ _ADAPTERS: dict[str, type[ModelAdapter]] = {}
 # one, and this one must not import it back.)
 BUILTIN_ADAPTERS = {
     "torchvision": "workers.models.torchvision",
+    "transformers": "workers.models.hf",
 }
 # The frameworks whose own files `deploy(model=path)` recognises (`ModelAdapter.sniff`), in the order they are
 # asked; a file none of them claims is read as our checkpoint.
-FILE_FRAMEWORKS: tuple[str, ...] = ()
+FILE_FRAMEWORKS: tuple[str, ...] = ("transformers",)
 
 
 def register_adapter(framework: str):

@@ -38,11 +38,12 @@ from workers.models.hf_pack import (
     is_packed,
     offline,
     pack_directory,
+    packed_task,
     read_packed,
     resolve_hub_name,
 )
 
-__all__ = ["TransformersAdapter", "HEADS", "PROMPT_MODELS", "TASKS"]
+__all__ = ["HEADS", "PROMPT_MODELS", "SIZE_MULTIPLE", "TASKS", "TransformersAdapter", "convert"]
 
 # architecture class-name suffix -> (task_type, default post-processing mode)
 HEADS = (
@@ -63,6 +64,9 @@ TASKS = {
 }
 _MODES_OF_HEAD = {"instance": ("instance", "panoptic", "semantic"), "detection": ("detection",),
                   "semantic": ("semantic",)}
+# model_type -> the multiple every input side must be (the deepest feature map's stride: the encoder's fused
+# feature maps of RT-DETR-like models must line up exactly)
+SIZE_MULTIPLE = {"rt_detr": 32, "rt_detr_v2": 32, "d_fine": 32}
 _UNSUPPORTED = {"oneformer": "OneFormer needs a task text input per image, which this adapter does not send yet"}
 
 
@@ -116,11 +120,15 @@ def _processor_config(parsed: dict[str, Any], where: str) -> dict[str, Any]:
     )
 
 
-def _img_size_of(proc_cfg: dict[str, Any]) -> tuple[int, int] | None:
+def _img_size_of(proc_cfg: dict[str, Any]) -> int | None:
+    """The spec's img_size: n for a processor that resizes to a fixed n x n square (RT-DETR, SegFormer, OWLv2),
+    which is what an int img_size asks of it; None for the others (shortest/longest edge: the size follows each
+    image; a fixed non-square size). Never a (h, w) pair: that would make the loading stage resize exactly,
+    before the processor's own rule (OWLv2 pads to a square first)."""
     size = proc_cfg.get("size")
-    if isinstance(size, dict) and isinstance(size.get("height"), int) and isinstance(size.get("width"), int):
-        return (size["height"], size["width"])
-    return None  # shortest/longest-edge processors: the size follows each image
+    if isinstance(size, dict) and isinstance(size.get("height"), int) and size.get("height") == size.get("width"):
+        return size["height"]
+    return None
 
 
 def _classes(config) -> list[str]:
@@ -131,6 +139,11 @@ def _classes(config) -> list[str]:
 
 def _has_tokenizer(files: dict[str, str]) -> bool:
     return "tokenizer.json" in files or {"vocab.json", "merges.txt"} <= set(files) or "vocab.txt" in files
+
+
+def _round_up(sides: list[int], multiple: int) -> Any:
+    up = [-(-v // multiple) * multiple for v in sides]
+    return up[0] if len(up) == 1 else tuple(up)
 
 
 def _size_override(img_size: Any, default: Any) -> dict[str, int] | None:
@@ -173,20 +186,33 @@ class TransformersAdapter(ModelAdapter):
     # -- driver side ---------------------------------------------------------------------------------------
     @classmethod
     def sniff(cls, path: str, head: bytes) -> bool:
-        """A saved model directory (config.json / weights files), or a file packed by `pipeline convert`."""
-        return is_model_dir(path) if os.path.isdir(path) else is_packed(head, path)
+        """A saved model directory (config.json / weights files), a file packed by `pipeline convert`, or (for
+        `pipeline convert`) an `hf/<owner>/<repo>` name that is not a path."""
+        if os.path.isdir(path):
+            return is_model_dir(path)
+        if path.startswith("hf/") and not os.path.exists(path):
+            return True
+        return is_packed(head, path)
 
     @classmethod
     def from_file(cls, uri: str, data: bytes, **options) -> tuple[ModelSpec, bytes]:
-        """The spec of packed model bytes (`pack_directory` / `pipeline convert`), and the payload (`data`).
+        """The spec of a saved model directory (`uri` a directory, `data` empty: packed by `pack_directory`) or
+        of packed model bytes (`pipeline convert`), and the payload every replica loads.
 
         Options: `task` (detection / instance_segmentation / panoptic_segmentation / semantic_segmentation: a
-        universal segmentation head can be post-processed as any of the three), `name`.
+        universal segmentation head can be post-processed as any of the three; default: the one `pipeline
+        convert --task` recorded, else the head's own), `name`, `runtime` (only "pytorch").
         """
+        runtime = options.get("runtime")
+        if runtime not in (None, "pytorch"):
+            raise InvalidArgumentError(f"{uri}: transformers models run with PyTorch; runtime={runtime!r} is not "
+                                       "available for them (leave runtime out)")
+        if os.path.isdir(uri):
+            data = pack_directory(uri)
         files, _ = read_packed(data, uri)
         parsed = check_files(files, uri)
         config = build_config(parsed["config.json"], uri)
-        arch, task_type, mode = _task(config, uri, options.get("task"))
+        arch, task_type, mode = _task(config, uri, options.get("task") or packed_task(data))
         _model_class(arch, uri)
         proc_cfg = _processor_config(parsed, uri)
         prompt = mode in ("owl", "grounding")
@@ -200,23 +226,30 @@ class TransformersAdapter(ModelAdapter):
             classes=[] if prompt else _classes(config),
             img_size=_img_size_of(proc_cfg),
             arch_kwargs={"model_type": config.model_type, "mode": mode, "open_vocabulary": prompt,
-                         "processor_size": proc_cfg.get("size")},
+                         "processor_size": proc_cfg.get("size"),
+                         "size_multiple": SIZE_MULTIPLE.get(config.model_type)},
             source="file",
-            name=options.get("name") or os.path.basename(uri.rstrip("/")),
+            name=options.get("name") or uri.rstrip("/"),
             identity=hashlib.sha256(data).hexdigest(),
         ), data
 
     @classmethod
     def from_directory(cls, path: str, **options) -> tuple[ModelSpec, bytes]:
         """`from_file` of a saved model directory, packed by `pack_directory`."""
-        return cls.from_file(path, pack_directory(path), **options)
+        return cls.from_file(os.fspath(path), b"", **options)
 
     @classmethod
     def from_hub(cls, name: str, **options) -> tuple[ModelSpec, bytes]:
-        """`hf/<owner>/<repo>[@revision]` from the local Hugging Face cache (never downloads)."""
-        spec, payload = cls.from_directory(resolve_hub_name(name), **{"name": name, **options})
-        spec.source = "pretrained"
-        return spec, payload
+        """`hf/<owner>/<repo>[@revision]` from the local Hugging Face cache (never downloads), packed like a
+        directory: its bytes travel to the replicas, so their nodes need no cache of their own."""
+        if not name.startswith("hf/"):
+            name = f"hf/{name}"
+        return cls.from_directory(resolve_hub_name(name), **{"name": name, **options})
+
+    @classmethod
+    def resolve_pretrained(cls, name: str) -> tuple[ModelSpec, bytes]:  # type: ignore[override]
+        """`deploy("hf/<owner>/<repo>")`: (spec, payload) of the model in the local Hugging Face cache."""
+        return cls.from_hub(name)
 
     @classmethod
     def is_open_vocabulary(cls, spec: ModelSpec) -> bool:
@@ -225,27 +258,34 @@ class TransformersAdapter(ModelAdapter):
 
     @classmethod
     def validate_settings(cls, spec: ModelSpec, settings: dict[str, Any]) -> None:
-        """`InvalidArgumentError` for settings this model cannot use: call before any work starts."""
+        """`InvalidArgumentError` for settings this model cannot use; the driver calls it before any work."""
         prompts, img_size = settings.get("prompts"), settings.get("img_size")
+        what = spec.name or spec.architecture
         if cls.is_open_vocabulary(spec):
             if prompts is None or isinstance(prompts, str) or not isinstance(prompts, list | tuple) or not prompts:
                 raise InvalidArgumentError(
-                    f"{spec.name or spec.architecture} is a text-prompted model: give the classes to find, e.g. "
-                    "prompts=['person', 'red car']"
+                    f"{what} is a text-prompted model: give the classes to find, e.g. classes=['person', 'red car']"
                 )
             bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
             if bad:
                 raise InvalidArgumentError(f"prompts must be non-empty strings; got {bad!r} in {list(prompts)!r}")
         elif prompts is not None:
             raise InvalidArgumentError(
-                f"{spec.name or spec.architecture} has fixed classes ({len(spec.classes)}); prompts are only for "
-                "text-prompted models (OWLv2, Grounding DINO). Filter its classes with classes=[...]"
+                f"{what} has fixed classes ({len(spec.classes)}); prompts are only for text-prompted models (OWLv2, "
+                "Grounding DINO). Filter its classes with classes=[...]"
             )
         ok_int = isinstance(img_size, int) and not isinstance(img_size, bool) and img_size > 0
         ok_pair = (isinstance(img_size, list | tuple) and len(img_size) == 2
                    and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in img_size))
         if img_size is not None and not (ok_int or ok_pair):
             raise InvalidArgumentError(f"img_size must be a positive int or (height, width); got {img_size!r}")
+        multiple = spec.arch_kwargs.get("size_multiple")
+        sides = [img_size] if ok_int else list(img_size) if ok_pair else []
+        if multiple and any(v % multiple for v in sides):
+            raise InvalidArgumentError(
+                f"{what} ({spec.architecture}) takes input sides that are multiples of {multiple}; img_size="
+                f"{img_size!r} is not: use e.g. {_round_up(sides, multiple)}"
+            )
 
     # -- replica side --------------------------------------------------------------------------------------
     def load(self, state_dict: Any) -> None:
@@ -284,12 +324,12 @@ class TransformersAdapter(ModelAdapter):
         self.mode = self.spec.arch_kwargs.get("mode", "detection")
         self._forward_params = set(inspect.signature(self.model.forward).parameters)
 
-    def run(self, images, orig_sizes, settings=None, input_resized=False):
+    def run(self, images, orig_sizes, settings=None):
         s = self.settings_with_defaults(settings)
         self.validate_settings(self.spec, s)
         if self.mode in ("owl", "grounding"):
             self.check_prompts(s["prompts"])
-        return super().run(images, orig_sizes, s, input_resized)
+        return super().run(images, orig_sizes, s)
 
     def check_prompts(self, prompts: list[str]) -> None:
         """`InvalidArgumentError` for prompts longer than the text encoder reads: OWL reads each prompt alone, up
@@ -323,7 +363,7 @@ class TransformersAdapter(ModelAdapter):
 
     def _inputs(self, images: list[np.ndarray], settings: dict[str, Any]):
         kwargs: dict[str, Any] = {"return_tensors": "pt"}
-        size = _size_override(settings.get("img_size"), self._image_processor().size)
+        size = self._size(settings)
         if size is not None:
             kwargs["size"] = size
         if self.mode in ("owl", "grounding"):
@@ -334,6 +374,13 @@ class TransformersAdapter(ModelAdapter):
         kwargs.update(input_data_format="channels_last", device=self.device)
         return self.processor(images=images, **kwargs).to(self.device)
 
+    def _size(self, settings: dict[str, Any]) -> dict[str, int] | None:
+        """The processor's `size` for this call; None (its own) when img_size is the spec's: the processor's."""
+        img_size = settings.get("img_size")
+        if img_size is None or img_size == self.spec.img_size:
+            return None
+        return _size_override(img_size, self._image_processor().size)
+
     def _image_processor(self):
         return getattr(self.processor, "image_processor", self.processor)
 
@@ -343,7 +390,7 @@ class TransformersAdapter(ModelAdapter):
         for idx in groups:
             inputs = self._inputs([images[i] for i in idx], settings)
             extra = {}
-            if settings.get("img_size") is not None and "interpolate_pos_encoding" in self._forward_params:
+            if self._size(settings) is not None and "interpolate_pos_encoding" in self._forward_params:
                 extra["interpolate_pos_encoding"] = True  # ViT position embeddings at another input size
             raw.append((idx, inputs, self.model(**inputs, **extra)))
         return raw
@@ -372,6 +419,36 @@ class TransformersAdapter(ModelAdapter):
         if mode == "grounding":
             return hf_post.grounding(proc, outputs, inputs["input_ids"], sizes, settings)
         raise ModelLoadError(f"unknown post-processing mode {mode!r}")
+
+
+def convert(source: str | os.PathLike, dest: str | os.PathLike | None = None, task: str | None = None,
+            **options: Any) -> str:
+    """`pipeline convert`: pack a model directory, or `hf/<owner>/<repo>` from the local cache, into the one file
+    `dest` (default: `<directory>.safetensors`, or `<repo>.safetensors` in the current directory), written
+    atomically after the model was checked as `deploy` checks it. `task` (a universal segmentation head as
+    panoptic_segmentation or semantic_segmentation) is recorded in the file. Returns the path written."""
+    if options:
+        raise InvalidArgumentError(f"{', '.join('--' + k.replace('_', '-') for k in sorted(options))} do(es) not "
+                                   "apply to a transformers model (its files say its classes and sizes); only --task")
+    source = os.fspath(source)
+    hub = source.startswith("hf/") and not os.path.exists(source)
+    directory = resolve_hub_name(source) if hub else source
+    data = pack_directory(directory, task)
+    if dest is None:
+        base = source.rstrip("/").split("@")[0]
+        dest = os.path.basename(base) + ".safetensors" if hub else base + ".safetensors"
+    dest = os.path.abspath(os.fspath(dest))
+    TransformersAdapter.from_file(dest, data)  # what deploy would refuse is refused now, before writing
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = f"{dest}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
 
 
 def _no_pretrained_backbone(obj: Any) -> Any:

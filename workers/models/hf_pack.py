@@ -20,7 +20,6 @@ transformers would look up on the Hugging Face Hub by name.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import struct
@@ -40,7 +39,7 @@ __all__ = [
     "read_packed",
     "check_files",
     "resolve_hub_name",
-    "convert",
+    "packed_task",
     "import_transformers",
     "offline",
     "build_config",
@@ -161,14 +160,24 @@ def _join(header: dict[str, Any], body: bytes | memoryview) -> bytes:
     return b"".join([struct.pack("<Q", len(raw)), raw, body])
 
 
-def _with_files(weights: bytes, files: dict[str, str], where: str) -> bytes:
-    """A safetensors file's bytes with `files` in its metadata; the tensor bytes are kept as they are."""
+def _with_files(weights: bytes, files: dict[str, str], where: str, task: str | None = None) -> bytes:
+    """A safetensors file's bytes with `files` (and the `task` it is post-processed for, when given) in its
+    metadata; the tensor bytes are kept as they are."""
     header, body = _split(weights, where)
     old_meta = header.pop("__metadata__", None) or {}
     meta = {"pipeline": FORMAT, "format": "pt"}
     meta.update({k: v for k, v in old_meta.items() if not k.startswith("pipeline") and k != "format"})
     meta["pipeline.files"] = json.dumps(dict(sorted(files.items())), ensure_ascii=True)
+    if task is not None:
+        meta["pipeline.task"] = task
     return _join({"__metadata__": meta, **header}, body)
+
+
+def packed_task(data: bytes) -> str | None:
+    """The task `pipeline convert --task` recorded in a packed model (None: the head's own)."""
+    header, _ = _split(data, "<bytes>")
+    task = (header.get("__metadata__") or {}).get("pipeline.task")
+    return task if isinstance(task, str) else None
 
 
 def read_packed(data: bytes, where: str = "<bytes>") -> tuple[dict[str, str], list[str]]:
@@ -264,7 +273,7 @@ def _weights_bytes(path: str) -> bytes:
                                   metadata={"format": "pt"})
 
 
-def pack_directory(path: str | os.PathLike) -> bytes:
+def pack_directory(path: str | os.PathLike, task: str | None = None) -> bytes:
     """The saved model directory `path` as the bytes of one packed safetensors file (the replica payload).
 
     Reads only `TEXT_FILES` and the weights; checks the safe-loading rules first (`check_files`). Deterministic:
@@ -280,26 +289,7 @@ def pack_directory(path: str | os.PathLike) -> bytes:
             "model.save_pretrained(dir) and processor.save_pretrained(dir))"
         )
     check_files(files, path)
-    return _with_files(_weights_bytes(path), files, path)
-
-
-def convert(source: str | os.PathLike, dest: str | os.PathLike) -> str:
-    """`pipeline convert`: pack a model directory (or `hf/<repo id>` from the local cache) into the one file
-    `dest`, written atomically. Returns the file's sha256."""
-    source = os.fspath(source)
-    directory = resolve_hub_name(source) if source.startswith("hf/") and not os.path.exists(source) else source
-    data = pack_directory(directory)
-    dest = os.path.abspath(os.fspath(dest))
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    tmp = f"{dest}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return hashlib.sha256(data).hexdigest()
+    return _with_files(_weights_bytes(path), files, path, task)
 
 
 # ---------------------------------------------------------------------------------------------------------------

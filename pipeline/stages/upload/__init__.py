@@ -81,5 +81,5 @@ def make_uploader(args: PredictArgs, plan: SourcePlan, platform: Any, model: Any
                       file=sys.stderr)
             writers.append(writer)
         if args.output.get("coco"):
-            writers.append(CocoWriter(args.output["coco"], model.classes))
+            writers.append(CocoWriter(args.output["coco"], args.class_names(model.classes)))
     return UploadStage(target, writers)
