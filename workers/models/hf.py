@@ -428,8 +428,9 @@ def convert(source: str | os.PathLike, dest: str | os.PathLike | None = None, ta
     atomically after the model was checked as `deploy` checks it. `task` (a universal segmentation head as
     panoptic_segmentation or semantic_segmentation) is recorded in the file. Returns the path written."""
     if options:
-        raise InvalidArgumentError(f"{', '.join('--' + k.replace('_', '-') for k in sorted(options))} do(es) not "
-                                   "apply to a transformers model (its files say its classes and sizes); only --task")
+        names = ", ".join("--" + k.replace("_", "-") for k in sorted(options))
+        raise InvalidArgumentError(f"{names} {'does' if len(options) == 1 else 'do'} not apply to a transformers "
+                                   "model (its files say its classes and sizes); only --task does")
     source = os.fspath(source)
     hub = source.startswith("hf/") and not os.path.exists(source)
     directory = resolve_hub_name(source) if hub else source
