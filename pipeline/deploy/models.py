@@ -1,7 +1,8 @@
 """What a `deploy(model=...)` argument names, resolved in the driver into the `ModelSpec` replicas are built from
 and the bytes they load, checked before any replica starts:
 
-* a pretrained model `"<framework>/<name>"` (`torchvision/fasterrcnn_resnet50_fpn_v2`);
+* a pretrained model `"<framework>/<name>"` (`torchvision/fasterrcnn_resnet50_fpn_v2`; `hf/<owner>/<repo>`: the
+  local Hugging Face cache, read here and shipped to the replicas);
 * a framework's own file or directory (a YOLO `.pt`, an `.onnx`, a saved transformers model), recognised by the
   adapters of `workers.models.base.FILE_FRAMEWORKS` (`ModelAdapter.sniff`, then `from_file`);
 * else our self-describing checkpoint (any `pyarrow.fs` URI).
@@ -28,7 +29,7 @@ def _looks_pretrained(text: str) -> bool:
             and not text.endswith((".pth", ".pt", ".ckpt", ".bin", ".onnx", ".safetensors")))
 
 
-def _pretrained(text: str) -> tuple[Any, None]:
+def _pretrained(text: str) -> tuple[Any, bytes | None]:
     from workers.models import get_adapter
 
     prefix, name = text.split("/", 1)
@@ -46,8 +47,8 @@ def _pretrained(text: str) -> tuple[Any, None]:
 
 
 def resolve_model(model: str | os.PathLike, **options: Any) -> tuple[Any, bytes | None]:
-    """A model argument -> (ModelSpec, the bytes replicas load; None for a pretrained model). `options` are
-    deploy's (`runtime`, ...), for the frameworks whose files take them."""
+    """A model argument -> (ModelSpec, the bytes replicas load; None for a pretrained model its replicas fetch
+    themselves). `options` are deploy's (`runtime`, ...), for the frameworks whose files take them."""
     from workers.models import get_adapter
     from workers.models.base import FILE_FRAMEWORKS
     from workers.models.checkpoint import read_bytes

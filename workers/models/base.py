@@ -110,8 +110,9 @@ class ModelAdapter(abc.ABC):
         return None
 
     @classmethod
-    def resolve_pretrained(cls, name: str) -> ModelSpec:
-        """The spec of a pretrained model `"<framework>/<name>"`, without downloading weights."""
+    def resolve_pretrained(cls, name: str) -> ModelSpec | tuple[ModelSpec, bytes]:
+        """The spec of a pretrained model `"<framework>/<name>"`, without downloading weights; or (spec, payload
+        for `load_payload`) when its files are on this machine (transformers: the local Hugging Face cache)."""
         raise ModelLoadError(f"framework {cls.framework!r} has no pretrained models")
 
     @classmethod

@@ -247,7 +247,7 @@ class TransformersAdapter(ModelAdapter):
         return cls.from_directory(resolve_hub_name(name), **{"name": name, **options})
 
     @classmethod
-    def resolve_pretrained(cls, name: str) -> tuple[ModelSpec, bytes]:  # type: ignore[override]
+    def resolve_pretrained(cls, name: str) -> tuple[ModelSpec, bytes]:
         """`deploy("hf/<owner>/<repo>")`: (spec, payload) of the model in the local Hugging Face cache."""
         return cls.from_hub(name)
 
