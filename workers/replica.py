@@ -14,6 +14,7 @@ import time
 import traceback
 from typing import Any
 
+from workers.gpu_decode import decode_jpegs
 from workers.messages import BatchResult, LoadedBatch, ModelOutput
 from workers.models.base import ModelSpec, get_adapter
 from workers.models.checkpoint import parse_checkpoint
@@ -90,16 +91,16 @@ class Replica:
 
     def predict(self, batch: LoadedBatch, settings: dict[str, Any] | None = None) -> BatchResult:
         """Predict the images of `batch` that loaded; items that failed to load keep their error."""
-        ok = [i for i, img in enumerate(batch.images) if img is not None]
+        images, errors = self._images(batch)
+        ok = [i for i, img in enumerate(images) if img is not None]
         outputs: list[ModelOutput] = [
-            ModelOutput.empty(error=batch.errors[i] or "image was not loaded") for i in range(len(batch))
+            ModelOutput.empty(error=errors[i] or "image was not loaded") for i in range(len(batch))
         ]
         seconds = 0.0
         if ok:
-            images = [batch.images[i] for i in ok]
             sizes = [batch.orig_sizes[i] for i in ok]
             try:
-                results, seconds = self.adapter.run(images, sizes, settings)
+                results, seconds = self.adapter.run([images[i] for i in ok], sizes, settings)
             except Exception as exc:  # a model error fails this batch's items, not the replica
                 msg = f"model error: {type(exc).__name__}: {exc}"
                 traceback.print_exc()
@@ -117,6 +118,18 @@ class Replica:
             compute_seconds=seconds,
             replica=self.name,
         )
+
+    def _images(self, batch: LoadedBatch) -> tuple[list[Any], list[str | None]]:
+        """The batch's images, its JPEGs decoded here (decode mode "gpu"), and every item's error."""
+        images, errors = list(batch.images), list(batch.errors)
+        if batch.encoded:
+            todo = [i for i, data in enumerate(batch.encoded) if data is not None]
+            for i, img in zip(todo, decode_jpegs([batch.encoded[i] for i in todo], self.device)):
+                if isinstance(img, str):
+                    errors[i] = img
+                else:
+                    images[i] = img if self.adapter.accepts_device_tensors else img.cpu().numpy()
+        return images, errors
 
     def info(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict(), **self.ready()}

@@ -29,7 +29,8 @@ ID_SOURCES = ("project_id", "dataset_id", "image_ids", "video_id")
 ALIASES = {"image_id": "image_ids", "upload_mode": "upload"}
 SETTING_ALIASES = ("conf", "iou", "max_det")
 # The settings predict() reads besides the model's own: the upload's merge threshold and the loaders' limits.
-PIPELINE_SETTINGS = ("iou_merge_threshold", "max_pixels", "url_timeout")
+PIPELINE_SETTINGS = ("iou_merge_threshold", "max_pixels", "url_timeout", "decode")
+DECODE_MODES = ("auto", "full", "reduced", "gpu")  # settings["decode"]: workers.messages.DecodeOptions
 DEFAULT_IOU_MERGE_THRESHOLD = 0.9
 
 KNOWN = (
@@ -274,6 +275,9 @@ def _check_settings(settings: dict[str, Any], allowed: Iterable[str] | None = No
             bracket = "(" if lo_open else "["
             raise InvalidArgumentError(f"settings[{key!r}] must be in {bracket}{lo:g}, {hi:g}]; got {v!r}")
 
+    if "decode" in settings and settings["decode"] not in DECODE_MODES:
+        raise InvalidArgumentError(f"settings['decode'] must be one of {list(DECODE_MODES)}; got "
+                                   f"{settings['decode']!r}")
     number("conf", 0.0, 1.0)
     number("iou", 0.0, 1.0)
     number("iou_merge_threshold", 0.0, 1.0, lo_open=True)

@@ -18,7 +18,7 @@ from pipeline.exceptions import PipelineError, RunError
 from pipeline.prediction import Prediction
 from pipeline.stages import args as _args
 from pipeline.stages.collect import Collector
-from pipeline.stages.loading import make_loader
+from pipeline.stages.loading import decode_options, make_loader
 from pipeline.stages.scheduler import DEFAULT_MAX_IN_FLIGHT, RayExecutor, Scheduler
 from pipeline.stages.source import SourcePlan, resolve_source
 from pipeline.stages.upload import UploadStage, make_uploader
@@ -120,9 +120,7 @@ class PredictionSession:
             settings = {**args.settings, "img_size": img_size}
             if self.uploader is not None:
                 self.uploader.start(self._emit)
-            # Only an exact (h, w) size is applied while decoding; an int is the model's own fitting rule, done in
-            # the replica (docs/api.md, "img_size").
-            loader = make_loader(self.plan, img_size if isinstance(img_size, tuple) else None, settings)
+            loader = make_loader(self.plan, _decode_options(model, settings, img_size))
             items = loader.items(self.plan.iter_items())
             if self.uploader is not None:
                 items = self.uploader.filter_done(items)
@@ -249,6 +247,24 @@ class PredictionSession:
     def __repr__(self) -> str:
         s = self.status()
         return f"PredictionSession({s['done']}/{s['total']} done, {s['failed']} failed, {s['message']})"
+
+
+def _decode_options(model: Model, settings: dict[str, Any], img_size: Any) -> Any:
+    """How this run's loading tasks decode: only an exact (h, w) size is applied while decoding (an int is the
+    model's own fitting rule, done in the replica: docs/api.md, "img_size"); large JPEGs decoded reduced or on the
+    GPU per `settings["decode"]` (docs/api.md, "decode")."""
+    from workers.models import get_adapter
+
+    adapter = get_adapter(model.spec.framework)
+    cpus_per_gpu = None
+    if model.device == "cuda":
+        import ray
+
+        res = ray.cluster_resources()
+        cpus_per_gpu = res.get("CPU", 0.0) / max(res.get("GPU", 0.0), 1e-9)
+    return decode_options(settings, img_size if isinstance(img_size, tuple) else None,
+                          adapter.decode_hint(model.spec, img_size), adapter.accepts_device_tensors and
+                          model.device == "cuda", cpus_per_gpu)
 
 
 def _spec_size(size: Any) -> int | tuple[int, int] | None:
