@@ -13,7 +13,7 @@ import numpy as np
 
 from workers.messages import LoadedBatch, LoadRequest
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_URL_TIMEOUT_S", "ItemError", "decode_image", "decode_image_bytes", "fetch_url", "load_batch", "load_one", "read_image_file", "resize_to", "to_rgb_array"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_URL_TIMEOUT_S", "ItemError", "decode_image", "decode_image_bytes", "fetch_bytes", "fetch_url", "load_batch", "load_one", "read_image_file", "resize_to", "to_rgb_array"]
 
 # Decompression-bomb guard: an image that claims more pixels than this is refused before it is decoded.
 # 178,956,970 is Pillow's own warning threshold (about 13,000 x 13,000); raise it with settings["max_pixels"].
@@ -150,6 +150,19 @@ def fetch_url(url: str, timeout: float = DEFAULT_URL_TIMEOUT_S, max_bytes: int |
         raise ItemError(f"cannot fetch {url}: {type(exc).__name__}: {exc}") from None
 
 
+def fetch_bytes(url: str, timeout: float = DEFAULT_URL_TIMEOUT_S) -> bytes:
+    """The body of an http(s) URL (`fetch_url`) or an object-store URI (`workers.objects.read_object`: the store's
+    credentials come from this process's environment). Raises `ItemError`."""
+    from workers.objects import ObjectError, is_object_uri, read_object
+
+    if is_object_uri(url):
+        try:
+            return read_object(url)
+        except ObjectError as exc:
+            raise ItemError(str(exc)) from None
+    return fetch_url(url, timeout)
+
+
 def resize_to(img: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     """Resize HWC uint8 to `size = (h, w)` (bilinear); unchanged when it already has that size."""
     if size is None or tuple(img.shape[:2]) == tuple(size):
@@ -166,7 +179,7 @@ def load_one(req: LoadRequest, max_pixels: int, url_timeout: float) -> np.ndarra
     if req.array is not None:
         return to_rgb_array(req.array)
     if req.url is not None:
-        return decode_image_bytes(fetch_url(req.url, url_timeout), max_pixels)
+        return decode_image_bytes(fetch_bytes(req.url, url_timeout), max_pixels)
     if req.path is not None:
         return read_image_file(req.path, max_pixels)
     raise ItemError("nothing to load")
