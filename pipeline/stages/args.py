@@ -207,6 +207,8 @@ def _check_upload(args: PredictArgs) -> None:
     elif args.job_id is not None and not (isinstance(args.output, dict) and any(args.output.values())):
         raise InvalidArgumentError("job_id resumes an upload or a file output; pass it together with upload=... "
                                    "or output={...}")
+    elif args.job_id is not None:
+        _refuse_repeats(args)  # a resumed file job skips items by key: each item once
     if isinstance(args.output, dict):
         args.output = {k: v for k, v in args.output.items() if v is not None} or None
     if args.job_id is not None and (not isinstance(args.job_id, str) or not args.job_id.strip()):
@@ -236,8 +238,8 @@ def _refuse_repeats(args: PredictArgs) -> None:
     if repeated:
         what = "image_ids" if args.image_ids is not None else "input"
         raise InvalidArgumentError(
-            f"{what} lists {', '.join(repeated[:5])} more than once; an upload writes each item once: pass each "
-            "once (without upload=, repeats are fine)"
+            f"{what} lists {', '.join(repeated[:5])} more than once; a job (an upload, or files with job_id) "
+            "writes each item once: pass each once (without upload= and job_id=, repeats are fine)"
         )
 
 
