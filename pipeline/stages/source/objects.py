@@ -6,8 +6,9 @@ The walk is the local one's (`files.walk`): one "folder" level at a time (a `Fil
 S3 and GCS list one prefix level with the "/" delimiter, page by page, inside pyarrow), names sorted, a folder's
 files before its sub-folders, depth first; hidden names (".x") skipped; image and video extensions only
 (`workers/formats.py`). The driver holds the names of the folder levels on the walk's path, never the whole store:
-pyarrow's Python API returns one level's listing as one list, so a single level of a million objects is held (as
-names, about 160 bytes each) while it is walked; split such a flat prefix into sub-prefixes to bound it lower.
+pyarrow's Python API returns one level's listing as one list, so a single level of a million objects is held (about
+400 bytes each at the peak, `benchmarks/listing.py`) while it is walked; split such a flat prefix into
+sub-prefixes to bound it lower.
 
 Every check that can fail is made before any work: a scheme pyarrow does not know, a bucket that does not exist,
 credentials the store refuses, a prefix with nothing under it. An object that vanishes after it was listed, or
