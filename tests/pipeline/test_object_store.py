@@ -128,6 +128,17 @@ def test_parquet_and_coco_are_written_to_the_bucket_and_read_back(tiny_model, s3
     assert listed == ["c.json", "p.parquet"]  # no working folder left behind
 
 
+def test_upload_create_of_a_prefix_stores_its_images_and_folders(tiny_model, api, s3, tree):
+    preds = tiny_model.predict(input=s3.uri("data/imgs/"), recursive=True, upload="create", settings=S,
+                               progress=False)
+    project = api.project.get(preds[1].target.project_id)
+    assert project.name == "imgs"
+    stored = {(api.dataset.get(i.dataset_id).name, i.name): i for i in api.image.iterate(project_id=project.id)}
+    assert sorted(stored) == sorted(((p.dataset or ("ds0",))[-1], p.name) for p in preds if p.error is None)
+    np.testing.assert_array_equal(api.image.download(stored[("deeper", "img_0000.png")].id),
+                                  np.asarray(__import__("PIL.Image").Image.open(tree / "sub/deeper/img_0000.png")))
+
+
 def _refused(tiny_model, monkeypatch, match, **kwargs):
     """The call fails before any work: no session is ever created."""
     import pipeline.stages.session as session

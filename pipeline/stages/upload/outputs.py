@@ -101,12 +101,13 @@ def make_outputs(args: PredictArgs, plan: SourcePlan, model: Any, target: Target
     job_id = target.job_id if target is not None else (args.job_id or new_job_id())
     parts_loc, staging = _parts_location(locs)
     resumed_upload = target is not None and target.resumed
-    if "coco" in locs and resumed_upload:
-        raise InvalidArgumentError(
-            f"output.coco cannot resume with upload job {job_id!r}: the platform records its items, and a crash "
-            "between an upload and its Parquet part loses that part's rows, so the COCO file could miss them; "
-            "export COCO in a run of its own, or from the platform (pipeline platform export --format coco)"
-        )
+    for key in ("coco", "yolo"):
+        if key in locs and resumed_upload:
+            raise InvalidArgumentError(
+                f"output.{key} cannot resume with upload job {job_id!r}: the platform records its items, and a "
+                "crash between an upload and its Parquet part loses that part's rows, so the file could miss them; "
+                f"export it from the platform (pipeline platform export PROJECT DIR --format {key})"
+            )
     parts = ParquetWriter(parts_loc, job_id, keep_unmarked=resumed_upload)
     writers: list[Any] = []
     if "yolo" in locs:
