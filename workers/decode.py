@@ -16,7 +16,7 @@ import numpy as np
 from workers.messages import DecodeOptions, LoadedBatch, LoadRequest
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_URL_TIMEOUT_S", "ItemError", "decode_image", "decode_image_bytes",
-           "decode_reduced", "fetch_url", "is_jpeg", "jpeg_size", "load_batch", "load_one", "needed_scale",
+           "decode_reduced", "fetch_bytes", "fetch_url", "is_jpeg", "jpeg_size", "load_batch", "load_one", "needed_scale",
            "read_image_file", "resize_to", "to_rgb_array"]
 
 # Decompression-bomb guard: an image that claims more pixels than this is refused before it is decoded.
@@ -163,6 +163,19 @@ def fetch_url(url: str, timeout: float = DEFAULT_URL_TIMEOUT_S, max_bytes: int |
         raise ItemError(f"cannot fetch {url}: {type(exc).__name__}: {exc}") from None
 
 
+def fetch_bytes(url: str, timeout: float = DEFAULT_URL_TIMEOUT_S) -> bytes:
+    """The body of an http(s) URL (`fetch_url`) or an object-store URI (`workers.objects.read_object`: the store's
+    credentials come from this process's environment). Raises `ItemError`."""
+    from workers.objects import ObjectError, is_object_uri, read_object
+
+    if is_object_uri(url):
+        try:
+            return read_object(url)
+        except ObjectError as exc:
+            raise ItemError(str(exc)) from None
+    return fetch_url(url, timeout)
+
+
 def resize_to(img: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     """Resize HWC uint8 to `size = (h, w)` (bilinear); unchanged when it already has that size."""
     if size is None or tuple(img.shape[:2]) == tuple(size):
@@ -175,8 +188,8 @@ def resize_to(img: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
 
 def _raw(req: LoadRequest, options: DecodeOptions) -> bytes:
     """The encoded bytes of a file or URL item."""
-    if req.url is not None:
-        return fetch_url(req.url, options.url_timeout)
+    if req.url is not None:  # an http(s) URL or an object-store URI
+        return fetch_bytes(req.url, options.url_timeout)
     try:
         with open(req.path, "rb") as f:
             return f.read()

@@ -136,7 +136,8 @@ class ModelSection(_Section):
 class InputSection(_Section):
     """What to predict: exactly one source."""
 
-    path: str | None = None  # an image, a directory, a video file or a local Supervisely project folder
+    path: str | None = None  # an image, a directory, a video file, a local Supervisely project folder, or an
+    # object-store URI (s3://bucket/prefix/, gs://..., hdfs://...: an object or every image under a prefix)
     paths: list[str] | None = Field(default=None, min_length=1)
     url: str | None = None
     project_id: PositiveInt | None = None
@@ -232,8 +233,14 @@ class UploadSection(_Section):
 
 
 class OutputSection(_Section):
-    parquet: str | None = None  # file to write the predictions to, one row per object
+    # Each a local path or an object-store URI (s3://, gs://, hdfs://: any pyarrow.fs URI).
+    parquet: str | None = None  # a folder of Parquet parts, one row per object
     coco: str | None = None  # COCO-format JSON
+    yolo: str | None = None  # a YOLO dataset folder (Ultralytics' layout)
+    yolo_images: Literal["copy", "link"] | None = None  # the YOLO dataset's images: copies (default) or links
+    # Without an upload, the run is a file job: a re-run with the same id resumes it (an upload's job is upload.job_id)
+    job_id: str | None = Field(default=None, strict=False)
+    model_config = ConfigDict(coerce_numbers_to_str=True)
 
 
 class RaySection(_Section):
@@ -285,6 +292,8 @@ class PipelineConfig(_Section):
                 f"{self.upload.mode!r} needs platform items (input.project_id, dataset_id, image_ids or "
                 f"video_id); input.{self.input.source} is not. Use mode: create to store the results as a new project",
             )
+        if self.upload is not None and self.output is not None and self.output.job_id is not None:
+            raise LocatedError(("output", "job_id"), "with an upload the job is the upload's: give upload.job_id")
         return self
 
     @property
@@ -322,10 +331,12 @@ class PipelineConfig(_Section):
         if self.upload is not None:
             kw["upload"] = self.upload.mode
         job = job_id if job_id is not None else (self.upload.job_id if self.upload is not None else None)
+        if job is None and self.output is not None:
+            job = self.output.job_id
         if job is not None:
             kw["job_id"] = job
         if self.output is not None:
-            outputs = {k: v for k, v in self.output.model_dump().items() if v is not None}
+            outputs = {k: v for k, v in self.output.model_dump(exclude={"job_id"}).items() if v is not None}
             if outputs:
                 kw["output"] = outputs
         return kw

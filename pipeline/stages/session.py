@@ -132,7 +132,7 @@ class PredictionSession:
             self.scheduler.run(loader.batches(items, batch_size), collector, before_submit=self._has_room)
             if self.uploader is not None:
                 self._message = "finishing upload"
-                self.uploader.close()
+                self.uploader.close(complete=not self._stop.is_set())
             self._message = "stopped" if self._stop.is_set() else "done"
         except BaseException as exc:  # reported to the reader and kept in status()
             error = exc
