@@ -18,6 +18,7 @@ from workers.gpu_decode import decode_jpegs
 from workers.messages import BatchResult, LoadedBatch, ModelOutput
 from workers.models.base import ModelSpec, get_adapter
 from workers.models.checkpoint import parse_checkpoint
+from workers.tiling import run_tiled
 
 __all__ = ["Replica"]
 
@@ -100,7 +101,7 @@ class Replica:
         if ok:
             sizes = [batch.orig_sizes[i] for i in ok]
             try:
-                results, seconds = self.adapter.run([images[i] for i in ok], sizes, settings)
+                results, seconds = self._run([images[i] for i in ok], sizes, settings or {})
             except Exception as exc:  # a model error fails this batch's items, not the replica
                 msg = f"model error: {type(exc).__name__}: {exc}"
                 traceback.print_exc()
@@ -118,6 +119,16 @@ class Replica:
             compute_seconds=seconds,
             replica=self.name,
         )
+
+    def _run(self, images: list[Any], sizes: list[Any], settings: dict[str, Any]) -> tuple[list[ModelOutput], float]:
+        """The adapter on the images, or on their tiles (`settings["tiling"]`: workers/tiling.py), the tiles of
+        each image consecutive in batches of the run's batch size."""
+        tiling = settings.get("tiling")
+        if not tiling:
+            return self.adapter.run(images, sizes, settings)
+        plain = {k: v for k, v in settings.items() if k != "tiling"}
+        return run_tiled(lambda views, view_sizes: self.adapter.run(views, view_sizes, plain), images, tiling,
+                         int(tiling.get("batch", 8)))
 
     def _images(self, batch: LoadedBatch) -> tuple[list[Any], list[str | None]]:
         """The batch's images, its JPEGs decoded here (decode mode "gpu"), and every item's error."""

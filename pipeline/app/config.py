@@ -186,6 +186,18 @@ class PredictSection(_Section):
     classes: list[str] | None = None  # class names to keep
     settings: dict[str, Any] = Field(default_factory=dict)  # conf, iou, max_det, iou_merge_threshold, model keys
     video_params: VideoParams | None = None
+    tiling: dict[str, Any] | bool | None = None  # {tile, overlap, merge, full_image, ...}: docs/api.md, "tiling"
+
+    @field_validator("tiling")
+    @classmethod
+    def _tiling(cls, v: Any) -> Any:
+        from workers.tiling import check_tiling
+
+        try:
+            check_tiling(v)
+        except InvalidArgumentError as exc:
+            raise ValueError(str(exc)) from None
+        return v
 
     @field_validator("img_size")
     @classmethod
@@ -322,7 +334,7 @@ class PipelineConfig(_Section):
             kw["recursive"] = True
         if pred.settings:
             kw["settings"] = dict(pred.settings)
-        for key in ("batch_size", "img_size", "classes"):
+        for key in ("batch_size", "img_size", "classes", "tiling"):
             value = getattr(pred, key)
             if value is not None:
                 kw[key] = value

@@ -18,6 +18,7 @@ from typing import Any
 from pipeline.exceptions import InvalidArgumentError
 from pipeline.stages.video_params import check_video_params
 from workers.formats import is_url
+from workers.tiling import check_tiling
 
 __all__ = ["ALIASES", "DEFAULT_IOU_MERGE_THRESHOLD", "PIPELINE_SETTINGS", "PredictArgs", "UPLOAD_MODES", "abs_path", "as_int",
            "describe_input", "normalize", "parse_img_size"]
@@ -36,7 +37,7 @@ OUTPUT_FORMATS = ("parquet", "coco", "yolo")  # output={format: local path or ob
 
 KNOWN = (
     "input", "project_id", "dataset_id", "image_ids", "video_id", "settings", "batch_size", "img_size", "classes",
-    "upload", "recursive", "video_params", "job_id", "progress", "output", "max_in_flight",
+    "upload", "recursive", "video_params", "job_id", "progress", "output", "max_in_flight", "tiling",
 )
 
 
@@ -58,6 +59,7 @@ class PredictArgs:
     progress: bool = True
     output: dict[str, str] | None = None
     max_in_flight: int | None = None
+    tiling: dict[str, Any] | None = None
 
     @property
     def source_name(self) -> str:
@@ -127,6 +129,10 @@ def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None,
     if not isinstance(args.recursive, bool):
         raise InvalidArgumentError(f"recursive must be True or False; got {args.recursive!r}")
     args.video_params = check_video_params(args.video_params, args)
+    args.tiling = check_tiling(args.tiling)
+    if args.tiling and settings.get("decode") in ("reduced", "gpu"):
+        raise InvalidArgumentError(f"tiling decodes each image whole (its tiles are the model's input); "
+                                   f"settings['decode']={settings['decode']!r} cannot apply: leave it out")
     return args
 
 

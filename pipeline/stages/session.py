@@ -22,6 +22,7 @@ from pipeline.stages.loading import decode_options, make_loader
 from pipeline.stages.scheduler import DEFAULT_MAX_IN_FLIGHT, RayExecutor, Scheduler
 from pipeline.stages.source import SourcePlan, resolve_source
 from pipeline.stages.upload import UploadStage, make_uploader
+from workers.tiling import check_tiling
 
 if TYPE_CHECKING:
     from pipeline.deploy.nn import Model
@@ -118,6 +119,9 @@ class PredictionSession:
             img_size = args.img_size or _spec_size(model.spec.img_size)
             batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(model.device, 4)
             settings = {**args.settings, "img_size": img_size}
+            if args.tiling:  # the replica cuts each image into tiles, run batch_size at a time (workers/tiling.py)
+                settings["tiling"] = {**args.tiling, "batch": batch_size}
+                settings["decode"] = "full"
             if self.uploader is not None:
                 self.uploader.start(self._emit)
             loader = make_loader(self.plan, _decode_options(model, settings, img_size))
@@ -275,6 +279,7 @@ def start_session(model: Model, input: Any = None, **kwargs: Any) -> PredictionS
     """Validate everything, then start the run. Raises `ValueError`s before any work."""
     args = _args.normalize({"input": input, **kwargs}, model_classes=model.classes,
                            model_settings=model.settings_keys)
+    check_tiling(args.tiling, model.spec.task_type)  # the model's task: tiles merge for detectors only
     platform = model.api.platform
     plan = resolve_source(args, platform)
     uploader = None
