@@ -137,7 +137,8 @@ class ModelSection(_Section):
 class InputSection(_Section):
     """What to predict: exactly one source."""
 
-    path: str | None = None  # an image, a directory, a video file or a local Supervisely project folder
+    path: str | None = None  # an image, a directory, a video file, a local Supervisely project folder, or an
+    # object-store URI (s3://bucket/prefix/, gs://..., hdfs://...: an object or every image under a prefix)
     paths: list[str] | None = Field(default=None, min_length=1)
     url: str | None = None
     project_id: PositiveInt | None = None
@@ -186,6 +187,18 @@ class PredictSection(_Section):
     classes: list[str] | None = None  # class names to keep
     settings: dict[str, Any] = Field(default_factory=dict)  # conf, iou, max_det, iou_merge_threshold, model keys
     video_params: VideoParams | None = None
+    tiling: dict[str, Any] | bool | None = None  # {tile, overlap, merge, full_image, ...}: docs/api.md, "tiling"
+
+    @field_validator("tiling")
+    @classmethod
+    def _tiling(cls, v: Any) -> Any:
+        from workers.tiling import check_tiling
+
+        try:
+            check_tiling(v)
+        except InvalidArgumentError as exc:
+            raise ValueError(str(exc)) from None
+        return v
 
     @field_validator("img_size")
     @classmethod
@@ -233,8 +246,14 @@ class UploadSection(_Section):
 
 
 class OutputSection(_Section):
-    parquet: str | None = None  # file to write the predictions to, one row per object
+    # Each a local path or an object-store URI (s3://, gs://, hdfs://: any pyarrow.fs URI).
+    parquet: str | None = None  # a folder of Parquet parts, one row per object
     coco: str | None = None  # COCO-format JSON
+    yolo: str | None = None  # a YOLO dataset folder (Ultralytics' layout)
+    yolo_images: Literal["copy", "link"] | None = None  # the YOLO dataset's images: copies (default) or links
+    # Without an upload, the run is a file job: a re-run with the same id resumes it (an upload's job is upload.job_id)
+    job_id: str | None = Field(default=None, strict=False)
+    model_config = ConfigDict(coerce_numbers_to_str=True)
 
 
 class RaySection(_Section):
@@ -286,6 +305,8 @@ class PipelineConfig(_Section):
                 f"{self.upload.mode!r} needs platform items (input.project_id, dataset_id, image_ids or "
                 f"video_id); input.{self.input.source} is not. Use mode: create to store the results as a new project",
             )
+        if self.upload is not None and self.output is not None and self.output.job_id is not None:
+            raise LocatedError(("output", "job_id"), "with an upload the job is the upload's: give upload.job_id")
         return self
 
     @property
@@ -314,7 +335,7 @@ class PipelineConfig(_Section):
             kw["recursive"] = True
         if pred.settings:
             kw["settings"] = dict(pred.settings)
-        for key in ("batch_size", "img_size", "classes"):
+        for key in ("batch_size", "img_size", "classes", "tiling"):
             value = getattr(pred, key)
             if value is not None:
                 kw[key] = value
@@ -323,10 +344,12 @@ class PipelineConfig(_Section):
         if self.upload is not None:
             kw["upload"] = self.upload.mode
         job = job_id if job_id is not None else (self.upload.job_id if self.upload is not None else None)
+        if job is None and self.output is not None:
+            job = self.output.job_id
         if job is not None:
             kw["job_id"] = job
         if self.output is not None:
-            outputs = {k: v for k, v in self.output.model_dump().items() if v is not None}
+            outputs = {k: v for k, v in self.output.model_dump(exclude={"job_id"}).items() if v is not None}
             if outputs:
                 kw["output"] = outputs
         return kw

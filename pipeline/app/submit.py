@@ -223,7 +223,8 @@ def _check_submit_paths(cfg: Any, root: Path | None, err: Any) -> None:
                 f"{cfg.path}: {key}: {p!r} is relative, and a submitted job runs in an uploaded copy of the project, "
                 f"but {problem}; use an absolute path that exists on the cluster's nodes (or a URI)"
             )
-    for key, p in ((k, v) for k, v in (cfg.output.model_dump().items() if cfg.output else []) if v):
+    paths = cfg.output.model_dump(include={"parquet", "coco", "yolo"}) if cfg.output else {}
+    for key, p in ((k, v) for k, v in paths.items() if v):
         if not os.path.isabs(p) and "://" not in p:
             err.write(f"warning: output.{key} {p!r} is relative: the job writes it inside its working directory on "
                       "the head node, which Ray deletes later; use an absolute path on a shared volume\n")

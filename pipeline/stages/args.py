@@ -18,6 +18,7 @@ from typing import Any
 from pipeline.exceptions import InvalidArgumentError
 from pipeline.stages.video_params import check_video_params
 from workers.formats import is_url
+from workers.tiling import check_tiling
 
 __all__ = ["ALIASES", "DEFAULT_IOU_MERGE_THRESHOLD", "PIPELINE_SETTINGS", "PredictArgs", "UPLOAD_MODES", "abs_path", "as_int",
            "describe_input", "normalize", "parse_img_size"]
@@ -29,12 +30,14 @@ ID_SOURCES = ("project_id", "dataset_id", "image_ids", "video_id")
 ALIASES = {"image_id": "image_ids", "upload_mode": "upload"}
 SETTING_ALIASES = ("conf", "iou", "max_det")
 # The settings predict() reads besides the model's own: the upload's merge threshold and the loaders' limits.
-PIPELINE_SETTINGS = ("iou_merge_threshold", "max_pixels", "url_timeout")
+PIPELINE_SETTINGS = ("iou_merge_threshold", "max_pixels", "url_timeout", "decode")
+DECODE_MODES = ("auto", "full", "reduced", "gpu")  # settings["decode"]: workers.messages.DecodeOptions
 DEFAULT_IOU_MERGE_THRESHOLD = 0.9
+OUTPUT_FORMATS = ("parquet", "coco", "yolo")  # output={format: local path or object-store URI}
 
 KNOWN = (
     "input", "project_id", "dataset_id", "image_ids", "video_id", "settings", "batch_size", "img_size", "classes",
-    "upload", "recursive", "video_params", "job_id", "progress", "output", "max_in_flight",
+    "upload", "recursive", "video_params", "job_id", "progress", "output", "max_in_flight", "tiling",
 )
 
 
@@ -56,6 +59,7 @@ class PredictArgs:
     progress: bool = True
     output: dict[str, str] | None = None
     max_in_flight: int | None = None
+    tiling: dict[str, Any] | None = None
     prompts: list[str] | None = None  # an open-vocabulary model's `classes`: what it is told to find
 
     def class_names(self, model_classes: list[str]) -> list[str]:
@@ -139,6 +143,10 @@ def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None,
     if not isinstance(args.recursive, bool):
         raise InvalidArgumentError(f"recursive must be True or False; got {args.recursive!r}")
     args.video_params = check_video_params(args.video_params, args)
+    args.tiling = check_tiling(args.tiling)
+    if args.tiling and settings.get("decode") in ("reduced", "gpu"):
+        raise InvalidArgumentError(f"tiling decodes each image whole (its tiles are the model's input); "
+                                   f"settings['decode']={settings['decode']!r} cannot apply: leave it out")
     return args
 
 
@@ -247,7 +255,7 @@ def _take_prompts(args: PredictArgs, settings: dict[str, Any]) -> None:
 
 
 def _check_upload(args: PredictArgs) -> None:
-    """The upload mode fits the source; job_id goes with an upload; output names known formats."""
+    """The upload mode fits the source; job_id goes with an upload or an output; output names known formats."""
     if args.upload is not None:
         if args.upload not in UPLOAD_MODES:
             raise InvalidArgumentError(f"unknown upload mode {args.upload!r}; use one of {list(UPLOAD_MODES)}")
@@ -257,13 +265,21 @@ def _check_upload(args: PredictArgs) -> None:
                 f"upload={args.upload!r} needs platform items (project_id, dataset_id, image_ids or video_id); "
                 f"got {describe_input(args.input)}. Use upload='create' to store these as a new project."
             )
+    elif args.job_id is not None and not (isinstance(args.output, dict) and any(args.output.values())):
+        raise InvalidArgumentError("job_id resumes an upload or a file output; pass it together with upload=... "
+                                   "or output={...}")
     elif args.job_id is not None:
-        raise InvalidArgumentError("job_id resumes an upload; pass it together with upload=...")
+        _refuse_repeats(args)  # a resumed file job skips items by key: each item once
+    if isinstance(args.output, dict):
+        args.output = {k: v for k, v in args.output.items() if v is not None} or None
     if args.job_id is not None and (not isinstance(args.job_id, str) or not args.job_id.strip()):
         raise InvalidArgumentError(f"job_id must be a non-empty string; got {args.job_id!r}")
     if args.output is not None:
-        if not isinstance(args.output, dict) or not set(args.output) <= {"parquet", "coco"}:
-            raise InvalidArgumentError(f"output must be a dict with keys 'parquet' and/or 'coco'; got {args.output!r}")
+        formats = set(OUTPUT_FORMATS)
+        if not isinstance(args.output, dict) or not set(args.output) <= formats | {"yolo_images"} \
+                or not set(args.output) & formats:
+            raise InvalidArgumentError(f"output must be a dict with keys {', '.join(map(repr, OUTPUT_FORMATS))} "
+                                       f"(and 'yolo_images': 'copy' or 'link'); got {args.output!r}")
 
 
 def abs_path(p: str | os.PathLike) -> str:
@@ -283,8 +299,8 @@ def _refuse_repeats(args: PredictArgs) -> None:
     if repeated:
         what = "image_ids" if args.image_ids is not None else "input"
         raise InvalidArgumentError(
-            f"{what} lists {', '.join(repeated[:5])} more than once; an upload writes each item once: pass each "
-            "once (without upload=, repeats are fine)"
+            f"{what} lists {', '.join(repeated[:5])} more than once; a job (an upload, or files with job_id) "
+            "writes each item once: pass each once (without upload= and job_id=, repeats are fine)"
         )
 
 
@@ -314,6 +330,9 @@ def _check_settings(settings: dict[str, Any], allowed: Iterable[str] | None = No
             bracket = "(" if lo_open else "["
             raise InvalidArgumentError(f"settings[{key!r}] must be in {bracket}{lo:g}, {hi:g}]; got {v!r}")
 
+    if "decode" in settings and settings["decode"] not in DECODE_MODES:
+        raise InvalidArgumentError(f"settings['decode'] must be one of {list(DECODE_MODES)}; got "
+                                   f"{settings['decode']!r}")
     number("conf", 0.0, 1.0)
     number("iou", 0.0, 1.0)
     number("iou_merge_threshold", 0.0, 1.0, lo_open=True)
@@ -336,6 +355,8 @@ def describe_input(value: Any) -> str:
         text = os.fspath(value)
         if is_url(text):
             return "a URL"
+        if "://" in text and not text.startswith("file://"):
+            return "an object-store URI"
         if os.path.isdir(text):
             return "a project folder" if os.path.exists(os.path.join(text, "meta.json")) else "a directory"
         return "a file path"

@@ -18,10 +18,11 @@ from pipeline.exceptions import PipelineError, RunError
 from pipeline.prediction import Prediction
 from pipeline.stages import args as _args
 from pipeline.stages.collect import Collector
-from pipeline.stages.loading import make_loader
+from pipeline.stages.loading import decode_options, make_loader
 from pipeline.stages.scheduler import DEFAULT_MAX_IN_FLIGHT, RayExecutor, Scheduler
 from pipeline.stages.source import SourcePlan, resolve_source
 from pipeline.stages.upload import UploadStage, make_uploader
+from workers.tiling import check_tiling
 
 if TYPE_CHECKING:
     from pipeline.deploy.nn import Model
@@ -118,11 +119,12 @@ class PredictionSession:
             img_size = args.img_size or _spec_size(model.spec.img_size)
             batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(model.device, 4)
             settings = {**args.settings, "img_size": img_size}
+            if args.tiling:  # the replica cuts each image into tiles, run batch_size at a time (workers/tiling.py)
+                settings["tiling"] = {**args.tiling, "batch": batch_size}
+                settings["decode"] = "full"
             if self.uploader is not None:
                 self.uploader.start(self._emit)
-            # Only an exact (h, w) size is applied while decoding; an int is the model's own fitting rule, done in
-            # the replica (docs/api.md, "img_size").
-            loader = make_loader(self.plan, img_size if isinstance(img_size, tuple) else None, settings)
+            loader = make_loader(self.plan, _decode_options(model, settings, img_size))
             items = loader.items(self.plan.iter_items())
             if self.uploader is not None:
                 items = self.uploader.filter_done(items)
@@ -134,7 +136,7 @@ class PredictionSession:
             self.scheduler.run(loader.batches(items, batch_size), collector, before_submit=self._has_room)
             if self.uploader is not None:
                 self._message = "finishing upload"
-                self.uploader.close()
+                self.uploader.close(complete=not self._stop.is_set())
             self._message = "stopped" if self._stop.is_set() else "done"
         except BaseException as exc:  # reported to the reader and kept in status()
             error = exc
@@ -251,6 +253,24 @@ class PredictionSession:
         return f"PredictionSession({s['done']}/{s['total']} done, {s['failed']} failed, {s['message']})"
 
 
+def _decode_options(model: Model, settings: dict[str, Any], img_size: Any) -> Any:
+    """How this run's loading tasks decode: only an exact (h, w) size is applied while decoding (an int is the
+    model's own fitting rule, done in the replica: docs/api.md, "img_size"); large JPEGs decoded reduced or on the
+    GPU per `settings["decode"]` (docs/api.md, "decode")."""
+    from workers.models import get_adapter
+
+    adapter = get_adapter(model.spec.framework)
+    cpus_per_gpu = None
+    if model.device == "cuda":
+        import ray
+
+        res = ray.cluster_resources()
+        cpus_per_gpu = res.get("CPU", 0.0) / max(res.get("GPU", 0.0), 1e-9)
+    return decode_options(settings, img_size if isinstance(img_size, tuple) else None,
+                          adapter.decode_hint(model.spec, img_size), adapter.accepts_device_tensors and
+                          model.device == "cuda", cpus_per_gpu)
+
+
 def _spec_size(size: Any) -> int | tuple[int, int] | None:
     return _args.parse_img_size(list(size) if isinstance(size, tuple) else size)
 
@@ -260,6 +280,7 @@ def start_session(model: Model, input: Any = None, **kwargs: Any) -> PredictionS
     args = _args.normalize({"input": input, **kwargs}, model_classes=model.classes,
                            model_settings=model.settings_keys, open_vocabulary=model.open_vocabulary)
     model.validate_settings({**args.settings, "img_size": args.img_size})
+    check_tiling(args.tiling, model.spec.task_type)  # the model's task: tiles merge for detectors only
     platform = model.api.platform
     plan = resolve_source(args, platform)
     uploader = None

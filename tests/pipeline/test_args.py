@@ -46,6 +46,8 @@ IMG = np.zeros((8, 8, 3), np.uint8)
         ({"input": IMG, "batchsize": 4}, "did you mean 'batch_size'"),
         ({"input": IMG, "job_id": "abc"}, "job_id resumes an upload"),
         ({"input": IMG, "output": {"csv": "x"}}, "output must be a dict with keys"),
+        ({"input": IMG, "output": {"yolo_images": "link"}}, "output must be a dict with keys"),
+        ({"input": IMG, "job_id": "abc", "output": {"coco": None}}, "job_id resumes an upload or a file output"),
         ({"input": IMG, "recursive": "yes"}, "recursive must be True or False"),
         ({"input": IMG, "settings": [1]}, "settings must be a dict"),
         ({"input": IMG, "settings": {"max_pixels": "abc"}}, r"settings\['max_pixels'\] must be a positive int"),
@@ -74,6 +76,15 @@ def test_aliases_and_defaults():
                          "img_size": (np.int64(64), 96), "conf": np.float32(0.5)}, ["a"])
     assert c.image_ids == [3, 3] and c.batch_size == 2 and c.img_size == (64, 96)
     assert type(c.batch_size) is int and all(type(i) is int for i in c.image_ids)
+
+
+def test_job_id_goes_with_an_upload_or_an_output():
+    a = _args.normalize({"input": IMG, "job_id": "files-1", "output": {"parquet": "p", "coco": None}}, ["a"])
+    assert a.job_id == "files-1" and a.output == {"parquet": "p"} and a.upload is None
+    b = _args.normalize({"input": "s3://bucket/imgs/", "output": {"yolo": "s3://bucket/ds", "yolo_images": "copy"}},
+                        ["a"])
+    assert b.output == {"yolo": "s3://bucket/ds", "yolo_images": "copy"}
+    assert _args.describe_input("s3://bucket/imgs/") == "an object-store URI"
 
 
 @pytest.mark.parametrize(

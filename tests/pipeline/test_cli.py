@@ -295,6 +295,8 @@ def test_bad_config_exits_2(tmp_path, capsys):
     ("model: [unclosed\n", ["not valid YAML"]),
     ("model: {checkpoint: /no/such/model.pth}\ninput: {path: .}\n", ["model.checkpoint", "does not exist"]),
     ("model: {checkpoint: CKPT}\ninput: {path: /no/such/dir}\n", ["input.path", "does not exist"]),
+    ("model: {checkpoint: CKPT}\ninput: {path: 'nosuchfs://bucket/imgs/'}\n", ["Unrecognized filesystem type"]),
+    ("model: {checkpoint: CKPT}\ninput: {path: .}\noutput: {coco: 'nosuchfs://b/c.json'}\n", ["output coco"]),
 ])
 def test_missing_or_unreadable_inputs_exit_2_before_any_work(tmp_path, capsys, tiny_checkpoint, text, words):
     p = tmp_path / "c.yaml"

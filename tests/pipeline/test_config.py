@@ -94,6 +94,23 @@ def test_predict_kwargs_maps_every_section(tmp_path):
     assert cfg.predict_kwargs(job_id="cli")["job_id"] == "cli"  # --job-id wins
 
 
+def test_output_section_yolo_and_a_file_job(tmp_path):
+    p = write(tmp_path, """\
+        model: {checkpoint: c.pth}
+        input: {path: "s3://bucket/imgs/?endpoint_override=127.0.0.1:9000&scheme=http", recursive: true}
+        output: {parquet: "s3://bucket/p.parquet", yolo: ds, yolo_images: link, job_id: 7}
+        """)
+    kw = load_config(p).predict_kwargs()
+    assert kw == {"input": "s3://bucket/imgs/?endpoint_override=127.0.0.1:9000&scheme=http", "recursive": True,
+                  "job_id": "7", "output": {"parquet": "s3://bucket/p.parquet", "yolo": "ds", "yolo_images": "link"}}
+    assert load_config(p).predict_kwargs(job_id="cli")["job_id"] == "cli"
+    bad = write(tmp_path, GOOD + "upload: {mode: create}\noutput: {coco: c.json, job_id: x}\n")
+    with pytest.raises(ConfigError, match="output.job_id: with an upload the job is the upload's"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="yolo_images"):
+        load_config(write(tmp_path, GOOD + "output: {yolo: ds, yolo_images: hardlink}\n"))
+
+
 @pytest.mark.parametrize("source,value,kw", [
     ("path", "imgs", {"input": "imgs"}),
     ("paths", ["a.jpg", "b.jpg"], {"input": ["a.jpg", "b.jpg"]}),

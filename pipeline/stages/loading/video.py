@@ -26,6 +26,7 @@ from pipeline.stages.loading.batch import Batch
 from pipeline.stages.loading.images import ImageLoader
 from pipeline.stages.source.video import VideoFrames
 from pipeline.stages.video_params import split_ranges
+from workers.messages import DecodeOptions
 
 __all__ = ["MAX_READERS", "READER_OPTIONS", "VideoLanes", "VideoLoader", "loader_cpus"]
 
@@ -129,9 +130,9 @@ class VideoLoader:
     """Loads a plan whose stream holds videos (`VideoFrames`), and image items as `ImageLoader` does. Videos
     register when their items start and leave once their last batch is made."""
 
-    def __init__(self, img_size: tuple[int, int] | None, settings: dict[str, Any], readers: int | None = None):
-        self.img_size = img_size
-        self.images = ImageLoader(img_size, settings)
+    def __init__(self, options: DecodeOptions, readers: int | None = None):
+        self.img_size = options.resize  # frames are decoded whole by PyAV; only an exact size is applied
+        self.images = ImageLoader(options)
         self.readers = readers
         self.videos: dict[str, VideoLanes] = {}
 

@@ -19,7 +19,7 @@ from pipeline.platform import media, ops
 from pipeline.prediction import Prediction, UploadTarget
 from pipeline.stages.upload.merge import merge_annotation
 from pipeline.stages.upload.target import Target, Written
-from workers.decode import ItemError, fetch_url
+from workers.decode import ItemError, fetch_bytes
 
 __all__ = ["ImageTarget"]
 
@@ -59,7 +59,7 @@ class ImageTarget(Target):
         elif p.image_path is not None:
             src = open(p.image_path, "rb")  # noqa: SIM115 - closed by the `with` below
         elif p.image_url is not None:
-            src = io.BytesIO(fetch_url(p.image_url))
+            src = io.BytesIO(fetch_bytes(p.image_url))
         else:
             raise InvalidArgumentError("the item has no image to store")
         with src:

@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline.exceptions import UploadError
 from pipeline.prediction import Item, Prediction
+from pipeline.stages.upload.outputs import Outputs
 from pipeline.stages.upload.target import Target
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,10 @@ MAX_GROUP = 256
 class UploadStage:
     """The upload thread: takes predictions from the collector, writes them, then hands them to the reader."""
 
-    def __init__(self, target: Target | None, writers: list[Any]):
+    def __init__(self, target: Target | None, outputs: Outputs | None = None):
         self.target = target
-        self.writers = writers
+        self.outputs = outputs
+        self.writers: list[Any] = outputs.writers if outputs is not None else []
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._emit: Callable[[list[Prediction]], None] | None = None
@@ -42,19 +44,26 @@ class UploadStage:
         self._run_lock = threading.Lock()
 
     # -- resume -----------------------------------------------------------------------------------------------
+    @property
+    def done_keys(self) -> set[str]:
+        """The items the job did before (an upload job: the platform's record; a file job: its parts')."""
+        if self.target is not None:
+            return self.target.done_keys
+        return self.outputs.done_keys if self.outputs is not None else set()
+
     def filter_done(self, items: Iterator[Item]) -> Iterator[Item]:
-        done = self.target.done_keys if self.target is not None else set()
+        done = self.done_keys
         for item in items:
             if item.key not in done:
                 yield item
 
     def skipped_count(self) -> int:
-        return len(self.target.done_keys) if self.target is not None else 0
+        return len(self.done_keys)
 
     def context(self) -> dict[str, Any]:
         ctx = self.target.context() if self.target is not None else {}
-        for w in self.writers:
-            ctx[f"output_{type(w).__name__.replace('Writer', '').lower()}"] = w.path
+        if self.outputs is not None:
+            ctx.update(self.outputs.context())
         return ctx
 
     def backlog(self) -> int:
@@ -134,8 +143,10 @@ class UploadStage:
                 self._queued -= len(group)
             self._emit(group)
 
-    def close(self, abort: bool = False) -> None:
-        """Write everything queued, close the files; raise if the upload failed."""
+    def close(self, abort: bool = False, complete: bool = True) -> None:
+        """Write everything queued, close the files (COCO and YOLO are assembled now); raise if the upload
+        failed. `complete`: every item of the run was processed (not stopped), so a file job's working folders
+        can go."""
         if self._closed:
             return
         self._closed = True
@@ -144,5 +155,7 @@ class UploadStage:
             self._thread.join()
         for w in self.writers:
             w.close()
+        if self.outputs is not None:
+            self.outputs.finish(complete and not abort and self._error is None)
         if self._error is not None and not abort:
             raise UploadError(f"the upload failed: {type(self._error).__name__}: {self._error}") from self._error
