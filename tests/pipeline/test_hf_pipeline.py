@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from helpers import write_images
 from hf_models import CLASSES, Direct, assert_same, save_tiny
 from test_merge import box_with_iou
@@ -125,8 +126,8 @@ def test_prompts_are_the_classes_and_an_upload_creates_them(deployed, hf_dirs, i
 
     prompts = ["red car", "person"]
     coco = tmp_path / "coco.json"
-    preds = model.predict(input=paths[:3], classes=prompts, upload="create", settings=S, output={"coco": str(coco)},
-                          progress=False)
+    preds = model.predict(input=paths[:3], classes=prompts, upload="create", settings=S, progress=False,
+                          output={"coco": str(coco), "yolo": str(tmp_path / "yolo")})
     assert {c for p in preds for c in p.classes} == set(prompts)
     project_id = preds[0].target.project_id
     meta = api.project.get_meta(project_id)
@@ -135,6 +136,7 @@ def test_prompts_are_the_classes_and_an_upload_creates_them(deployed, hf_dirs, i
         labels = api.annotation.get(p.target.image_id).labels
         assert [lab.obj_class.name for lab in labels] == p.classes
     assert [c["name"] for c in json.loads(coco.read_text())["categories"]] == prompts
+    assert yaml.safe_load((tmp_path / "yolo" / "data.yaml").read_text())["names"] == dict(enumerate(prompts))
     out = tmp_path / "export"
     api.project.export_dir(project_id, out)
     assert check_sly_project(out) == []
