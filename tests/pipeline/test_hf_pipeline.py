@@ -108,10 +108,11 @@ def test_an_int_img_size_is_the_processor_s_own_size(deployed, hf_dirs, image_fi
 
 def test_prompts_are_the_classes_and_an_upload_creates_them(deployed, hf_dirs, image_files, api, tmp_path):
     model = api.nn.connect(deployed("owlv2").task_id)  # this test's platform receives the upload
+    closed = deployed("rt_detr")
     assert model.classes == [] and model.open_vocabulary and model.info()["open_vocabulary"] is True
     listed = {d["task_id"]: d for d in api.nn.list()}
     assert listed[model.task_id]["classes"] == [] and listed[model.task_id]["open_vocabulary"] is True
-    assert listed[deployed("rt_detr").task_id]["open_vocabulary"] is False
+    assert listed[closed.task_id]["open_vocabulary"] is False and listed[closed.task_id]["classes"] == CLASSES
     paths, arrays = image_files
     direct = Direct(hf_dirs["owlv2"], "owlv2")
     [both] = model.predict(input=paths[2], classes=["a", "b"], settings=S, progress=False)
@@ -140,6 +141,28 @@ def test_prompts_are_the_classes_and_an_upload_creates_them(deployed, hf_dirs, i
     out = tmp_path / "export"
     api.project.export_dir(project_id, out)
     assert check_sly_project(out) == []
+
+
+def test_iou_merge_treats_prompts_like_any_class(deployed, api, tmp_path):
+    """Relabeling twice with the same prompts adds nothing the second time (each prediction meets its own
+    earlier upload, same class, IoU 1); other prompts add their objects, and their classes to the meta."""
+    model = api.nn.connect(deployed("owlv2").task_id)
+    project = api.project.create("prompted")
+    ds = api.dataset.create(project.id, "ds")
+    infos = [api.image.upload(ds.id, p.name, p) for p in write_images(tmp_path / "src", 2, (64, 64), 8, "png")]
+    settings = {"conf": 0.0, "max_det": 4}
+    first = model.predict(project_id=project.id, classes=["red car", "person"], upload="iou_merge",
+                          settings=settings, progress=False)
+    counts = [len(api.annotation.get(i.id).labels) for i in infos]
+    assert counts == [len(p) for p in first] and min(counts) > 0
+    model.predict(project_id=project.id, classes=["red car", "person"], upload="iou_merge", settings=settings,
+                  progress=False)
+    assert [len(api.annotation.get(i.id).labels) for i in infos] == counts
+    third = model.predict(project_id=project.id, classes=["bicycle"], upload="iou_merge", settings=settings,
+                          progress=False)
+    assert [len(api.annotation.get(i.id).labels) for i in infos] == [c + len(p) for c, p in zip(counts, third)]
+    names = {c.name for c in api.project.get_meta(project.id).obj_classes}
+    assert "bicycle" in names and names <= {"red car", "person", "bicycle"}
 
 
 def test_a_yaml_pipeline_takes_the_prompts_as_classes(deployed, image_files, tmp_path, capsys):
