@@ -19,7 +19,8 @@ many frames can be waiting depends on how the frames are fed, and `reorder_capac
   `(L - 1) * range_len` frames can complete ahead of it and wait. With today's untracked layout ranges are a
   quarter of a reader's share of the video (`len / (4 L)`): that term grows with the video, which is why a tracked
   video needs short ranges (`range_len` = a few batches, ideally one group of pictures) AND a feeding order that
-  keeps the lanes in step: the item generator finishes the L ranges of one round before it starts the next round.
+  keeps the lanes in step: the item generator finishes the L ranges of one round before it starts the next round
+  (`rounds_in_step`).
 * Backpressure: without it a slow replica lets the others complete frames far beyond the frontier (a replica that
   restarts takes up to a minute), so `should_pause()` is the scheduler's `before_submit` seam: it returns True
   while `held >= pause_at`. With rounds kept in step, while the frontier's own round is still being generated the
@@ -38,12 +39,12 @@ place, so the order advances past it; what the tracker does with it is the calle
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 from pipeline.exceptions import InvalidArgumentError, RunError
 
-__all__ = ["ReorderBuffer", "ReorderBuffers", "ReorderOverflowError", "reorder_capacity"]
+__all__ = ["ReorderBuffer", "ReorderBuffers", "ReorderOverflowError", "reorder_capacity", "rounds_in_step"]
 
 T = TypeVar("T")
 
@@ -68,6 +69,25 @@ def reorder_capacity(max_in_flight: int, batch_size: int, replicas: int, lanes: 
     Example: 4 per replica x 2 replicas x 16 frames + 8 lanes x 64 frames = 640 frames."""
     s = _count("max_in_flight", max_in_flight, 1) * _count("replicas", replicas, 1)
     return _count("lanes", lanes, 1) * _count("range_len", range_len, 1) + s * _count("batch_size", batch_size, 1)
+
+
+def rounds_in_step(ranges: Sequence[range], lanes: int) -> Iterator[tuple[int, int]]:
+    """`(lane, position)` in the order a tracked video's items must be made: ranges dealt round-robin to `lanes`
+    (range r to lane r % lanes), one round (`lanes` consecutive ranges) at a time, one position per lane in turn
+    within a round. Unlike today's untracked order (lanes run through all their ranges independently, so a lane
+    with shorter ranges drifts ahead without limit), no lane starts round t + 1 before every lane finished round t:
+    what `reorder_capacity` assumes."""
+    lanes = _count("lanes", lanes, 1)
+    for first in range(0, len(ranges), lanes):
+        its = [(first + j, iter(ranges[first + j])) for j in range(min(lanes, len(ranges) - first))]
+        while its:
+            alive = []
+            for r, it in its:
+                pos = next(it, None)
+                if pos is not None:
+                    yield r % lanes, pos
+                    alive.append((r, it))
+            its = alive
 
 
 class ReorderBuffer(Generic[T]):

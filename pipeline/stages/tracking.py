@@ -40,7 +40,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.exceptions import InvalidArgumentError
-from pipeline.stages.reorder import ReorderBuffer, ReorderBuffers, ReorderOverflowError, reorder_capacity
+from pipeline.stages.reorder import (
+    ReorderBuffer,
+    ReorderBuffers,
+    ReorderOverflowError,
+    reorder_capacity,
+    rounds_in_step,
+)
 
 __all__ = [
     "DEFAULT_TRACKER",
@@ -56,6 +62,7 @@ __all__ = [
     "known_trackers",
     "make_tracker",
     "reorder_capacity",
+    "rounds_in_step",
     "tracker_settings",
 ]
 
@@ -157,7 +164,8 @@ def _type_ok(value: Any, default: Any) -> bool:
 def _check_value(tracker: str, key: str, value: Any, default: Any, given_as: str) -> None:
     where = f"tracker {tracker!r} setting {given_as!r}" + (f" (= {key!r})" if given_as != key else "")
     if not _type_ok(value, default):
-        kind = "a number" if default is None or isinstance(default, float) else type(default).__name__
+        kind = ("a number" if default is None or isinstance(default, float) else "True or False"
+                if isinstance(default, bool) else "an int" if isinstance(default, int) else "a string")
         raise InvalidArgumentError(f"{where} must be {kind}; got {value!r} ({type(value).__name__})")
     if key in _NEEDS_FRAMES and value:
         raise InvalidArgumentError(f"{where} cannot be True here: {_NEEDS_FRAMES[key]}")
@@ -208,7 +216,9 @@ def _resolve(name: str, key: Any, value: Any, accepted: Mapping[str, Any]) -> tu
         target = next((t for t in targets if t in accepted), None)
         if target is not None:
             if not _type_ok(value, 0 if convert is int else 0.0):
-                raise InvalidArgumentError(f"tracker {name!r} setting {key!r} must be a number; got {value!r}")
+                kind = "an int" if convert is int else "a number"
+                raise InvalidArgumentError(f"tracker {name!r} setting {key!r} (= {targets[0]!r}) must be {kind}; "
+                                           f"got {value!r} ({type(value).__name__})")
             return target, convert(value)
         raise InvalidArgumentError(f"tracker {name!r} has no counterpart of {key!r} (it would set "
                                    f"{' or '.join(targets)})")
