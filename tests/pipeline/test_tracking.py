@@ -206,6 +206,18 @@ def test_class_aware_tracks_never_change_class():
     assert a == [-1, 0, 0, -1, 1, 1] and b == [-1, 0, 0, 0, 0, 0]
 
 
+def test_a_cross_class_duplicate_is_not_a_track_of_its_own():
+    # the detector reports one object twice: as a square (0.9) and as a circle (0.8)
+    def frames(tracker):
+        for f in range(6):
+            box = _moving_box(f)
+            ids = tracker.update(np.concatenate([box, box + 1]), [0.9, 0.8], [1, 0])
+        return sorted(ids.tolist()), tracker.tracks
+
+    assert frames(make_tracker("bytetrack", fps=30)) == ([-1, 0], 1)
+    assert frames(make_tracker("bytetrack", {"dedupe_iou": None}, fps=30)) == ([0, 1], 2)
+
+
 def test_two_objects_and_a_low_score_filter():
     tracker = make_tracker("bytetrack", {"track_low_thresh": 0.3}, fps=30)
     for f in range(5):
@@ -247,6 +259,7 @@ def test_common_bytetrack_names_map_onto_the_library():
     ("ocsort", {"new_track_thresh": 0.5}, "has no counterpart of 'new_track_thresh'"),
     ("bytetrack", {"state_estimator_class": "XYXY"}, "unknown setting 'state_estimator_class'"),
     ("bytetrack", {"frame_rate": 0}, "must be > 0"),
+    ("bytetrack", {"dedupe_iou": 2}, r"must lie in \[0, 1\]"),
 ])
 def test_bad_tracker_or_settings_are_refused(name, settings, message):
     with pytest.raises(InvalidArgumentError, match=message):
