@@ -310,3 +310,64 @@ def test_video_params_tracking_split(params, tracking, rest, tracker, settings):
 def test_video_params_tracking_errors(params, tracking, is_video, message):
     with pytest.raises(InvalidArgumentError, match=message):
         check_video_params_tracking(params, tracking, is_video=is_video)
+
+
+# --------------------------------------------------------------------------------------------- the harness pieces
+
+
+def _benchmarks():
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import mot, scenes
+
+    return mot, scenes
+
+
+def test_scene_ground_truth_matches_the_drawn_pixels():
+    _, scenes = _benchmarks()
+    scene = scenes.moving_shapes_scene()
+    frame, gt = scenes.render_frame(scene, 100)
+    whole = gt.visible == 1.0
+    assert whole.sum() == 4 and not gt.care[~whole].any()  # object 2 is coming back: 4 % of it is in the frame
+    for oid, box in zip(gt.ids[whole], gt.boxes[whole].astype(int)):
+        colour = np.array(scene.objects[oid].colour)
+        near = np.abs(frame.astype(np.float32) - colour).max(axis=2) < 15  # sensor noise is sigma 3
+        ys, xs = np.nonzero(near)
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == tuple(box)
+    crossing = [scenes.render_frame(scene, t)[1] for t in (60, 75, 90)]
+    assert min(g.visible[g.ids == 0][0] for g in crossing) < 0.9  # the square covers part of the circle
+    away = [2 in scenes.render_frame(scene, t)[1].ids[scenes.render_frame(scene, t)[1].care] for t in range(150)]
+    assert away[0] and not away[75] and away[149]  # object 2 leaves the frame and comes back
+
+
+def test_written_video_decodes_to_the_rendered_frames(tmp_path):
+    _, scenes = _benchmarks()
+    from workers.video import read_frames
+
+    scene = scenes.moving_shapes_scene(frames=12, height=240, width=320)
+    truth = scenes.write_video(scene, tmp_path / "s.mp4")
+    decoded = read_frames(tmp_path / "s.mp4", range(12))
+    assert len(truth) == 12 and sorted(decoded) == list(range(12))
+    for t in (0, 11):
+        err = [np.abs(decoded[t].astype(np.float32) - scenes.render_frame(scene, u)[0]).mean() for u in (t, 5)]
+        assert err[0] < 6 and err[1] > 3 * err[0], err  # h264 at crf 18: that frame, not another one
+
+
+def test_scores_of_perfect_swapped_and_missing_tracks():
+    mot, scenes = _benchmarks()
+    scene = scenes.moving_shapes_scene(frames=40)
+    truth = [scenes.render_frame(scene, t)[1] for t in range(40)]
+    perfect = [(g.boxes, g.ids) for g in truth]
+    m = mot.score_tracks(truth, perfect)
+    assert m["mota"] == 1.0 and m["idf1"] == 1.0 and m["num_switches"] == 0
+    swapped = [(g.boxes, np.where(g.ids == 0, 1, np.where(g.ids == 1, 0, g.ids)) if t >= 20 else g.ids)
+               for t, g in enumerate(truth)]
+    s = mot.score_tracks(truth, swapped)
+    assert s["num_switches"] == 2 and s["idf1"] < 0.95 and s["mota"] < 1.0
+    gaps = [(g.boxes, g.ids if t % 10 else np.full(len(g.ids), -1)) for t, g in enumerate(truth)]
+    assert mot.score_tracks(truth, gaps)["num_misses"] == sum(int(g.care.sum()) for g in truth[::10])
+    assert mot.detection_recall(truth, [g.boxes for g in truth]) == 1.0

@@ -279,3 +279,21 @@ def test_check_tiling_defaults_and_tasks():
         check_tiling({}, "semantic_segmentation")
     with pytest.raises(InvalidArgumentError, match="at least 32"):
         tile_grid(100, 100, 31, 0.2)
+
+
+def test_large_shapes_image_ground_truth():
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks.mot import box_iou
+    from benchmarks.scenes import large_shapes_image
+
+    image, boxes, ids = large_shapes_image(1024, 12, seed=3)
+    assert image.shape == (1024, 1024, 3) and boxes.shape == (12, 4) and set(ids.tolist()) <= {0, 1, 2}
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    assert sides.min() >= 20 and sides.max() <= 92  # 24-90 px shapes (a rotated triangle's box may be smaller)
+    iou = box_iou(boxes, boxes)
+    assert (iou[~np.eye(12, dtype=bool)] == 0).all()  # placed apart
