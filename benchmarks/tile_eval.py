@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/tile_eval.py [--size 4096] [--objects 60] [--tile 256] [--overlap 0.2]
         [--merge nmm] [--class-agnostic] [--batch 8] [--full-image] [--checkpoint checkpoints/shapes.pth]
+    .venv/bin/python benchmarks/tile_eval.py --memory-check
 
 1. `benchmarks/scenes.py` draws a `--size` square image with `--objects` shapes of 24-90 px (the sizes the demo
    model was trained on, at its 256 px input), none overlapping, and their boxes.
@@ -16,12 +17,15 @@
    and the merge, not the image generation), the CPU time per tile (all threads; it changes little when other
    jobs share the cores, unlike tiles/s), and this process's peak RSS.
 
+`--memory-check` measures the tiling path's own memory on a 20000 x 20000 image instead (`memory_check`).
+
 `run(...)` returns the figures as a dict, for the lead's end-to-end check through the full pipeline.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import time
@@ -100,6 +104,41 @@ def run(size: int = 4096, objects: int = 60, tile: int = 256, overlap: float = 0
     return out
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_check(size: int = 20000, tile: int = 640, overlap: float = 0.2, batch: int = 16) -> dict[str, float]:
+    """The tiling path's own memory on a `size` x `size` image (1.2 GB at 20000): the image is made resident,
+    then `predict_tiled` runs with a stand-in model that copies each tile contiguous (as an adapter's
+    preprocess does) and returns one 40 px object with a full-tile mask per tile. Returns the image's MB, the RSS
+    before the run and the peak during it: the difference is what tiling itself adds (the real model's
+    activations for one batch come on top)."""
+    from types import SimpleNamespace
+
+    from workers.tiling import check_tiling, predict_tiled
+
+    image = np.full((size, size, 3), 90, np.uint8)  # written, so every page is resident
+    before = _rss_mb()
+
+    def predict(views: list[np.ndarray]) -> list[Any]:
+        outs = []
+        for v in views:
+            x = np.ascontiguousarray(v)
+            masks = np.zeros((1, *x.shape[:2]), bool)
+            masks[0, 10:50, 10:50] = True
+            outs.append(SimpleNamespace(boxes=np.array([[10, 10, 50, 50]], np.float32),
+                                        scores=np.array([0.9], np.float32), class_ids=np.array([0]), masks=masks))
+        return outs
+
+    t0 = time.perf_counter()
+    dets = predict_tiled(image, predict, check_tiling({"tile": tile, "overlap": overlap, "merge": "nmm"}), batch)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"image_mb": image.nbytes / 2**20, "rss_before_mb": before, "peak_mb": peak, "objects": len(dets),
+            "seconds": time.perf_counter() - t0}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=4096)
@@ -112,7 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-image", action="store_true")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--memory-check", action="store_true",
+                   help="only measure the tiling path's memory on a 20000 x 20000 image (stand-in model)")
     args = p.parse_args(argv)
+    if args.memory_check:
+        m = memory_check()
+        print(f"20000 x 20000 image {m['image_mb']:.0f} MB; RSS before tiling {m['rss_before_mb']:.0f} MB, peak "
+              f"{m['peak_mb']:.0f} MB (+{m['peak_mb'] - m['rss_before_mb']:.0f} MB for 1,521 tiles of 640 px in "
+              f"batches of 16, {m['objects']} merged objects with mask crops), {m['seconds']:.1f} s")
+        return 0
     if args.threads:
         import torch
 

@@ -41,6 +41,7 @@ detections alone (McByte's mask association needs the frames and a segmentation 
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ __all__ = [
     "ReorderBuffer",
     "ReorderBuffers",
     "ReorderOverflowError",
+    "TrackedVideo",
     "TrackingConfig",
     "VideoTracker",
     "check_tracker_settings",
@@ -336,16 +338,39 @@ def make_tracker(name: str = DEFAULT_TRACKER, settings: Mapping[str, Any] | None
     if not math.isfinite(rate) or rate <= 0:
         raise InvalidArgumentError(f"the video's frame rate must be > 0; got {rate!r}")
     params["frame_rate"] = rate / stride
-
-    def factory() -> Any:
-        return cls(**params)
-
+    factory = functools.partial(cls, **params)  # a partial, not a closure: a VideoTracker pickles (resume)
     try:
         factory()  # the library's own checks, before any frame
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"tracker {name!r} refused its settings: {exc}") from None
     return VideoTracker(name, factory, class_aware=bool(own["class_aware"]), low_thresh=own["track_low_thresh"],
                         dedupe_iou=own["dedupe_iou"])
+
+
+class TrackedVideo:
+    """One video's frames through its `ReorderBuffer` into its `VideoTracker`: the collector's seam.
+
+    `push(pos, item, detections)` with `detections` = (boxes (N, 4), scores (N,), class_ids (N,)) of a frame that
+    predicted, or None for a failed frame; returns `[(item, track_ids or None), ...]` for the frames now next in
+    order, track ids (N,) int64 aligned with that frame's detections. Whatever order the frames come in, the ids
+    are those of predicting the frames in order. A `TrackedVideo` pickles (the tracker state for a resume)."""
+
+    def __init__(self, tracker: VideoTracker, buffer: ReorderBuffer) -> None:
+        self.tracker = tracker
+        self.buffer = buffer
+
+    def push(self, pos: int, item: Any, detections: tuple[Any, Any, Any] | None) -> list[tuple[Any, Any]]:
+        out = []
+        for it, dets in self.buffer.push(pos, (item, detections)):
+            if dets is None:
+                self.tracker.skip()
+                out.append((it, None))
+            else:
+                out.append((it, self.tracker.update(*dets)))
+        return out
+
+    def finish(self) -> None:
+        self.buffer.finish()
 
 
 @dataclass
@@ -357,6 +382,11 @@ class TrackingConfig:
 
     def make(self, fps: float | None, stride: int = 1) -> VideoTracker:
         return make_tracker(self.tracker, self.settings, fps=fps, stride=stride)
+
+    def video(self, fps: float | None, stride: int, capacity: int, total: int | None = None,
+              pause_at: int | None = None, name: str = "the video") -> TrackedVideo:
+        """A `TrackedVideo` for one video: its tracker and a reorder buffer of `capacity` (`reorder_capacity`)."""
+        return TrackedVideo(self.make(fps, stride), ReorderBuffer(capacity, total, pause_at, name))
 
 
 def _video_keys() -> list[str]:
