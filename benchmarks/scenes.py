@@ -9,9 +9,9 @@ shapes on one large image.
 The video's objects: a circle and a square whose paths cross (the square passes over the circle), a triangle that
 leaves the frame at the right border and comes back, a small slow square and a large triangle bouncing off the
 top and bottom. Ground truth per frame is each object's visible box (the tight box of its visible pixels, x2/y2
-exclusive, as `pipeline.shapes.masks_to_boxes`) and its identity; an object counts (`care`) on a frame when at least
-`CARE_VISIBLE` of its area is visible (inside the frame and not covered), and is a don't-care region when less
-(a detector may or may not find a sliver; the scoring ignores hypotheses on it, as MOT benchmarks do).
+exclusive, as `pipeline.shapes.masks_to_boxes`) and its identity; an object counts (`care`) on a frame when at
+least `CARE_VISIBLE` of its area is visible (inside the frame and not covered), and is a don't-care region when
+less (a detector may or may not find a sliver; the scoring ignores hypotheses on it, as MOT benchmarks do).
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ class Scene:
 @dataclass
 class FrameTruth:
     """One frame's ground truth: ids (K,), boxes (K, 4) float32 xyxy, class_ids (K,), visible (K,) fraction of
-    each object's area that is visible, for the K objects with any visible pixel; care = visible >= CARE_VISIBLE."""
+    each object's area that is visible, for the K objects with any visible pixel;
+    care = visible >= CARE_VISIBLE."""
 
     ids: np.ndarray
     boxes: np.ndarray
@@ -163,8 +164,8 @@ def moving_shapes_scene(frames: int = 150, height: int = 480, width: int = 640, 
         (1, 28, line((150, 440), (300, 400)), 0.03),
         (2, 86, bounce, 0.01),
     ]
-    objects = [MovingShape(i, c, s, _colour(rng, background, taken), path, float(rng.uniform(0, 2 * math.pi)), spin)
-               for i, (c, s, path, spin) in enumerate(specs)]
+    objects = [MovingShape(i, c, s, _colour(rng, background, taken), path, float(rng.uniform(0, 2 * math.pi)),
+                           spin) for i, (c, s, path, spin) in enumerate(specs)]
     return Scene(height, width, frames, fps, background, objects, seed)
 
 

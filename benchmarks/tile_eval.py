@@ -13,9 +13,9 @@
 4. Recall = the fraction of the shapes that a detection overlaps with IoU >= 0.5 (each detection used once), with
    and without requiring the right class; precision too (all detections at the adapter's conf 0.25, and those
    scoring >= 0.5). The demo model reports some shapes twice under two classes: `--class-agnostic` merges across
-   classes (SAHI's `postprocess_class_agnostic`), which removes those duplicates. Tiles/s and images/s of the tiled run (the model's time
-   and the merge, not the image generation), the CPU time per tile (all threads; it changes little when other
-   jobs share the cores, unlike tiles/s), and this process's peak RSS.
+   classes (SAHI's `postprocess_class_agnostic`), which removes those duplicates. Tiles/s and images/s of the
+   tiled run (the model's time and the merge, not the image generation), the CPU time per tile (all threads; it
+   changes little when other jobs share the cores, unlike tiles/s), and this process's peak RSS.
 
 `--memory-check` measures the tiling path's own memory on a 20000 x 20000 image instead (`memory_check`).
 

@@ -1,7 +1,8 @@
 """Tracking quality on the generated shapes video, offline: the demo model called directly, frame by frame, then a
 `pipeline.stages.tracking.VideoTracker`, scored with `motmetrics` (MOTA, IDF1) against the known paths.
 
-    .venv/bin/python benchmarks/track_eval.py [--strides 1 3] [--tracker bytetrack] [--settings '{"track_buffer": 30}']
+    .venv/bin/python benchmarks/track_eval.py [--strides 1 3] [--tracker bytetrack]
+        [--settings '{"track_buffer": 30}']
         [--checkpoint checkpoints/shapes.pth] [--frames 150] [--model-resize] [--video /tmp/x.mp4]
 
 1. `benchmarks/scenes.py` draws the scene (five shapes of 28-86 px on known paths at 640 x 480, 30 fps: two

@@ -55,9 +55,11 @@ __all__ = [
 MIN_TILE = 32
 MAX_OVERLAP = 0.9
 TILED_TASKS = ("detection", "instance_segmentation")
-# merge_iou None: 0.5 for both methods (SAHI's postprocess_match_threshold); merge_metric None: IOU for nms (all
-# batched_nms computes), IOS for nmm (SAHI's default: a box cut by a tile border lies inside the whole one).
-DEFAULT_TILING: dict[str, Any] = {"tile": 640, "overlap": 0.2, "merge": "nms", "merge_iou": None,
+# merge "nmm" with IOS 0.5 and class-aware: SAHI's defaults for sliced prediction. A box cut by a tile border lies
+# inside the object's whole box (IOS 1) but overlaps it little (IoU ~ the visible fraction), so IoU-based NMS keeps
+# such halves as extra objects (on benchmarks/tile_eval.py: 168 detections with nms, 136 with nmm, for 60 shapes at
+# the same recall). merge_iou None: 0.5; merge_metric None: IOU for nms (all batched_nms computes), IOS for nmm.
+DEFAULT_TILING: dict[str, Any] = {"tile": 640, "overlap": 0.2, "merge": "nmm", "merge_iou": None,
                                   "merge_metric": None, "full_image": False, "class_agnostic": False}
 
 
@@ -72,8 +74,8 @@ def _tile_hw(tile: Any) -> tuple[int, int]:
         raise InvalidArgumentError(f"tiling['tile'] must be an int (pixels) or a (height, width) pair of ints; "
                                    f"got {tile!r}")
     if min(pair) < MIN_TILE:
-        raise InvalidArgumentError(f"tiling['tile'] must be at least {MIN_TILE} px; got {tile!r} (a tile that small "
-                                   "holds no object a detector can see)")
+        raise InvalidArgumentError(f"tiling['tile'] must be at least {MIN_TILE} px; got {tile!r} (a tile that "
+                                   "small holds no object a detector can see)")
     return int(pair[0]), int(pair[1])
 
 

@@ -1,5 +1,5 @@
-"""Detections of a video linked into tracks, with Roboflow's `trackers` library (ByteTrack, SORT, OC-SORT, BoT-SORT,
-...), and the checks of `video_params={"tracker": ...}` / `tracking=True`.
+"""Detections of a video linked into tracks, with Roboflow's `trackers` library (ByteTrack, SORT, OC-SORT,
+BoT-SORT, ...), and the checks of `video_params={"tracker": ...}` / `tracking=True`.
 
     tracker = make_tracker("bytetrack", {"track_buffer": 60}, fps=30, stride=1)
     for frame in frames_in_order:                       # see pipeline.stages.reorder: frames must come in order
@@ -29,10 +29,10 @@ Stride. With `stride` k the tracker sees every k-th frame. It is built with the 
 `lost_track_buffer` (in 30 fps frames) still means the same time, and each update is one step of its motion model.
 What that costs: objects move k times further between two updates. Until a track's Kalman filter has a velocity
 (its first updates) a detection must still overlap its own previous box (IoU >= `minimum_iou_threshold`, 0.1 by
-default) to join it: roughly `k * speed < 0.8 * object size` (a 24 px object at 4 px/frame: fine at k = 3, broken
-at k = 6). Fast or small objects, and crossing ones (the Kalman prediction bridges less well over longer gaps),
-lose identity first. The library gives a track's id from its `minimum_consecutive_frames`-th (2) detection on,
-so the first frame of every track is -1; at stride k that first frame is k frames long.
+default) to join it: roughly `k * speed < 0.8 * object size` (a 24 px object at 4 px/frame: fine at k = 3,
+never tracked at k = 5). Fast or small objects, and crossing ones (the Kalman prediction bridges less well over
+longer gaps), lose identity first. The library gives a track's id from its `minimum_consecutive_frames`-th (2)
+detection on, so the first frame of every track is -1; at stride k that first frame is k frames long.
 
 Masks are accepted by `update` for the interface's sake; none of the library's trackers associates by mask from
 detections alone (McByte's mask association needs the frames and a segmentation model), so they are not used.
@@ -137,7 +137,8 @@ def known_trackers() -> list[str]:
 
 def tracker_settings(name: str) -> dict[str, Any]:
     """The settings tracker `name` accepts, with their defaults: the library's plain-valued parameters and ours.
-    `frame_rate` is accepted too but is not listed: it defaults to the video's own. Raises `InvalidArgumentError` for an unknown name."""
+    `frame_rate` is accepted too but is not listed: it defaults to the video's own. Raises
+    `InvalidArgumentError` for an unknown name."""
     import inspect
 
     cls = _tracker_class(name)
@@ -237,7 +238,8 @@ def _resolve(name: str, key: Any, value: Any, accepted: Mapping[str, Any]) -> tu
                                    f"{' or '.join(targets)})")
     if key in _UNSUPPORTED:
         raise InvalidArgumentError(f"tracker setting {key!r} is not supported: {_UNSUPPORTED[key]}")
-    names = [*accepted, "frame_rate", *(a for a, (t, _) in SETTING_ALIASES.items() if any(x in accepted for x in t))]
+    aliases = [a for a, (targets, _) in SETTING_ALIASES.items() if any(t in accepted for t in targets)]
+    names = [*accepted, "frame_rate", *aliases]
     close = difflib.get_close_matches(str(key), names, n=1)
     raise InvalidArgumentError(f"unknown setting {key!r} for tracker {name!r}"
                                + (f" (did you mean {close[0]!r}?)" if close else "")
@@ -442,5 +444,6 @@ def _refuse_untracked(extra: dict[str, Any], frame_keys: list[str]) -> None:
                                    f"video_params['tracker'] (one of {', '.join(known_trackers())}) or "
                                    "tracking=True")
     close = difflib.get_close_matches(str(key), [*frame_keys, "tracker", *every], n=1)
-    raise InvalidArgumentError(f"unknown video_params key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise InvalidArgumentError(f"unknown video_params key {key!r}{hint}"
                                + f"; the keys are {', '.join(frame_keys)}, 'tracker' and the tracker's settings")
