@@ -57,6 +57,7 @@ from pipeline.stages.reorder import (
     reorder_capacity,
     rounds_in_step,
 )
+from pipeline.stages.video_params import DEFAULT_VIDEO_PARAMS
 
 __all__ = [
     "DEFAULT_TRACKER",
@@ -392,10 +393,6 @@ class TrackingConfig:
 
 
 def _video_keys() -> list[str]:
-    try:  # the lead's layout after issue 11, then today's
-        from pipeline.stages.video_params import DEFAULT_VIDEO_PARAMS
-    except ImportError:
-        from pipeline._video_params import DEFAULT_VIDEO_PARAMS
     return list(DEFAULT_VIDEO_PARAMS)
 
 
