@@ -397,6 +397,7 @@ def _video_keys() -> list[str]:
 
 
 def check_video_params_tracking(video_params: Any, tracking: Any = None, is_video: bool = True,
+                                what: str = "an input that is not a video",
                                 ) -> tuple[dict[str, Any] | None, TrackingConfig | None]:
     """Split `video_params` into (the frame-selection keys for `check_video_params`, the tracking config or None).
 
@@ -405,7 +406,7 @@ def check_video_params_tracking(video_params: Any, tracking: Any = None, is_vide
     `video_params` names a tracker; `tracking=False` with a tracker named is a contradiction. Raised before any
     work, as `InvalidArgumentError`: an unknown tracker, a bad setting, settings with no tracker, a key that is
     neither (with a did-you-mean over both), `tracking` that is not a bool, tracking on a non-video input
-    (`is_video=False`)."""
+    (`is_video=False`; `what` says what it is)."""
     if tracking is not None and not isinstance(tracking, bool):
         raise InvalidArgumentError(f"tracking must be True or False; got {tracking!r}")
     if video_params is not None and not isinstance(video_params, Mapping):
@@ -425,8 +426,8 @@ def check_video_params_tracking(video_params: Any, tracking: Any = None, is_vide
             _refuse_untracked(extra, frame_keys)
         return rest_or_none, None
     if not is_video:
-        raise InvalidArgumentError("tracking links detections across the frames of a video; the input is not a "
-                                   "video (a video file or video_id)")
+        raise InvalidArgumentError(f"tracking links detections across the frames of a video; got {what}: give a "
+                                   "video file, a video_id, or a directory with videos (or leave tracking out)")
     _tracker_class(name)
     check_tracker_settings(name, extra)
     return rest_or_none, TrackingConfig(name, extra)

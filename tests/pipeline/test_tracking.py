@@ -302,7 +302,7 @@ def test_video_params_tracking_split(params, tracking, rest, tracker, settings):
     ({"track_buffer": 60}, None, True, r"is a tracker setting, but no tracker is set"),
     ({"tracker": "bytetrack"}, False, True, "tracking=False contradicts"),
     (None, "yes", True, "tracking must be True or False"),
-    (None, True, False, "the input is not a video"),
+    (None, True, False, "got an input that is not a video: give a video file"),
     ({"strid": 2}, None, True, r"unknown video_params key 'strid' \(did you mean 'stride'\?\)"),
     ({"tracker": "bytetrack", "track_buffer": 6.5}, None, True, "must be an int"),
     ([("tracker", "bytetrack")], None, True, "video_params must be a dict"),

@@ -33,8 +33,10 @@ class Loader(Protocol):
         """The run is over: release what loads (video readers); at once when `stopped`."""
 
 
-def make_loader(plan: SourcePlan, img_size: tuple[int, int] | None, settings: dict[str, Any]) -> Loader:
-    """The loader of `plan`'s items: video readers when it holds videos, else loading tasks."""
+def make_loader(plan: SourcePlan, img_size: tuple[int, int] | None, settings: dict[str, Any],
+                tracking: Any = None) -> Loader:
+    """The loader of `plan`'s items: video readers when it holds videos, else loading tasks. `tracking` (the run's
+    tracking stage): its videos are read in the order a tracker needs (see `VideoLanes`)."""
     if plan.has_videos:
-        return VideoLoader(img_size, settings)
+        return VideoLoader(img_size, settings, tracking=tracking)
     return ImageLoader(img_size, settings)
