@@ -1,0 +1,258 @@
+"""Tracking in a run: checks before any work, the real loader's readers finishing out of order into bounded reorder
+buffers, several videos at once, stride, tracked uploads (one object per track) and their Parquet column."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))  # the shared video writers
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the Supervisely folder checker
+from test_project_dir import check_sly_project  # noqa: E402
+from test_video_decode import frame_number, write_video  # noqa: E402
+
+from pipeline.annotation import CONFIDENCE_TAG, ObjClass, ProjectMeta, Rectangle, VideoAnnotation  # noqa: E402
+from pipeline.exceptions import InvalidArgumentError  # noqa: E402
+from pipeline.platform import Platform  # noqa: E402
+from pipeline.prediction import Item, Prediction  # noqa: E402
+from pipeline.stages.collect import Collector  # noqa: E402
+from pipeline.stages.loading import video as video_loading  # noqa: E402
+from pipeline.stages.loading.video import VideoLoader  # noqa: E402
+from pipeline.stages.scheduler import Scheduler  # noqa: E402
+from pipeline.stages.source.video import VideoFrames  # noqa: E402
+from pipeline.stages.tracking import TrackingConfig, make_tracker  # noqa: E402
+from pipeline.stages.tracking_stage import TrackingStage  # noqa: E402
+from pipeline.stages.upload.videos import VideoTarget  # noqa: E402
+from pipeline.stages.video_params import select_frames  # noqa: E402
+from workers.messages import BatchResult, ModelOutput  # noqa: E402
+from workers.video_index import index_video  # noqa: E402
+
+IMG = 64
+SETTINGS = {"conf": 0.0, "max_det": 3}
+
+# ------------------------------------------------------------------------------------------ checks before work
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"video_params": {"tracker": "deepsort"}}, "unknown tracker 'deepsort'"),
+    ({"video_params": {"tracker": "bytetrack", "track_buffer": "long"}}, "track_buffer.*must be an int"),
+    ({"tracking": True, "video_params": {"match_thresh": 1.5}}, "must lie in"),
+    ({"video_params": {"track_buffer": 30}}, "is a tracker setting, but no tracker is set"),
+    ({"tracking": "yes"}, "tracking must be True or False"),
+    ({"tracking": False, "video_params": {"tracker": "sort"}}, "contradicts"),
+])
+def test_bad_tracking_arguments_fail_before_any_work(tiny_model, api, tmp_path, kwargs, message):
+    clip = write_video(tmp_path / "c.mp4", 6)
+    with pytest.raises(InvalidArgumentError, match=message):
+        tiny_model.predict(input=str(clip), upload="create", progress=False, **kwargs)
+    assert api.project.list() == []  # nothing was written
+
+
+def test_tracking_on_images_is_refused_before_any_work(tiny_model, api, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / "imgs" / "a.png")
+    project = api.project.create("p")
+    ds = api.dataset.create(project.id, "ds")
+    info = api.image.upload(ds.id, "a.png", tmp_path / "imgs" / "a.png")
+    for kwargs in ({"input": str(tmp_path / "imgs" / "a.png")}, {"input": [str(tmp_path / "imgs" / "a.png")]},
+                   {"image_ids": [info.id]}, {"project_id": project.id}, {"input": str(tmp_path / "imgs")}):
+        with pytest.raises(InvalidArgumentError, match="tracking links detections across the frames of a video"):
+            tiny_model.predict(tracking=True, progress=False, **kwargs)
+
+
+# ---------------------------------------------------- the real loader, readers finishing out of order, two videos
+
+
+def _boxes_of(frame: int) -> ModelOutput:
+    """Detections a 'model' sees on drawn frame `frame`: two boxes moving towards each other and crossing, a third
+    standing still (virtual pixels: only the tracker looks at them)."""
+    boxes = np.array([[2 * frame, 10, 2 * frame + 30, 40], [300 - 2 * frame, 12, 330 - 2 * frame, 42],
+                      [500, 300, 540, 340]], np.float32)
+    return ModelOutput(boxes=boxes, scores=np.array([0.9, 0.85, 0.95], np.float32),
+                       class_ids=np.array([0, 0, 1]))
+
+
+class _ShufflingExecutor:
+    """The scheduler's `Executor` with the real loading (each batch decoded by its video's reader actor) and a
+    fake model (`_boxes_of` the frame each decoded image draws); of the batches in flight a random subset
+    completes at each wait, so frames come back in any order the in-flight bound allows."""
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+        self.calls = 0
+
+    def submit(self, batch, replica):
+        if batch.load_ref is None:
+            batch.load_ref = batch.submit(None)
+        self.calls += 1
+        return self.calls
+
+    def wait(self, handles, timeout):
+        return self.rng.sample(handles, self.rng.randint(1, len(handles)))
+
+    def get(self, handle, batch, replica):
+        import ray
+
+        loaded = ray.get(batch.load_ref)
+        return BatchResult(indices=loaded.indices, outputs=[_boxes_of(frame_number(img)) for img in loaded.images],
+                           orig_sizes=[img.shape[:2] for img in loaded.images])
+
+    def answers(self, replica):
+        return True
+
+    def cancel_loading(self, batch):
+        pass
+
+
+def _frames(path: Path, params: dict, base: int) -> VideoFrames:
+    index = index_video(path)
+    fields = {"name": path.name, "source": str(path), "path": str(path), "image_path": str(path),
+              "video_path": str(path)}
+    return VideoFrames(index, select_frames(params, index.frames_count, 30), f"frame:{path}", fields, base=base)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_readers_finishing_out_of_order_give_the_in_order_tracks_within_the_bound(ray_session, tmp_path,
+                                                                                  monkeypatch, seed):
+    monkeypatch.setitem(video_loading.READER_OPTIONS, "num_cpus", 0)  # three readers beside the test cluster's work
+    monkeypatch.setattr(video_loading, "TRACKED_RANGE_MIN", 12)  # ranges of one 12-frame GOP: many ranges
+    one = _frames(write_video(tmp_path / "one.mp4", 150), {}, base=0)
+    two = _frames(write_video(tmp_path / "two.mp4", 90), {"stride": 2, "start_frame": 1}, base=150)
+    out: list[Prediction] = []
+    batch_size, max_in_flight = 4, 3
+    tracking = TrackingStage(TrackingConfig("bytetrack", {}), out.extend, batch_size, max_in_flight)
+    loader = VideoLoader((48, 64), {}, readers=3, tracking=tracking)
+    scheduler = Scheduler(_ShufflingExecutor(seed), 1, max_in_flight)
+    gate = tracking.gate(lambda: True, lambda: scheduler.pool.in_flight)
+    scheduler.run(loader.batches(loader.items(iter([one, two])), batch_size), Collector(["a", "b"], None, tracking),
+                  before_submit=gate)
+    tracking.close()
+    loader.close()
+
+    assert sorted(p.index for p in out) == list(range(150 + 45))  # every frame once (the videos may overlap)
+    for video in (one, two):
+        lanes = video_loading.VideoLanes(video, 3, tracked=True)
+        assert lanes.lanes == 3 and len(lanes.ranges) > lanes.lanes  # several rounds of three readers
+        reference = make_tracker(fps=30, stride=video.selection.step)
+        preds = [p for p in out if p.item.video_path == video.path]
+        assert [p.frame_idx for p in preds] == list(video.selection)
+        for p in preds:
+            expected = reference.update(*(lambda o: (o.boxes, o.scores, o.class_ids))(_boxes_of(p.frame_idx)))
+            assert p.track_ids.tolist() == expected.tolist(), p.frame_idx
+        assert len({t for p in preds for t in p.track_ids.tolist() if t >= 0}) == 3  # the crossing kept apart
+        # the bound: lanes x range + in flight, and it was needed (frames did wait)
+        assert tracking.capacities[video.path] == lanes.lanes * lanes.range_len + max_in_flight * batch_size
+    assert 0 < tracking.peak <= max(tracking.capacities.values())
+
+
+# ----------------------------------------------------------------------------- tracked predictions and uploads
+
+
+def test_a_directory_of_videos_is_tracked_per_video_with_a_parquet_track_id(tiny_model, tmp_path):
+    import pandas as pd
+
+    (tmp_path / "d").mkdir()
+    write_video(tmp_path / "d" / "a.mp4", 20)
+    write_video(tmp_path / "d" / "b.mp4", 12)
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (90, 20, 20)).save(tmp_path / "d" / "c.png")
+    # the random model scores about 0.3: tracks start from there (the tracker alone may be chosen for a directory)
+    preds = tiny_model.predict(input=str(tmp_path / "d"), video_params={"tracker": "bytetrack", "track_thresh": 0.1},
+                               img_size=IMG, settings=SETTINGS, output={"parquet": str(tmp_path / "p.parquet")},
+                               progress=False)
+    frames = [p for p in preds if p.frame_idx is not None]
+    (image,) = [p for p in preds if p.frame_idx is None]
+    assert len(frames) == 32 and image.track_ids is None
+    assert all(p.track_ids is not None and len(p.track_ids) == len(p) for p in frames)
+    for name in ("a.mp4", "b.mp4"):  # each video's tracks are its own, numbered from 0
+        ids = sorted({t for p in frames if p.name == name for t in p.track_ids.tolist() if t >= 0})
+        assert ids and ids == list(range(len(ids)))
+    table = pd.read_parquet(tmp_path / "p.parquet")
+    rows = table[table["frame_idx"].notna()].sort_values(["name", "frame_idx", "object_idx"])
+    want = [t for p in sorted(frames, key=lambda p: (p.name, p.frame_idx)) for t in p.track_ids.tolist()]
+    assert rows["track_id"].tolist() == want
+    assert table[table["name"] == "c.png"]["track_id"].isna().all()
+
+
+def _target(platform, mode: str, job_id: str | None = None) -> VideoTarget:
+    return VideoTarget(SimpleNamespace(upload=mode, settings={}, job_id=job_id),
+                       SimpleNamespace(name="v", project_type="videos", description="video"),
+                       platform, SimpleNamespace(spec=SimpleNamespace(task_type="detection")))
+
+
+def _tracked(video_id: int, frame: int, boxes, tracks, scores=None) -> Prediction:
+    item = Item(index=frame, key=f"video:{video_id}:{frame}", name="v", video_id=video_id, frame_idx=frame)
+    n = len(boxes)
+    return Prediction(boxes=boxes, scores=scores or [0.5] * n, class_ids=[0] * n, classes=["a"] * n, item=item,
+                      orig_size=(48, 64), track_ids=tracks)
+
+
+@pytest.fixture
+def video(tmp_path):
+    platform = Platform(tmp_path / "platform")
+    project = platform.project.create("tracks", type="videos")
+    ds = platform.dataset.create(project.id, "ds0")
+    return platform, platform.video.upload(ds.id, "v.mp4", write_video(tmp_path / "v.mp4", 30)).id
+
+
+def test_one_object_per_track_across_groups_and_untracked_detections_alone(video):
+    platform, vid = video
+    target = _target(platform, "append")
+    first = [_tracked(vid, 0, [(0, 0, 10, 10)], [-1], [0.8]),  # a track's first frame: no id yet
+             _tracked(vid, 1, [(1, 0, 11, 10), (30, 30, 40, 40)], [0, -1], [0.8, 0.3]),
+             _tracked(vid, 2, [(2, 0, 12, 10), (40, 0, 50, 8)], [0, 1], [0.6, 0.9])]
+    second = [_tracked(vid, 3, [(3, 0, 13, 10), (41, 0, 51, 8)], [0, 1], [0.4, 0.7]),
+              _tracked(vid, 5, [(42, 1, 52, 9)], [1], [0.5])]
+    assert all(p.error is None for p in target.write(first) + target.write(second))  # two groups, one job
+    ann = platform.video.get_annotation(vid)
+    figures = {o.key: sorted(f.frame_index for f in ann.figures if f.video_object.key == o.key) for o in ann.objects}
+    assert sorted(figures.values()) == [[0], [1], [1, 2, 3], [2, 3, 5]]  # two tracks, two lone detections
+    by_frames = {tuple(v): o for o in ann.objects for k, v in figures.items() if k == o.key}
+    tag = by_frames[(1, 2, 3)].tags[0].to_json()
+    assert (tag["name"], tag["value"], tag["frameRange"]) == ("confidence", 0.6, [1, 3])  # mean score, seen 1..3
+    assert by_frames[(2, 3, 5)].tags[0].to_json()["frameRange"] == [2, 5]
+    assert by_frames[(0,)].tags[0].to_json()["frameRange"] == [0, 0]
+    assert platform.project.stats(platform.video.get(vid).project_id)["objects"] == 4
+
+    # iou_merge matches per frame against what is there: frame 5's box is there already, frame 6's is new
+    merge = _target(platform, "iou_merge")
+    merge.write([_tracked(vid, 5, [(42, 1, 52, 9)], [0]), _tracked(vid, 6, [(43, 1, 53, 9)], [0])])
+    ann = platform.video.get_annotation(vid)
+    assert len(ann.objects) == 5 and [f.frame_index for f in ann.figures if f.frame_index >= 5] == [5, 6]
+
+
+def test_a_tracked_video_exports_as_a_supervisely_project(video, tmp_path):
+    platform, vid = video
+    project_id = platform.video.get(vid).project_id
+    platform.project.merge_meta(project_id, ProjectMeta((ObjClass("a", "rectangle"),), (CONFIDENCE_TAG,), "videos"))
+    _target(platform, "append").write([_tracked(vid, f, [(f, 0, f + 10, 10)], [0 if f else -1]) for f in range(6)])
+    platform.project.export_dir(project_id, tmp_path / "out")
+    assert check_sly_project(tmp_path / "out") == []
+    again = platform.project.import_dir(tmp_path / "out")
+    (ds,) = platform.dataset.list(again)
+    (copy,) = platform.video.list(ds.id)
+    assert platform.video.get_annotation(copy.id).to_json() == platform.video.get_annotation(vid).to_json()
+
+
+def test_the_stored_rows_assemble_what_was_set(video):
+    """`set_annotation` then `get_annotation` through the rows: the same JSON (objects in order, frames by index)."""
+    platform, vid = video
+    from pipeline.annotation import VideoFigure, VideoObject
+
+    a = ObjClass("a", "rectangle")
+    platform.project.merge_meta(platform.video.get(vid).project_id, ProjectMeta((a,), (), "videos"))
+    objs = [VideoObject(a) for _ in range(3)]
+    figs = [VideoFigure(objs[i % 3], Rectangle.from_xyxy(i, i, i + 5, i + 5), (7 * i) % 30) for i in range(12)]
+    ann = VideoAnnotation((48, 64), 30, tuple(objs)).add_figures(figs)
+    platform.video.set_annotation(vid, ann)
+    assert platform.video.get_annotation(vid).to_json() == ann.to_json()
+    platform.video.set_annotation(vid, VideoAnnotation((48, 64), 30))  # replaced whole
+    assert platform.video.get_annotation(vid).to_json()["objects"] == []
