@@ -341,7 +341,8 @@ def test_the_demo_video_relabelled_through_the_pipeline_scores_and_uploads_one_o
     root = Path(__file__).resolve().parents[2]
     sys.path.insert(0, str(root))
     from benchmarks.mot import score_tracks
-    from benchmarks.scenes import moving_shapes_scene, write_video as write_scene
+    from benchmarks.scenes import moving_shapes_scene
+    from benchmarks.scenes import write_video as write_scene
 
     scene = moving_shapes_scene()
     truth = write_scene(scene, tmp_path / "shapes.mp4")
