@@ -1,7 +1,9 @@
-"""Tracking quality on the generated shapes video, offline: the demo model called directly, frame by frame, then a
-`pipeline.stages.tracking.VideoTracker`, scored with `motmetrics` (MOTA, IDF1) against the known paths.
+"""Tracking quality on the generated shapes video, scored with `motmetrics` (MOTA, IDF1) against the known paths:
+offline (the demo model called directly, frame by frame, then a `pipeline.stages.tracking.VideoTracker`), or
+`--pipeline`: through the whole pipeline (`api.nn.deploy`, `model.predict(input=video, video_params={"tracker":
+...})`: readers, scheduler, replica, reorder buffer, tracker).
 
-    .venv/bin/python benchmarks/track_eval.py [--strides 1 3] [--tracker bytetrack]
+    .venv/bin/python benchmarks/track_eval.py [--pipeline] [--strides 1 3] [--tracker bytetrack]
         [--settings '{"track_buffer": 30}']
         [--checkpoint checkpoints/shapes.pth] [--frames 150] [--model-resize] [--video /tmp/x.mp4]
 
@@ -11,6 +13,8 @@
    model through its `workers.models` adapter (as tests/helpers.py `DirectModel` does). By default it runs
    the model at the frame's own size (the pipeline's `settings["img_size"] = (480, 640)`): the shapes then have
    the sizes the model was trained on; `--model-resize` lets the model shrink them to its 256 px input instead.
+   `--pipeline`: the video goes through `model.predict` (one CPU replica, `img_size` = the frame's size, or the
+   model's own with `--model-resize`), once per stride, on a local Ray started by the script.
 3. For each stride k the tracker sees frames 0, k, 2k, ... (effective frame rate fps / k), and the tracks are
    scored on those frames. The detector's own recall on the same frames is printed too: a tracker cannot find
    what the detector misses.
@@ -101,6 +105,41 @@ def run(strides: tuple[int, ...] = (1, 3), tracker: str = "bytetrack", settings:
     return out
 
 
+def run_pipeline(strides: tuple[int, ...] = (1, 3), tracker: str = "bytetrack", settings: dict | None = None,
+                 checkpoint: str | Path = DEFAULT_CHECKPOINT, frames: int = 150, native: bool = True,
+                 video: str | Path | None = None) -> dict[str, Any]:
+    """`run`, with detection and tracking done by the pipeline itself (`predict(video_params={"tracker": ...})`)."""
+    import pipeline
+
+    scene = moving_shapes_scene(frames=frames)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(video) if video else Path(tmp) / "moving_shapes.mp4"
+        truth = write_video(scene, path)
+        api = pipeline.Api(data_dir=Path(tmp) / "platform")
+        model = api.nn.deploy(model=str(checkpoint), device="cpu", replicas=1)
+        out: dict[str, Any] = {"frames": frames, "detect_s": 0.0, "strides": {}}
+        try:
+            for k in strides:
+                t0 = time.perf_counter()
+                preds = model.predict(input=str(path), video_params={"tracker": tracker, "stride": k,
+                                                                     **(settings or {})},
+                                      img_size=(scene.height, scene.width) if native else None, progress=False)
+                seconds = time.perf_counter() - t0
+                tracks = [(p.boxes, p.track_ids) for p in preds]
+                metrics = score_tracks(truth[::k], tracks)
+                metrics["detection_recall"] = detection_recall(truth[::k], [p.boxes for p in preds])
+                metrics["tracks"] = len({int(i) for _, ids in tracks for i in ids if i >= 0})
+                metrics["seconds"] = seconds
+                out["strides"][k] = metrics
+                if k == 1:
+                    out["detection_recall"] = metrics["detection_recall"]
+                out["detect_s"] += seconds
+        finally:
+            model.shutdown()
+    out.setdefault("detection_recall", float("nan"))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--strides", type=int, nargs="+", default=[1, 3])
@@ -111,20 +150,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-resize", action="store_true", help="let the model resize frames its own way")
     p.add_argument("--video", default=None, help="keep the generated video at this path")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--pipeline", action="store_true", help="through model.predict (the whole pipeline)")
     args = p.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    res = run(tuple(args.strides), args.tracker, json.loads(args.settings), args.checkpoint, args.frames,
-              native=not args.model_resize, video=args.video)
-    print(f"{res['frames']} frames detected in {res['detect_s']:.1f} s; detector recall (IoU >= 0.5) "
+    res = (run_pipeline if args.pipeline else run)(tuple(args.strides), args.tracker, json.loads(args.settings),
+                                                   args.checkpoint, args.frames, native=not args.model_resize,
+                                                   video=args.video)
+    what = "predicted and tracked by the pipeline (all strides)" if args.pipeline else "detected"
+    print(f"{res['frames']} frames {what} in {res['detect_s']:.1f} s; detector recall (IoU >= 0.5) "
           f"{res['detection_recall']:.3f}")
     for k, m in res["strides"].items():
         print(f"stride {k}: MOTA {m['mota']:.3f}  IDF1 {m['idf1']:.3f}  ID switches {int(m['num_switches'])}  "
               f"misses {int(m['num_misses'])}  false positives {int(m['num_false_positives'])}  of "
               f"{int(m['num_objects'])} objects  (tracks {m['tracks']}, detector recall "
-              f"{m['detection_recall']:.3f})")
+              f"{m['detection_recall']:.3f})" + (f"  {m['seconds']:.1f} s" if "seconds" in m else ""))
     return 0
 
 

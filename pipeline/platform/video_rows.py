@@ -98,7 +98,9 @@ def read_text(conn: sqlite3.Connection, video_id: int) -> str | None:
     current, figs = None, []
 
     def close() -> None:
-        frames.append((current, _frame_text(own.pop(current, {"index": current}), figs)))
+        extra = own.pop(current, None)
+        text = f'{{"index":{current},"figures":[{",".join(figs)}]}}' if extra is None else _frame_text(extra, figs)
+        frames.append((current, text))
 
     for frame, fig in conn.execute(
             "SELECT frame, fig FROM video_figures WHERE video_id = ? ORDER BY frame, id", (video_id,)):
