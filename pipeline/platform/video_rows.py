@@ -26,8 +26,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["add_figures", "add_objects", "delete_frames", "ensure_head", "figures_on_frames", "read_text",
-           "missing_objects", "update_objects", "write_json"]
+__all__ = ["add_figures", "add_objects", "delete_frames", "ensure_head", "figures_on_frames", "get_objects",
+           "read_text", "update_objects", "write_json"]
 
 # The top-level keys that live in rows of their own, not in the head.
 _ROW_KEYS = ("objects", "frames")
@@ -154,15 +154,14 @@ def update_objects(conn: sqlite3.Connection, video_id: int, objects: Iterable[Ma
                      [(_dumps(o), video_id, o["key"]) for o in objects])
 
 
-def missing_objects(conn: sqlite3.Connection, video_id: int, keys: Iterable[str]) -> set[str]:
-    """The `keys` that are no object of the video's annotation (any more)."""
-    keys = set(keys)
+def get_objects(conn: sqlite3.Connection, video_id: int, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """{key: the object's JSON} for those of `keys` that are objects of the video's annotation."""
+    keys = sorted(set(keys))
     if not keys:
-        return set()
-    found = {r[0] for r in conn.execute(
-        "SELECT key FROM video_objects WHERE video_id = ? AND key IN (SELECT value FROM json_each(?))",
-        (video_id, _dumps(sorted(keys))))}
-    return keys - found
+        return {}
+    return {k: json.loads(obj) for k, obj in conn.execute(
+        "SELECT key, obj FROM video_objects WHERE video_id = ? AND key IN (SELECT value FROM json_each(?))",
+        (video_id, _dumps(keys)))}
 
 
 def add_figures(conn: sqlite3.Connection, video_id: int, figures: Iterable[tuple[int, Mapping[str, Any]]]) -> int:

@@ -18,7 +18,7 @@ from test_video_decode import frame_number, write_video  # noqa: E402
 
 from pipeline.annotation import CONFIDENCE_TAG, ObjClass, ProjectMeta, Rectangle, VideoAnnotation  # noqa: E402
 from pipeline.exceptions import InvalidArgumentError  # noqa: E402
-from pipeline.platform import Platform  # noqa: E402
+from pipeline.platform import Platform, video_rows  # noqa: E402
 from pipeline.prediction import Item, Prediction  # noqa: E402
 from pipeline.stages.collect import Collector  # noqa: E402
 from pipeline.stages.loading import video as video_loading  # noqa: E402
@@ -211,7 +211,12 @@ def test_one_object_per_track_across_groups_and_untracked_detections_alone(video
              _tracked(vid, 2, [(2, 0, 12, 10), (40, 0, 50, 8)], [0, 1], [0.6, 0.9])]
     second = [_tracked(vid, 3, [(3, 0, 13, 10), (41, 0, 51, 8)], [0, 1], [0.4, 0.7]),
               _tracked(vid, 5, [(42, 1, 52, 9)], [1], [0.5])]
-    assert all(p.error is None for p in target.write(first) + target.write(second))  # two groups, one job
+    assert all(p.error is None for p in target.write(first))
+    with platform.store.write() as conn:  # someone edits track 0's object between two groups
+        (key,) = [o.key for o in platform.video.get_annotation(vid).objects if o.tags[0].to_json()["frameRange"] ==
+                  [1, 2]]
+        video_rows.update_objects(conn, vid, [{**video_rows.get_objects(conn, vid, [key])[key], "labelerLogin": "x"}])
+    assert all(p.error is None for p in target.write(second))  # the second group of the same job
     ann = platform.video.get_annotation(vid)
     figures = {o.key: sorted(f.frame_index for f in ann.figures if f.video_object.key == o.key) for o in ann.objects}
     assert sorted(figures.values()) == [[0], [1], [1, 2, 3], [2, 3, 5]]  # two tracks, two lone detections
@@ -219,6 +224,7 @@ def test_one_object_per_track_across_groups_and_untracked_detections_alone(video
     tag = by_frames[(1, 2, 3)].tags[0].to_json()
     assert (tag["name"], tag["value"], tag["frameRange"]) == ("confidence", 0.6, [1, 3])  # mean score, seen 1..3
     assert by_frames[(2, 3, 5)].tags[0].to_json()["frameRange"] == [2, 5]
+    assert by_frames[(1, 2, 3)].key == key and by_frames[(1, 2, 3)].to_json()["labelerLogin"] == "x"  # kept
     assert by_frames[(0,)].tags[0].to_json()["frameRange"] == [0, 0]
     assert platform.project.stats(platform.video.get(vid).project_id)["objects"] == 4
 

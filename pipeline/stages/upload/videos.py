@@ -175,16 +175,17 @@ class _ObjectsOfGroup:
     def __init__(self, conn: Any, video_id: int, job_id: str | None):
         self.conn, self.video_id, self.job_id = conn, video_id, job_id
 
-    def _tracks(self, kept: Mapping[int, Sequence[PredictedLabel]]) -> dict[int, jobs.TrackRow]:
-        """The rows of the group's tracks the job has written before, whose objects still exist."""
+    def _tracks(self, kept: Mapping[int, Sequence[PredictedLabel]]) -> dict[int, tuple[jobs.TrackRow, dict]]:
+        """{track: (its job row, its object's stored JSON)} for the group's tracks the job has written before and
+        whose objects still exist (an object deleted meanwhile: the track starts a new one)."""
         ids = {t for labs in kept.values() for _, t, _ in labs if t >= 0}
         if not ids:
             return {}
         if self.job_id is None:
             raise InvalidArgumentError("tracked predictions are uploaded by a job (it keeps each track's object)")
         rows = jobs.get_tracks(self.conn, self.job_id, self.video_id, ids)
-        gone = video_rows.missing_objects(self.conn, self.video_id, [r.object_key for r in rows.values()])
-        return {t: r for t, r in rows.items() if r.object_key not in gone}  # deleted meanwhile: a new object
+        stored = video_rows.get_objects(self.conn, self.video_id, [r.object_key for r in rows.values()])
+        return {t: (r, stored[r.object_key]) for t, r in rows.items() if r.object_key in stored}
 
     def write(self, kept: Mapping[int, Sequence[PredictedLabel]], size: tuple[int, int], frames_count: int,
               meta: Any, where: str) -> None:
@@ -202,20 +203,31 @@ class _ObjectsOfGroup:
                     single.append(obj)
                 else:
                     if t not in tracks:
-                        tracks[t] = before.get(t) or jobs.TrackRow(uuid.uuid4().hex, 0.0, 0, frame, frame)
-                        holders[t] = VideoObject(lab.obj_class, key=tracks[t].object_key)
+                        row, stored = before.get(t, (None, None))
+                        tracks[t] = row or jobs.TrackRow(uuid.uuid4().hex, 0.0, 0, frame, frame)
+                        # a track keeps the class its object has (class_aware=False lets a track's class vary)
+                        cls = meta.get_obj_class(stored["classTitle"]) if stored else None
+                        holders[t] = VideoObject(cls or lab.obj_class, key=tracks[t].object_key)
                     _add(tracks[t], frame, score)
                     obj = holders[t]
                 figures.append(VideoFigure(obj, lab.geometry, frame))
         objects = {t: _track_object(holders[t].obj_class, r) for t, r in tracks.items()}
         ann = VideoAnnotation(size, frames_count, (*single, *objects.values()))
         ops.check_video_annotation(ann.add_figures(figures), meta, where)
-        new = [o for t, o in objects.items() if t not in before]
-        video_rows.add_objects(self.conn, self.video_id, [o.to_json() for o in (*single, *new)])
-        video_rows.update_objects(self.conn, self.video_id, [o.to_json() for t, o in objects.items() if t in before])
+        new = [o.to_json() for t, o in objects.items() if t not in before]
+        video_rows.add_objects(self.conn, self.video_id, [*(o.to_json() for o in single), *new])
+        video_rows.update_objects(self.conn, self.video_id, [_retagged(before[t][1], o.to_json()["tags"][0])
+                                                             for t, o in objects.items() if t in before])
         video_rows.add_figures(self.conn, self.video_id, [(f.frame_index, f.to_json()) for f in figures])
         if tracks:
             jobs.put_tracks(self.conn, self.job_id, self.video_id, tracks)
+
+
+def _retagged(stored: dict[str, Any], tag: dict[str, Any]) -> dict[str, Any]:
+    """The stored object JSON with its track confidence tag (same key) replaced by `tag`; whatever else the object
+    holds (its class, other tags, keys of other tools) stays as it is."""
+    tags = [t for t in stored.get("tags") or () if t.get("key") != tag["key"]]
+    return {**stored, "tags": [*tags, tag]}
 
 
 def _add(row: jobs.TrackRow, frame: int, score: float) -> None:
