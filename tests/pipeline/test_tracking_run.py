@@ -111,6 +111,26 @@ class _ShufflingExecutor:
         pass
 
 
+@pytest.mark.parametrize("n, gop, stride, range_len", [(18_000, 250, 1, 250), (18_000, 250, 3, 84), (600, 12, 1, 36),
+                                                      (150, 150, 1, 150), (20_000, 600, 1, None)])
+def test_a_tracked_video_is_read_in_gop_ranges_round_by_round(n, gop, stride, range_len):
+    """A tracked video's ranges are whole GOPs (at least 32 selected frames, at most 300 unless a GOP is longer),
+    each starting at a keyframe; its items come one round of `lanes` ranges at a time."""
+    import itertools
+
+    index = SimpleNamespace(keyframes=np.arange(0, n, gop), path="/v.mp4", readable=n, frames_count=n)
+    video = VideoFrames(index, range(0, n, stride), "frame:/v.mp4", {"video_path": "/v.mp4", "name": "v.mp4"})
+    lanes = video_loading.VideoLanes(video, 3, tracked=True)
+    if range_len is not None:
+        assert lanes.range_len == range_len
+        assert all(video.selection[r.start] % gop < stride for r in lanes.ranges)  # each starts at a keyframe
+    else:  # a GOP longer than 300 frames is cut inside; the bound uses the longest range there is
+        assert lanes.range_len == max(len(r) for r in lanes.ranges) < 600
+    first_round = {p for r in lanes.ranges[:lanes.lanes] for p in r}
+    head = [video.position(it) for it in itertools.islice(lanes.items(), len(first_round))]
+    assert set(head) == first_round  # no item of the second round before the first round is complete
+
+
 def _frames(path: Path, params: dict, base: int) -> VideoFrames:
     index = index_video(path)
     fields = {"name": path.name, "source": str(path), "path": str(path), "image_path": str(path),

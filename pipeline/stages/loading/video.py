@@ -75,13 +75,14 @@ def _remote_reader() -> Any:
 
 
 def tracked_range_frames(video: VideoFrames) -> int:
-    """The length of a tracked video's ranges, in selected frames: about one group of pictures (the median distance
-    between keyframes, over the stride), so that ranges start at keyframes and no GOP is decoded twice, within
-    [TRACKED_RANGE_MIN, TRACKED_RANGE_MAX]: short ranges keep the frames waiting in the reorder buffer few (see
-    `VideoLanes`)."""
+    """The length of a tracked video's ranges, in selected frames: the fewest whole groups of pictures (the median
+    distance between keyframes, over the stride) that make at least TRACKED_RANGE_MIN frames, so that ranges start
+    at keyframes and no GOP is decoded twice; at most TRACKED_RANGE_MAX: short ranges keep the frames waiting in
+    the reorder buffer few (see `VideoLanes`)."""
     keyframes = np.asarray(video.index.keyframes)
     gop = float(np.median(np.diff(keyframes))) if len(keyframes) > 1 else float(video.index.frames_count)
-    return int(min(TRACKED_RANGE_MAX, max(TRACKED_RANGE_MIN, round(gop / video.selection.step))))
+    gop = max(1, round(gop / video.selection.step))
+    return int(min(TRACKED_RANGE_MAX, gop * math.ceil(TRACKED_RANGE_MIN / gop)))  # whole GOPs, if they fit
 
 
 class VideoLanes:
