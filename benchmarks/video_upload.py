@@ -16,7 +16,8 @@ tracks running through every frame, each with its job row), then `VideoTarget.wr
   or are compared with them).
 
 The annotation lives in rows (`pipeline.platform.video_rows`): a write should cost the same at the end of a long
-video as at its start. The last column is the time to read the whole annotation back (`api.video.get_annotation`'s
+video as at its start. `SQL ops` counts the SQLite virtual-machine instructions of one write (to the nearest
+1,000, `set_progress_handler`): the database's work, unaffected by other load on the machine. The last column is the time to read the whole annotation back (`api.video.get_annotation`'s
 assembly of the JSON text, not its parsing): reads still grow with the annotation, as they must.
 """
 
@@ -100,11 +101,21 @@ def prefill(platform: Platform, video_id: int, frames: int, total: int, boxes: i
 
 
 def time_writes(platform: Platform, mode: str, video_id: int, offset: int, group: int, boxes: int,
-                repeats: int) -> list[float]:
-    """Seconds of each of `repeats` writes at `offset` (append, tracked: the next groups after it)."""
+                repeats: int) -> tuple[list[float], int]:
+    """Seconds of each of `repeats` writes at `offset` (append, tracked: the next groups after it), and the SQLite
+    virtual-machine instructions the last one executed (to the nearest 1,000): what the database did, whatever
+    else the machine was doing."""
     out = []
     tracked = mode == "tracked"
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
     for r in range(repeats):
+        steps[0] = 0
+        platform.store.connection().set_progress_handler(count, 1000)
         # tracked: the job that wrote the tracks (prefill); else a job per write (replace writes the same frames)
         target = make_target(platform, "append" if tracked else mode, JOB if tracked else f"{mode}-{next(_JOBS)}")
         start = offset + r * group if mode in ("append", "tracked") else max(0, offset - group)
@@ -113,7 +124,8 @@ def time_writes(platform: Platform, mode: str, video_id: int, offset: int, group
         written = target.write(preds)
         out.append(time.perf_counter() - t0)
         assert all(p.error is None and p.target is not None for p in written), [p.error for p in written][:3]
-    return out
+    platform.store.connection().set_progress_handler(None, 1000)
+    return out, steps[0] * 1000
 
 
 def time_read(platform: Platform, video_id: int) -> tuple[float, int]:
@@ -146,14 +158,14 @@ def main() -> None:
     print(f"video of {args.frames} frames, {args.boxes} boxes per frame, groups of {args.group} frames; "
           f"median of {args.repeats} writes, ms per write (per group)", flush=True)
     for mode in args.modes:
-        print(f"\n{mode}:\n{'offset':>7} {'JSON MB':>8} {'write ms':>9} {'min':>7} {'max':>7} {'read ms':>8}",
-              flush=True)
+        print(f"\n{mode}:\n{'offset':>7} {'JSON MB':>8} {'write ms':>9} {'min':>7} {'max':>7} {'SQL ops':>8} "
+              f"{'read ms':>8}", flush=True)
         for offset in args.offsets:
             prefill(platform, video_id, offset, args.frames, args.boxes, mode == "tracked")
-            times = time_writes(platform, mode, video_id, offset, args.group, args.boxes, args.repeats)
+            times, ops_count = time_writes(platform, mode, video_id, offset, args.group, args.boxes, args.repeats)
             read_s, size = time_read(platform, video_id)
             print(f"{offset:>7} {size / 1e6:>8.2f} {statistics.median(times) * 1e3:>9.1f} {min(times) * 1e3:>7.1f} "
-                  f"{max(times) * 1e3:>7.1f} {read_s * 1e3:>8.1f}", flush=True)
+                  f"{max(times) * 1e3:>7.1f} {ops_count:>8,} {read_s * 1e3:>8.1f}", flush=True)
 
 
 if __name__ == "__main__":
