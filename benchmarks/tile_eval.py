@@ -37,10 +37,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from benchmarks.track_eval import DEFAULT_CHECKPOINT, load_adapter  # noqa: E402
 
 from benchmarks.mot import IOU_THRESHOLD, box_iou  # noqa: E402
 from benchmarks.scenes import large_shapes_image  # noqa: E402
+from benchmarks.track_eval import DEFAULT_CHECKPOINT, load_adapter  # noqa: E402
 
 
 def match(gt_boxes: np.ndarray, gt_ids: np.ndarray, boxes: np.ndarray, ids: np.ndarray,

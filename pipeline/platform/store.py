@@ -39,7 +39,7 @@ __all__ = ["BUSY_TIMEOUT_S", "SCHEMA_VERSION", "Store", "now"]
 
 P = TypeVar("P")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 30.0  # a long import holds the write lock for seconds; other writers wait rather than fail
 _COPY_CHUNK = 1 << 20  # 1 MiB: hashing and copying large videos without holding them in memory
 
@@ -112,7 +112,48 @@ CREATE INDEX IF NOT EXISTS images_dataset ON images (dataset_id, id);
 CREATE INDEX IF NOT EXISTS videos_dataset ON videos (dataset_id, id);
 """
 
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}  # version -> the SQL that brings version - 1 to it
+_SCHEMA_V3 = """
+-- a video annotation's objects and figures in rows of their own (pipeline/platform/video_rows.py): an upload
+-- write costs O(its frames), not O(the annotation); video_annotations.ann keeps the rest (the "head")
+CREATE TABLE IF NOT EXISTS video_objects (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,   -- the order of the annotation's "objects"
+    video_id  INTEGER NOT NULL REFERENCES videos(id) ON DELETE CASCADE,
+    key       TEXT NOT NULL,
+    obj       TEXT NOT NULL,                       -- the object's JSON
+    UNIQUE (video_id, key)
+);
+CREATE TABLE IF NOT EXISTS video_figures (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- the order of the figures on a frame
+    video_id    INTEGER NOT NULL REFERENCES videos(id) ON DELETE CASCADE,
+    frame       INTEGER NOT NULL,
+    object_key  TEXT NOT NULL,
+    fig         TEXT NOT NULL                       -- the figure's JSON
+);
+CREATE INDEX IF NOT EXISTS video_figures_frame ON video_figures (video_id, frame);
+CREATE INDEX IF NOT EXISTS video_figures_object ON video_figures (video_id, object_key);
+-- version 2's one-row annotations split: objects (a keyless one gets a key, computed once per object), ...
+WITH src AS MATERIALIZED (
+    SELECT a.video_id AS video_id, o.id AS oid, o.value AS obj,
+           COALESCE(json_extract(o.value, '$.key'), lower(hex(randomblob(16)))) AS k
+    FROM video_annotations a, json_each(a.ann, '$.objects') o
+)
+INSERT INTO video_objects (video_id, key, obj)
+    SELECT video_id, k, CASE WHEN json_extract(obj, '$.key') IS NULL THEN json_set(obj, '$.key', k) ELSE obj END
+    FROM src ORDER BY video_id, oid;
+-- ... figures, by frame index then their order ...
+INSERT INTO video_figures (video_id, frame, object_key, fig)
+    SELECT a.video_id, json_extract(f.value, '$.index'), json_extract(g.value, '$.objectKey'), g.value
+    FROM video_annotations a, json_each(a.ann, '$.frames') f, json_each(f.value, '$.figures') g
+    ORDER BY a.video_id, json_extract(f.value, '$.index'), f.id, g.id;
+-- ... and the head: no objects; only the frames with keys of their own, or none of their figures, stay listed
+UPDATE video_annotations SET ann = json_set(json_remove(ann, '$.objects'), '$.frames', json((
+    SELECT json_group_array(json(json_remove(f.value, '$.figures')))
+    FROM json_each(video_annotations.ann, '$.frames') f
+    WHERE (SELECT COUNT(*) FROM json_each(f.value)) > 2 OR COALESCE(json_array_length(f.value, '$.figures'), 0) = 0
+)));
+"""
+
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}  # version -> the SQL that brings version - 1 to it
 
 
 def now() -> str:

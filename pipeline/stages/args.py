@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.exceptions import InvalidArgumentError
 from pipeline.stages.video_params import check_video_params
-from workers.formats import is_url
+from workers.formats import is_url, is_video_file
 from workers.tiling import check_tiling
 
 __all__ = ["ALIASES", "DEFAULT_IOU_MERGE_THRESHOLD", "PIPELINE_SETTINGS", "PredictArgs", "UPLOAD_MODES", "abs_path", "as_int",
@@ -37,7 +37,7 @@ OUTPUT_FORMATS = ("parquet", "coco", "yolo")  # output={format: local path or ob
 
 KNOWN = (
     "input", "project_id", "dataset_id", "image_ids", "video_id", "settings", "batch_size", "img_size", "classes",
-    "upload", "recursive", "video_params", "job_id", "progress", "output", "max_in_flight", "tiling",
+    "upload", "recursive", "video_params", "job_id", "progress", "output", "max_in_flight", "tiling", "tracking",
 )
 
 
@@ -60,6 +60,8 @@ class PredictArgs:
     output: dict[str, str] | None = None
     max_in_flight: int | None = None
     tiling: dict[str, Any] | None = None
+    # True / False as given; after `normalize` the `TrackingConfig` (tracker and settings) or None
+    tracking: Any = None
 
     @property
     def source_name(self) -> str:
@@ -128,12 +130,30 @@ def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None,
     _check_upload(args)
     if not isinstance(args.recursive, bool):
         raise InvalidArgumentError(f"recursive must be True or False; got {args.recursive!r}")
-    args.video_params = check_video_params(args.video_params, args)
+    args.video_params, args.tracking = _check_video(args)
     args.tiling = check_tiling(args.tiling)
     if args.tiling and settings.get("decode") in ("reduced", "gpu"):
         raise InvalidArgumentError(f"tiling decodes each image whole (its tiles are the model's input); "
                                    f"settings['decode']={settings['decode']!r} cannot apply: leave it out")
     return args
+
+
+def _check_video(args: PredictArgs) -> tuple[dict[str, Any] | None, Any]:
+    """(the frame selection, the `TrackingConfig` or None) from `video_params` and `tracking`: the tracker and its
+    settings sit in `video_params` beside the frame keys (pipeline.stages.tracking). Tracking needs videos: a
+    video file, a `video_id`, or a directory (which must hold videos: checked once it is walked, before any
+    work); it may be asked for on a directory without choosing frames."""
+    from pipeline.stages.tracking import check_video_params_tracking
+
+    trackable = args.video_id is not None or (
+        isinstance(args.input, str | os.PathLike) and not is_url(args.input)
+        and (is_video_file(os.fspath(args.input)) or os.path.isdir(os.fspath(args.input))))
+    frames, tracking = check_video_params_tracking(args.video_params, args.tracking, is_video=trackable,
+                                                   what=describe_input(args.input) if args.from_platform is False
+                                                   else args.source_name)
+    if tracking is not None and not frames:
+        frames = None  # only the tracker was chosen: every frame, also of a directory's videos
+    return check_video_params(frames, args), tracking
 
 
 def _unalias(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

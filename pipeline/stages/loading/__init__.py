@@ -35,10 +35,11 @@ class Loader(Protocol):
         """The run is over: release what loads (video readers); at once when `stopped`."""
 
 
-def make_loader(plan: SourcePlan, options: DecodeOptions) -> Loader:
-    """The loader of `plan`'s items: video readers when it holds videos, else loading tasks."""
+def make_loader(plan: SourcePlan, options: DecodeOptions, tracking: Any = None) -> Loader:
+    """The loader of `plan`'s items: video readers when it holds videos, else loading tasks. `tracking` (the run's
+    tracking stage): its videos are read in the order a tracker needs (see `VideoLanes`)."""
     if plan.has_videos:
-        return VideoLoader(options)
+        return VideoLoader(options, tracking=tracking)
     return ImageLoader(options)
 
 

@@ -51,10 +51,12 @@ class UploadStage:
             return self.target.done_keys
         return self.outputs.done_keys if self.outputs is not None else set()
 
-    def filter_done(self, items: Iterator[Item]) -> Iterator[Item]:
+    def filter_done(self, items: Iterator[Item], keep_frames: bool = False) -> Iterator[Item]:
+        """The items a resumed job has not written yet. `keep_frames`: video frames all pass (a tracked video is
+        tracked again from its start; the tracking stage drops the done frames' predictions after tracking)."""
         done = self.done_keys
         for item in items:
-            if item.key not in done:
+            if item.key not in done or (keep_frames and item.frame_idx is not None):
                 yield item
 
     def skipped_count(self) -> int:
