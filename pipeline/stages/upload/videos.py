@@ -25,7 +25,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.exceptions import FormatError, InvalidArgumentError, PipelineError
+from pipeline.exceptions import DiskFullError, FormatError, InvalidArgumentError, PipelineError
 from pipeline.platform import jobs, media, ops
 from pipeline.prediction import Prediction, UploadTarget
 from pipeline.stages.upload.merge import merge_video_json
@@ -75,6 +75,8 @@ class VideoTarget(Target):
             return {}
         try:
             self._staged = self._stage_video(todo[0])
+        except DiskFullError:  # the run ends: see ImageTarget.stage
+            raise
         except (OSError, PipelineError) as exc:
             return {id(p): f"upload failed: cannot store the video: {exc}" for p in todo}
         return {}
