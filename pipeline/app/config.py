@@ -20,14 +20,13 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveFloat,
     PositiveInt,
     PrivateAttr,
     ValidationError,
@@ -68,6 +67,8 @@ SECTIONS = ("model", "input", "predict", "upload", "output", "ray")
 MODEL_SOURCES = ("checkpoint", "pretrained", "task_id")
 INPUT_SOURCES = ("path", "paths", "url", "project_id", "dataset_id", "image_ids", "video_id")
 PLATFORM_SOURCES = ("project_id", "dataset_id", "image_ids", "video_id")
+# A number > 0 that is finite: YAML's `.inf` (and `.nan`) are floats, and pydantic's PositiveFloat takes infinity.
+FinitePositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -91,7 +92,7 @@ class ModelSection(_Section):
     task_id: PositiveInt | None = None  # connect to a running deployment instead of deploying
     device: str | None = None  # None: cuda when the cluster has GPUs, else cpu
     replicas: PositiveInt | None = None  # None: one per GPU (one on CPU)
-    gpus_per_replica: PositiveFloat = 1.0
+    gpus_per_replica: FinitePositiveFloat = 1.0
     reuse: bool = False  # use a running deployment of the same model and device instead of starting one
     # None: shut down what this run deployed (not a reused or connected deployment); true: shut down the model
     # the run used, whoever started it; false: leave it running (its task id is printed).
@@ -183,7 +184,7 @@ class VideoParams(_Section):
     start_frame: int | None = Field(default=None, ge=0)
     end_frame: int | None = Field(default=None, ge=0)
     num_frames: PositiveInt | None = None
-    duration: PositiveFloat | None = None  # seconds
+    duration: FinitePositiveFloat | None = None  # seconds
 
 
 class PredictSection(_Section):

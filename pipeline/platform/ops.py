@@ -130,11 +130,12 @@ def get_video_row(conn: sqlite3.Connection, video_id: int) -> sqlite3.Row:
 
 def free_project_name(conn: sqlite3.Connection, name: str) -> str:
     """`name` if no project has it, else the first free of `name (1)`, `name (2)`, ..."""
+    # the names that start with "name (" are those from "name (" up to "name )" exclusive (")" follows "(" in the
+    # binary collation): a range of the name index, where a LIKE would scan every project's name
     taken = {
         r[0]
         for r in conn.execute(
-            "SELECT name FROM projects WHERE name = ? OR name LIKE ? ESCAPE '\\'",
-            (name, name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + " (%)"),
+            "SELECT name FROM projects WHERE name = ? OR (name >= ? AND name < ?)", (name, f"{name} (", f"{name} )")
         )
     }
     if name not in taken:

@@ -298,6 +298,14 @@ def _check_settings(settings: dict[str, Any], allowed: Iterable[str] | None = No
             raise InvalidArgumentError(f"unknown setting(s) {', '.join(hints)}: this model takes "
                                        f"{', '.join(known)}")
 
+    for key, value in settings.items():
+        # any number of any setting, the adapter's own keys and numbers inside lists included: NaN passes every
+        # range check (every comparison with it is False) and silently changes what a model keeps
+        bad = _non_finite(value)
+        if bad is not None:
+            what = "be a finite number" if bad is value else f"hold finite numbers only ({bad!r} is not)"
+            raise InvalidArgumentError(f"settings[{key!r}] must {what}; got {value!r}")
+
     def number(key: str, lo: float, hi: float, lo_open: bool = False) -> None:
         if key not in settings:
             return
@@ -323,6 +331,19 @@ def _check_settings(settings: dict[str, Any], allowed: Iterable[str] | None = No
             if v is None or v < 1:
                 raise InvalidArgumentError(f"settings[{key!r}] must be a positive int; got {settings[key]!r}")
             settings[key] = v
+
+
+def _non_finite(value: Any, depth: int = 0) -> Any:
+    """The first NaN or infinite number in `value` (a number, or one inside lists, tuples and dict values), or
+    None. Bools are not numbers here."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool | numbers.Integral):
+        return None if math.isfinite(value) else value
+    if depth < 4 and isinstance(value, list | tuple | dict):
+        for v in value.values() if isinstance(value, dict) else value:
+            bad = _non_finite(v, depth + 1)
+            if bad is not None:
+                return bad
+    return None
 
 
 def describe_input(value: Any) -> str:

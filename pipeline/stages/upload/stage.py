@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from pipeline.exceptions import UploadError
+from pipeline.exceptions import DiskFullError, UploadError
 from pipeline.prediction import Item, Prediction
 from pipeline.stages.upload.outputs import Outputs
 from pipeline.stages.upload.target import Target
@@ -106,9 +106,16 @@ class UploadStage:
         self._thread = threading.Thread(target=self._loop, name="pipeline-upload", daemon=True)
         self._thread.start()
 
+    def _failure(self) -> UploadError:
+        """The error that ends the run once the upload failed (a full disk stays a `DiskFullError`)."""
+        exc = self._error
+        if isinstance(exc, DiskFullError):
+            return DiskFullError(str(exc))
+        return UploadError(f"the upload failed: {type(exc).__name__}: {exc}")
+
     def put(self, preds: list[Prediction]) -> None:
         if self._error is not None:
-            raise UploadError(f"the upload failed: {type(self._error).__name__}: {self._error}") from self._error
+            raise self._failure() from self._error
         with self._lock:
             self._queued += len(preds)
         self._queue.put(preds)
@@ -160,4 +167,4 @@ class UploadStage:
         if self.outputs is not None:
             self.outputs.finish(complete and not abort and self._error is None)
         if self._error is not None and not abort:
-            raise UploadError(f"the upload failed: {type(self._error).__name__}: {self._error}") from self._error
+            raise self._failure() from self._error

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.exceptions import FormatError, InvalidArgumentError, PipelineError
+from pipeline.exceptions import DiskFullError, FormatError, InvalidArgumentError, PipelineError
 from pipeline.platform import jobs, media, ops, video_rows
 from pipeline.prediction import Prediction, UploadTarget
 from pipeline.stages.upload.merge import kept_on_frames, stored_labels
@@ -68,6 +68,8 @@ class VideoTarget(Target):
             return {}
         try:
             self._staged = self._stage_video(todo[0])
+        except DiskFullError:  # the run ends: see ImageTarget.stage
+            raise
         except (OSError, PipelineError) as exc:
             return {id(p): f"upload failed: cannot store the video: {exc}" for p in todo}
         return {}
