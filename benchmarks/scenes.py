@@ -1,5 +1,5 @@
 """Generated test data with known ground truth for tracking and tiling: the demo model's shapes (circles, squares,
-triangles, 24-90 px, drawn as `pipeline/shapes.py` draws them) moving on known paths in a video, and many small
+triangles, 24-90 px, drawn as `pipeline/app/shapes.py` draws them) moving on known paths in a video, and many small
 shapes on one large image.
 
     scene = moving_shapes_scene()                 # 5 objects, 150 frames of 640 x 480 at 30 fps
@@ -24,10 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-try:  # the lead moves pipeline/shapes.py to pipeline/app/shapes.py (issue 11)
-    from pipeline.app.shapes import CLASSES, _background, _polygon, masks_to_boxes
-except ImportError:
-    from pipeline.shapes import CLASSES, _background, _polygon, masks_to_boxes
+from pipeline.app.shapes import CLASSES, _background, _polygon, masks_to_boxes
 
 __all__ = ["CARE_VISIBLE", "FrameTruth", "MovingShape", "Scene", "large_shapes_image", "moving_shapes_scene",
            "render_frame", "write_video"]

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/tile_eval.py [--size 4096] [--objects 60] [--tile 256] [--overlap 0.2]
         [--merge nmm] [--class-agnostic] [--batch 8] [--full-image] [--checkpoint checkpoints/shapes.pth]
     .venv/bin/python benchmarks/tile_eval.py --memory-check
+    .venv/bin/python benchmarks/tile_eval.py --pipeline      # the same through model.predict(tiling=...)
 
 1. `benchmarks/scenes.py` draws a `--size` square image with `--objects` shapes of 24-90 px (the sizes the demo
    model was trained on, at its 256 px input), none overlapping, and their boxes.
@@ -37,10 +38,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from benchmarks.track_eval import DEFAULT_CHECKPOINT, load_adapter  # noqa: E402
 
 from benchmarks.mot import IOU_THRESHOLD, box_iou  # noqa: E402
 from benchmarks.scenes import large_shapes_image  # noqa: E402
+from benchmarks.track_eval import DEFAULT_CHECKPOINT, load_adapter  # noqa: E402
 
 
 def match(gt_boxes: np.ndarray, gt_ids: np.ndarray, boxes: np.ndarray, ids: np.ndarray,
@@ -104,6 +105,39 @@ def run(size: int = 4096, objects: int = 60, tile: int = 256, overlap: float = 0
     return out
 
 
+def run_pipeline(size: int = 4096, objects: int = 60, tile: int = 256, overlap: float = 0.2, merge: str = "nmm",
+                 batch: int = 8, checkpoint: str | Path = DEFAULT_CHECKPOINT, seed: int = 0) -> dict[str, Any]:
+    """The same two runs through the pipeline: the image saved as a PNG, `api.nn.deploy(checkpoint)` (one CPU
+    replica in a local Ray), `model.predict(input=png)` without and with `tiling=...`; images/s of each predict()
+    call (the replica decodes nothing: the loading task decodes the PNG whole)."""
+    import tempfile
+
+    import ray
+    from PIL import Image
+
+    import pipeline
+
+    image, gt_boxes, gt_ids = large_shapes_image(size, objects, seed)
+    work = tempfile.mkdtemp(prefix="bench-tiles-")
+    path = os.path.join(work, "scene.png")
+    Image.fromarray(image).save(path)
+    ray.init(include_dashboard=False, log_to_driver=False)
+    out: dict[str, Any] = {}
+    try:
+        model = pipeline.Api(data_dir=os.path.join(work, "platform")).nn.deploy(str(checkpoint), device="cpu")
+        model.predict(input=path, progress=False, tiling={"tile": tile}, batch_size=batch)  # warm-up
+        for name, tiling in (("whole", None), ("tiled", {"tile": tile, "overlap": overlap, "merge": merge})):
+            t0 = time.perf_counter()
+            [p] = model.predict(input=path, tiling=tiling, batch_size=batch, progress=False)
+            seconds = time.perf_counter() - t0
+            out[name] = {**_scores(gt_boxes, gt_ids, p.boxes, p.class_ids, p.scores), "seconds": seconds,
+                         "images_per_s": 1 / seconds}
+        model.shutdown()
+    finally:
+        ray.shutdown()
+    return out
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -151,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-image", action="store_true")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--pipeline", action="store_true", help="both runs through model.predict(tiling=...)")
     p.add_argument("--memory-check", action="store_true",
                    help="only measure the tiling path's memory on a 20000 x 20000 image (stand-in model)")
     args = p.parse_args(argv)
@@ -159,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"20000 x 20000 image {m['image_mb']:.0f} MB; RSS before tiling {m['rss_before_mb']:.0f} MB, peak "
               f"{m['peak_mb']:.0f} MB (+{m['peak_mb'] - m['rss_before_mb']:.0f} MB for 1,521 tiles of 640 px in "
               f"batches of 16, {m['objects']} merged objects with mask crops), {m['seconds']:.1f} s")
+        return 0
+    if args.pipeline:
+        r = run_pipeline(args.size, args.objects, args.tile, args.overlap, args.merge, args.batch, args.checkpoint)
+        for name in ("whole", "tiled"):
+            x = r[name]
+            print(f"pipeline, {name}: recall {x['recall']:.3f} (right class {x['recall_class']:.3f}), precision "
+                  f"{x['precision']:.3f}, {x['detections']} detections, {x['seconds']:.1f} s = "
+                  f"{x['images_per_s']:.3f} images/s")
         return 0
     if args.threads:
         import torch

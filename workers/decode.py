@@ -17,7 +17,7 @@ from workers.messages import DecodeOptions, LoadedBatch, LoadRequest
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_URL_TIMEOUT_S", "ItemError", "decode_image", "decode_image_bytes",
            "decode_reduced", "fetch_bytes", "fetch_url", "is_jpeg", "jpeg_size", "load_batch", "load_one", "needed_scale",
-           "read_image_file", "resize_to", "to_rgb_array"]
+           "read_file", "read_image_file", "resize_to", "to_rgb_array"]
 
 # Decompression-bomb guard: an image that claims more pixels than this is refused before it is decoded.
 # 178,956,970 is Pillow's own warning threshold (about 13,000 x 13,000); raise it with settings["max_pixels"].
@@ -112,17 +112,21 @@ def decode_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
     return decode_image(io.BytesIO(data), max_pixels)[0]
 
 
-def read_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_file(path: str) -> bytes:
+    """The bytes of a local file. Raises `ItemError`."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise ItemError(f"file not found: {path}") from None
     except IsADirectoryError:
         raise ItemError(f"is a directory, not an image: {path}") from None
     except OSError as exc:
         raise ItemError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return decode_image_bytes(data, max_pixels)
+
+
+def read_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    return decode_image_bytes(read_file(path), max_pixels)
 
 
 # An image download larger than this is refused (no image file is this big; a stream that never ends is no image).
@@ -190,15 +194,7 @@ def _raw(req: LoadRequest, options: DecodeOptions) -> bytes:
     """The encoded bytes of a file or URL item."""
     if req.url is not None:  # an http(s) URL or an object-store URI
         return fetch_bytes(req.url, options.url_timeout)
-    try:
-        with open(req.path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise ItemError(f"file not found: {req.path}") from None
-    except IsADirectoryError:
-        raise ItemError(f"is a directory, not an image: {req.path}") from None
-    except OSError as exc:
-        raise ItemError(f"cannot read {req.path}: {exc.strerror or exc}") from None
+    return read_file(req.path)
 
 
 def load_one(req: LoadRequest, options: DecodeOptions) -> tuple[np.ndarray | bytes, tuple[int, int]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shlex
 import socket
@@ -72,8 +73,8 @@ def address_timeout() -> float:
         value = float(raw) if raw else DEFAULT_ADDRESS_TIMEOUT_S
     except ValueError:
         raise InvalidArgumentError(f"${ADDRESS_TIMEOUT_ENV} must be a number of seconds; got {raw!r}") from None
-    if not value > 0:
-        raise InvalidArgumentError(f"${ADDRESS_TIMEOUT_ENV} must be > 0; got {raw!r}")
+    if not value > 0 or not math.isfinite(value):
+        raise InvalidArgumentError(f"${ADDRESS_TIMEOUT_ENV} must be a finite number of seconds > 0; got {raw!r}")
     return value
 
 

@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from pipeline.deploy.models import resolve_model
-from pipeline.deploy.planning import plan_replicas, resolve_device, spread_nodes
+from pipeline.deploy.planning import check_deploy_args, plan_replicas, resolve_device, spread_nodes
 from pipeline.exceptions import (
     DeploymentError,
     InvalidArgumentError,
@@ -73,6 +73,7 @@ class NnApi:
         """
         import ray
 
+        check_deploy_args(replicas, gpus_per_replica, timeout)  # before the model is read or Ray is started
         from workers.models.base import PRECISIONS
 
         if runtime not in (None, "pytorch", "onnx", "tensorrt"):

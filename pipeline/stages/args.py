@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.exceptions import InvalidArgumentError
 from pipeline.stages.video_params import check_video_params
-from workers.formats import is_url
+from workers.formats import is_url, is_video_file
 from workers.tiling import check_tiling
 
 __all__ = ["ALIASES", "DEFAULT_IOU_MERGE_THRESHOLD", "PIPELINE_SETTINGS", "PredictArgs", "UPLOAD_MODES", "abs_path", "as_int",
@@ -37,7 +37,7 @@ OUTPUT_FORMATS = ("parquet", "coco", "yolo")  # output={format: local path or ob
 
 KNOWN = (
     "input", "project_id", "dataset_id", "image_ids", "video_id", "settings", "batch_size", "img_size", "classes",
-    "upload", "recursive", "video_params", "job_id", "progress", "output", "max_in_flight", "tiling",
+    "upload", "recursive", "video_params", "job_id", "progress", "output", "max_in_flight", "tiling", "tracking",
 )
 
 
@@ -60,6 +60,8 @@ class PredictArgs:
     output: dict[str, str] | None = None
     max_in_flight: int | None = None
     tiling: dict[str, Any] | None = None
+    # True / False as given; after `normalize` the `TrackingConfig` (tracker and settings) or None
+    tracking: Any = None
     prompts: list[str] | None = None  # an open-vocabulary model's `classes`: what it is told to find
 
     def class_names(self, model_classes: list[str]) -> list[str]:
@@ -142,12 +144,30 @@ def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None,
     _check_upload(args)
     if not isinstance(args.recursive, bool):
         raise InvalidArgumentError(f"recursive must be True or False; got {args.recursive!r}")
-    args.video_params = check_video_params(args.video_params, args)
+    args.video_params, args.tracking = _check_video(args)
     args.tiling = check_tiling(args.tiling)
     if args.tiling and settings.get("decode") in ("reduced", "gpu"):
         raise InvalidArgumentError(f"tiling decodes each image whole (its tiles are the model's input); "
                                    f"settings['decode']={settings['decode']!r} cannot apply: leave it out")
     return args
+
+
+def _check_video(args: PredictArgs) -> tuple[dict[str, Any] | None, Any]:
+    """(the frame selection, the `TrackingConfig` or None) from `video_params` and `tracking`: the tracker and its
+    settings sit in `video_params` beside the frame keys (pipeline.stages.tracking). Tracking needs videos: a
+    video file, a `video_id`, or a directory (which must hold videos: checked once it is walked, before any
+    work); it may be asked for on a directory without choosing frames."""
+    from pipeline.stages.tracking import check_video_params_tracking
+
+    trackable = args.video_id is not None or (
+        isinstance(args.input, str | os.PathLike) and not is_url(args.input)
+        and (is_video_file(os.fspath(args.input)) or os.path.isdir(os.fspath(args.input))))
+    frames, tracking = check_video_params_tracking(args.video_params, args.tracking, is_video=trackable,
+                                                   what=describe_input(args.input) if args.from_platform is False
+                                                   else args.source_name)
+    if tracking is not None and not frames:
+        frames = None  # only the tracker was chosen: every frame, also of a directory's videos
+    return check_video_params(frames, args), tracking
 
 
 def _unalias(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -318,6 +338,14 @@ def _check_settings(settings: dict[str, Any], allowed: Iterable[str] | None = No
             raise InvalidArgumentError(f"unknown setting(s) {', '.join(hints)}: this model takes "
                                        f"{', '.join(known)}")
 
+    for key, value in settings.items():
+        # any number of any setting, the adapter's own keys and numbers inside lists included: NaN passes every
+        # range check (every comparison with it is False) and silently changes what a model keeps
+        bad = _non_finite(value)
+        if bad is not None:
+            what = "be a finite number" if bad is value else f"hold finite numbers only ({bad!r} is not)"
+            raise InvalidArgumentError(f"settings[{key!r}] must {what}; got {value!r}")
+
     def number(key: str, lo: float, hi: float, lo_open: bool = False) -> None:
         if key not in settings:
             return
@@ -343,6 +371,19 @@ def _check_settings(settings: dict[str, Any], allowed: Iterable[str] | None = No
             if v is None or v < 1:
                 raise InvalidArgumentError(f"settings[{key!r}] must be a positive int; got {settings[key]!r}")
             settings[key] = v
+
+
+def _non_finite(value: Any, depth: int = 0) -> Any:
+    """The first NaN or infinite number in `value` (a number, or one inside lists, tuples and dict values), or
+    None. Bools are not numbers here."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool | numbers.Integral):
+        return None if math.isfinite(value) else value
+    if depth < 4 and isinstance(value, list | tuple | dict):
+        for v in value.values() if isinstance(value, dict) else value:
+            bad = _non_finite(v, depth + 1)
+            if bad is not None:
+                return bad
+    return None
 
 
 def describe_input(value: Any) -> str:

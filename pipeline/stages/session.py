@@ -14,13 +14,14 @@ import traceback
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from pipeline.exceptions import PipelineError, RunError
+from pipeline.exceptions import InvalidArgumentError, PipelineError, RunError
 from pipeline.prediction import Prediction
 from pipeline.stages import args as _args
 from pipeline.stages.collect import Collector
 from pipeline.stages.loading import decode_options, make_loader
 from pipeline.stages.scheduler import DEFAULT_MAX_IN_FLIGHT, RayExecutor, Scheduler
 from pipeline.stages.source import SourcePlan, resolve_source
+from pipeline.stages.tracking_stage import TrackingStage
 from pipeline.stages.upload import UploadStage, make_uploader
 from workers.tiling import check_tiling
 
@@ -124,16 +125,23 @@ class PredictionSession:
                 settings["decode"] = "full"
             if self.uploader is not None:
                 self.uploader.start(self._emit)
-            loader = make_loader(self.plan, _decode_options(model, settings, img_size))
-            items = loader.items(self.plan.iter_items())
-            if self.uploader is not None:
-                items = self.uploader.filter_done(items)
+            tracking = TrackingStage.for_run(args, self.uploader, self._sink, batch_size,
+                                             len(pairs) * (args.max_in_flight or DEFAULT_MAX_IN_FLIGHT))
+            loader = make_loader(self.plan, _decode_options(model, settings, img_size), tracking=tracking)
+            stream = self.plan.iter_items() if tracking is None else tracking.skip_done(self.plan.iter_items())
+            items = loader.items(stream)
+            if self.uploader is not None:  # a tracked video is tracked from its start (tracking_stage.py)
+                items = self.uploader.filter_done(items, keep_frames=tracking is not None)
             executor = RayExecutor([h for h, _ in pairs], [n for _, n in pairs], settings)
             self.scheduler = Scheduler(executor, len(pairs), args.max_in_flight or DEFAULT_MAX_IN_FLIGHT,
                                        stop_event=self._stop)
             self._message = "predicting"
-            collector = Collector(args.class_names(model.classes), args.class_filter, self._sink)
-            self.scheduler.run(loader.batches(items, batch_size), collector, before_submit=self._has_room)
+            collector = Collector(args.class_names(model.classes), args.class_filter, tracking or self._sink)
+            gate = self._has_room if tracking is None else tracking.gate(
+                self._has_room, lambda: self.scheduler.pool.in_flight)
+            self.scheduler.run(loader.batches(items, batch_size), collector, before_submit=gate)
+            if tracking is not None:
+                tracking.close(complete=not self._stop.is_set())
             if self.uploader is not None:
                 self._message = "finishing upload"
                 self.uploader.close(complete=not self._stop.is_set())
@@ -283,6 +291,9 @@ def start_session(model: Model, input: Any = None, **kwargs: Any) -> PredictionS
     check_tiling(args.tiling, model.spec.task_type)  # the model's task: tiles merge for detectors only
     platform = model.api.platform
     plan = resolve_source(args, platform)
+    if args.tracking is not None and not plan.has_videos:
+        raise InvalidArgumentError(f"tracking links detections across the frames of a video; {plan.description} "
+                                   "holds no video")
     uploader = None
     if args.upload is not None or args.output:
         uploader = make_uploader(args, plan, platform, model)

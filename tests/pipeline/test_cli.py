@@ -367,6 +367,15 @@ def test_deployment_commands_need_an_address(argv, capsys, monkeypatch):
     assert "needs a running Ray cluster" in err and "ray start --head" in err
 
 
+@pytest.mark.parametrize("flag, value", [("--gpus-per-replica", "nan"), ("--gpus-per-replica", "inf"),
+                                         ("--gpus-per-replica", "-1"), ("--replicas", "0")])
+def test_deploy_refuses_a_number_that_is_not_finite_and_positive_first(flag, value, capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the argument is wrong whatever the cluster
+    assert cli.main(["deploy", "checkpoints/shapes.pth", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert flag[2:].replace("-", "_") in err and "needs a running Ray cluster" not in err, err
+
+
 def test_deploy_refuses_a_dashboard_address_and_a_missing_checkpoint(capsys, tmp_path):
     assert cli.main(["deploy", "m.pth", "--address", "http://127.0.0.1:8265"]) == 2
     assert "dashboard" in capsys.readouterr().err
@@ -489,7 +498,7 @@ def test_submit_to_a_silent_dashboard_exits_1_and_does_not_hang(tmp_path):
     assert "did not answer within 3s (connecting)" in r.stderr
 
 
-@pytest.mark.parametrize("value", ["soon", "0", "-1"])
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "inf"])
 def test_a_bad_address_timeout_is_a_usage_error(value, capsys, monkeypatch):
     monkeypatch.setenv("PIPELINE_ADDRESS_TIMEOUT_S", value)
     assert cli.main(["status", "some-id", "--address", "http://127.0.0.1:9"]) == 2

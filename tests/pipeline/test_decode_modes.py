@@ -143,3 +143,19 @@ def test_reduced_precision_is_refused_on_the_cpu(ray_session, api):
 def test_unknown_decode_mode_is_refused(demo_model):
     with pytest.raises(InvalidArgumentError, match=r"settings\['decode'\] must be one of"):
         demo_model.predict(input=np.zeros((8, 8, 3), np.uint8), settings={"decode": "fast"})
+
+
+@pytest.mark.parametrize("decode, gpu_ok, cpus_per_gpu, expected", [
+    ("auto", False, None, "full"),          # CPU replicas: every pixel, as the framework's predictor decodes
+    ("auto", True, 4.0, "gpu"),             # a GPU with few CPUs to feed it: nvJPEG on the replica
+    ("auto", True, 16.0, "full"),           # enough CPUs: the CPUs decode
+    ("auto", False, 2.0, "full"),           # an adapter that takes no device tensors
+    ("reduced", False, None, "reduced"),    # asked for
+    ("gpu", False, None, "gpu"),
+    ("full", True, 1.0, "full"),
+])
+def test_decode_options_choose_the_mode(decode, gpu_ok, cpus_per_gpu, expected):
+    from pipeline.stages.loading import decode_options
+
+    opts = decode_options({"decode": decode}, None, ("fit", 256, 256), gpu_ok, cpus_per_gpu)
+    assert opts.mode == expected and opts.hint == ("fit", 256, 256)

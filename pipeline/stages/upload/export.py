@@ -52,6 +52,7 @@ def _schema():
         ("target_project_id", pa.int64()), ("target_image_id", pa.int64()),
         ("image_height", pa.int32()), ("image_width", pa.int32()),
         ("object_idx", pa.int32()), ("class", pa.string()), ("class_id", pa.int32()), ("score", pa.float32()),
+        ("track_id", pa.int64()),  # the object's track in its video (-1: in none); null without tracking
         ("x1", pa.float32()), ("y1", pa.float32()), ("x2", pa.float32()), ("y2", pa.float32()),
         ("mask_png", pa.binary()), ("mask_x", pa.int32()), ("mask_y", pa.int32()),
         ("keypoints", pa.list_(pa.float32())),  # pose: x, y, score per keypoint, in pixels
@@ -191,7 +192,8 @@ class ParquetWriter:
         for i in range(len(p)):
             x1, y1, x2, y2 = (float(v) for v in p.boxes[i])
             row = {**common, "object_idx": i, "class": p.classes[i], "class_id": int(p.class_ids[i]),
-                   "score": float(p.scores[i]), "x1": x1, "y1": y1, "x2": x2, "y2": y2}
+                   "score": float(p.scores[i]), "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+                   "track_id": int(p.track_ids[i]) if p.track_ids is not None else None}
             if p.masks is not None and p.masks[i].any():
                 row["mask_png"], row["mask_x"], row["mask_y"] = _mask_png(p.masks[i])
             if p.keypoints is not None:

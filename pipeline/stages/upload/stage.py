@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from pipeline.exceptions import UploadError
+from pipeline.exceptions import DiskFullError, UploadError
 from pipeline.prediction import Item, Prediction
 from pipeline.stages.upload.outputs import Outputs
 from pipeline.stages.upload.target import Target
@@ -51,10 +51,12 @@ class UploadStage:
             return self.target.done_keys
         return self.outputs.done_keys if self.outputs is not None else set()
 
-    def filter_done(self, items: Iterator[Item]) -> Iterator[Item]:
+    def filter_done(self, items: Iterator[Item], keep_frames: bool = False) -> Iterator[Item]:
+        """The items a resumed job has not written yet. `keep_frames`: video frames all pass (a tracked video is
+        tracked again from its start; the tracking stage drops the done frames' predictions after tracking)."""
         done = self.done_keys
         for item in items:
-            if item.key not in done:
+            if item.key not in done or (keep_frames and item.frame_idx is not None):
                 yield item
 
     def skipped_count(self) -> int:
@@ -104,9 +106,16 @@ class UploadStage:
         self._thread = threading.Thread(target=self._loop, name="pipeline-upload", daemon=True)
         self._thread.start()
 
+    def _failure(self) -> UploadError:
+        """The error that ends the run once the upload failed (a full disk stays a `DiskFullError`)."""
+        exc = self._error
+        if isinstance(exc, DiskFullError):
+            return DiskFullError(str(exc))
+        return UploadError(f"the upload failed: {type(exc).__name__}: {exc}")
+
     def put(self, preds: list[Prediction]) -> None:
         if self._error is not None:
-            raise UploadError(f"the upload failed: {type(self._error).__name__}: {self._error}") from self._error
+            raise self._failure() from self._error
         with self._lock:
             self._queued += len(preds)
         self._queue.put(preds)
@@ -158,4 +167,4 @@ class UploadStage:
         if self.outputs is not None:
             self.outputs.finish(complete and not abort and self._error is None)
         if self._error is not None and not abort:
-            raise UploadError(f"the upload failed: {type(self._error).__name__}: {self._error}") from self._error
+            raise self._failure() from self._error
