@@ -24,7 +24,7 @@ from typing import Any
 from pipeline.exceptions import CheckpointError, NotFoundError
 
 FORMAT = "pipeline-checkpoint/1"
-TASK_TYPES = ("detection", "instance_segmentation", "semantic_segmentation")
+TASK_TYPES = ("detection", "instance_segmentation", "semantic_segmentation", "pose", "classification")
 REQUIRED_KEYS = ("format", "framework", "architecture", "task_type", "classes", "state_dict")
 
 __all__ = ["FORMAT", "TASK_TYPES", "Checkpoint", "read_bytes", "load_checkpoint", "parse_checkpoint", "save_checkpoint"]
