@@ -23,6 +23,8 @@ IMGSZ = 160
 CLASSES = ["cat", "dog", "bird", "car", "tree"]
 # square, landscape, portrait, a small odd one; the list mixes sizes
 IMAGE_SIZES = [(160, 160), (120, 200), (210, 130), (97, 61)]
+# parity tolerances of the issue: boxes and keypoints in pixels, scores absolute, masks IoU
+BOX_PX, SCORE_TOL, KPT_PX, MASK_IOU = 1.0, 1e-3, 1.0, 0.98
 
 
 def images(seed: int = 0, sizes=IMAGE_SIZES) -> list[np.ndarray]:
@@ -146,3 +148,39 @@ def build_pt(yaml_name: str, folder: Path, **kwargs) -> Path:
     yolo = build_model(yaml_name, **kwargs)
     yolo.model.task = yolo.task
     return save_trainer_style(yolo.model, Path(folder) / (Path(yaml_name).stem + ".pt"))
+
+
+# ------------------------------------------------------------------------------------------- comparisons
+
+
+def match(out, b) -> np.ndarray:
+    """Index into Ultralytics' boxes of each of ours. Boxes of equal score may come in either order (a batch of
+    two runs other kernels than a batch of one), so the two sets are matched, not the two lists."""
+    from scipy.optimize import linear_sum_assignment
+
+    theirs_xyxy, theirs_cls = b.xyxy.numpy(), b.cls.numpy().astype(np.int64)
+    cost = np.abs(out.boxes[:, None, :] - theirs_xyxy[None]).max(-1)
+    cost += 1e6 * (out.class_ids[:, None] != theirs_cls[None]) + 1e3 * np.abs(out.scores[:, None] - b.conf.numpy()[None])
+    rows, cols = linear_sum_assignment(cost)
+    order = np.empty(len(rows), dtype=np.int64)
+    order[rows] = cols
+    return order
+
+
+def assert_same_boxes(out, res, min_boxes: int = 5) -> np.ndarray:
+    """Same number of boxes (at least `min_boxes`), each within BOX_PX, SCORE_TOL and of the same class; returns
+    the matching (see `match`)."""
+    b = res.boxes
+    assert len(out.boxes) == len(b) >= min_boxes, (len(out.boxes), len(b))
+    order = match(out, b)
+    np.testing.assert_allclose(out.boxes, b.xyxy.numpy()[order], atol=BOX_PX)
+    np.testing.assert_allclose(out.scores, b.conf.numpy()[order], atol=SCORE_TOL)
+    np.testing.assert_array_equal(out.class_ids, b.cls.numpy().astype(np.int64)[order])
+    assert np.all(np.diff(out.scores) <= 1e-6)  # best first, as Ultralytics lists them
+    return order
+
+
+def mask_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    inter = (a & b).sum((1, 2))
+    union = (a | b).sum((1, 2))
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)  # two empty masks agree
