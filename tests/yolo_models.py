@@ -60,6 +60,8 @@ def build_model(yaml_name: str, nc: int = len(CLASSES), seed: int = 0, bias: flo
     if yolo.task != "classify":
         _tame_head(model, bias, seed)
     model.names = {i: CLASSES[i] if i < len(CLASSES) else f"class{i}" for i in range(len(model.names))}
+    if yolo.task == "pose":  # as Ultralytics' pose trainer sets them (from the dataset YAML)
+        model.kpt_names = {i: [f"kp{j}" for j in range(model.kpt_shape[0])] for i in range(len(model.names))}
     return yolo
 
 

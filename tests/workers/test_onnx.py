@@ -91,6 +91,7 @@ def test_export_parity_with_ultralytics(onnx_dir, name, kwargs):
             assert mask_ious(out.masks, ref.numpy()).min() >= 0.98
         if task == "pose":
             np.testing.assert_allclose(out.keypoints, res.keypoints.data.numpy()[order], atol=1.0)
+            assert a.spec.arch_kwargs["kpt_names"][0] == [f"kp{j}" for j in range(17)]
 
 
 def test_classify_export_parity(onnx_dir):

@@ -166,6 +166,7 @@ def test_spec_is_read_from_the_file(yolo_dir):
     assert spec.identity == hashlib.sha256(data).hexdigest() and payload == data
     kw = spec.arch_kwargs
     assert kw["task"] == "pose" and kw["kpt_shape"] == [17, 3] and kw["stride"] == 32
+    assert kw["kpt_names"] == [[f"kp{j}" for j in range(17)]] * len(ym.CLASSES)
     assert kw["yaml"]["backbone"] and kw["yaml"]["nc"] == len(ym.CLASSES)
 
 

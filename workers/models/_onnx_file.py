@@ -171,7 +171,7 @@ def ultralytics_metadata(model, uri: str) -> dict[str, Any] | None:
     if "names" not in props or "task" not in props:
         return None
     meta: dict[str, Any] = dict(props)
-    for key in ("names", "imgsz", "kpt_shape", "args", "end2end"):
+    for key in ("names", "imgsz", "kpt_shape", "kpt_names", "args", "end2end"):
         if key in props:
             meta[key] = _literal(props[key], key, uri)
     for key in ("stride", "batch", "channels"):

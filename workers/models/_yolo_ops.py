@@ -34,6 +34,7 @@ __all__ = [
     "check_settings",
     "detections",
     "classifications",
+    "kpt_names_per_class",
 ]
 
 # Ultralytics task -> our task type
@@ -222,3 +223,13 @@ def classifications(probs: Any) -> list[ModelOutput]:
         o.probs = row.astype(np.float32)
         out.append(o)
     return out
+
+
+def kpt_names_per_class(value: Any) -> list[list[str]] | None:
+    """Keypoint names per class, from a model's `kpt_names` ({class: [names]}, set by Ultralytics' pose trainer and
+    written into its exports' metadata), as a list indexed by class; None when absent."""
+    if isinstance(value, dict) and sorted(value) == list(range(len(value))):
+        value = [value[i] for i in range(len(value))]
+    if isinstance(value, list | tuple) and value and all(isinstance(v, list | tuple) for v in value):
+        return [[str(n) for n in v] for v in value]
+    return None

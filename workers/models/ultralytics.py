@@ -157,6 +157,7 @@ def _spec(model: Any, ckpt: dict, task: str, data: bytes, uri: str) -> ModelSpec
         "stride": max(int(stride.max()), 32) if stride is not None else 32,
         "yaml": yaml,
         "kpt_shape": list(model.kpt_shape) if getattr(model, "kpt_shape", None) is not None else None,
+        "kpt_names": ops.kpt_names_per_class(getattr(model, "kpt_names", None)),
         "end2end": bool(getattr(model, "end2end", False)),
         "channels": int((yaml or {}).get("channels", 3)),
         "ultralytics_version": str(ckpt.get("version", "")),
