@@ -213,6 +213,29 @@ def test_converted_checkpoint_gives_the_same_outputs(yolo_dir, tmp_path):
                 assert mask_ious(a.masks, b.masks).min() >= MASK_IOU
 
 
+def test_older_checkpoint_layouts_load(yolo_dir, tmp_path):
+    """What older Ultralytics versions pickle: the EMA model fused (bound `forward_fuse` methods: builtins.getattr),
+    its args as an IterableSimpleNamespace, numpy scalars for the fitness. They load, and predict as Ultralytics."""
+    import copy
+
+    import torch
+    import ultralytics.nn.tasks as tasks
+    from ultralytics.utils import DEFAULT_CFG_DICT, IterableSimpleNamespace
+
+    src = yolo_file(yolo_dir, "yolo11n-seg")
+    model = copy.deepcopy(tasks.torch_safe_load(src, safe_only=True)[0]["model"]).float().fuse(verbose=False)
+    model.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, "imgsz": ym.IMGSZ})
+    path = tmp_path / "old.pt"
+    torch.save({"epoch": 3, "best_fitness": np.float64(0.25), "model": None, "ema": model.half(), "updates": 5,
+                "optimizer": None, "train_args": {**DEFAULT_CFG_DICT, "imgsz": ym.IMGSZ},
+                "train_metrics": {"fitness": np.float32(0.1)}, "version": "8.0.100"}, path)
+    names = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    assert {"builtins.getattr", "numpy.dtype", "ultralytics.utils.IterableSimpleNamespace"} <= names
+    imgs = ym.images()[:2]
+    for img, out in zip(imgs, ours(str(path), imgs)):
+        assert_same_boxes(out, theirs(str(path), img))
+
+
 # ------------------------------------------------------------------------------------------------ safe loading
 
 

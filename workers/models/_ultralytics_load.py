@@ -106,13 +106,7 @@ def checkpoint_globals(data: bytes, uri: str) -> set[str]:
         if pkl and hasattr(wu, "get_globals_in_pkl"):
             with contextlib.suppress(Exception):
                 names |= set(wu.get_globals_in_pkl(io.BytesIO(zf.read(pkl[0]))))
-    return {n for n in names if n not in _TORCH_BUILTINS()}
-
-
-def _TORCH_BUILTINS() -> set[str]:  # noqa: N802 - a constant computed once torch is imported
-    from torch import _weights_only_unpickler as wu
-
-    return set(wu._get_allowed_globals().keys())
+    return names - set(wu._get_allowed_globals())  # what torch allows by itself (tensors, OrderedDict...)
 
 
 def _not_zip_message(data: bytes, uri: str) -> str:
