@@ -271,7 +271,9 @@ def _check_outputs(side: dict, outputs: list, uri: str, where: str) -> None:
     first_name, first = outputs[0]
 
     def fail(msg: str):
-        raise CheckpointError(f"{where} contradicts {uri}: {msg}")
+        raise CheckpointError(
+            f"{where} contradicts {uri}: {msg}; correct the sidecar (classes, layout, task, kpt_shape) to match the model"
+        )
 
     if layout == "boxes_labels_scores":
         if len(outputs) < 3:

@@ -94,7 +94,7 @@ def classify_batch(images: Sequence[np.ndarray], transforms: Any, device: Any, h
 
 
 def check_settings(settings: dict[str, Any], classes: list[str]) -> dict[str, Any]:
-    """conf, iou, max_det, agnostic, classes (indices or names) checked and normalised; `InvalidArgumentError`."""
+    """conf, iou, max_det, classes (indices or names), the flags: checked and normalised; `InvalidArgumentError`."""
     out = dict(settings)
     for key in ("conf", "iou"):
         value = out.get(key)
@@ -106,6 +106,11 @@ def check_settings(settings: dict[str, Any], classes: list[str]) -> dict[str, An
     max_det = out.get("max_det")
     if isinstance(max_det, bool) or not isinstance(max_det, int) or max_det < 1:
         raise InvalidArgumentError(f"setting 'max_det' must be a positive integer; got {max_det!r}")
+    for key in ("agnostic", "half", "retina_masks"):
+        if key in out and not isinstance(out[key], bool):
+            raise InvalidArgumentError(f"setting {key!r} must be True or False; got {out[key]!r}")
+    if out.get("end2end") is not None and not isinstance(out["end2end"], bool):
+        raise InvalidArgumentError(f"setting 'end2end' must be None, True or False; got {out['end2end']!r}")
     out["classes"] = _class_filter(out.get("classes"), classes)
     return out
 

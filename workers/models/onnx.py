@@ -118,7 +118,7 @@ def write_sidecar(uri: str, out: str | None = None, **fields: Any) -> dict[str, 
     fields = {k: v for k, v in fields.items() if v is not None}
     if isinstance(fields.get("classes"), str):
         fields["classes"] = [c.strip() for c in fields["classes"].split(",") if c.strip()]
-    checked = of.check_sidecar(fields, model, uri, "the sidecar fields")
+    checked = of.check_sidecar(fields, model, uri, "the sidecar")
     side = {k: checked[k] for k in ("classes", "layout", "task", "img_size", "normalisation", "resize",
                                     "box_format", "label_offset")}
     side.update({k: fields[k] for k in ("kpt_shape", "outputs", "stride") if k in fields})
