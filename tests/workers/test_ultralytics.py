@@ -325,6 +325,19 @@ def test_unsupported_task_is_refused_before_any_replica(tmp_path):
         UltralyticsAdapter.from_file(str(path), path.read_bytes())
 
 
+def test_ultralytics_patches_of_pil_and_torch_are_undone():
+    """Ultralytics replaces PIL.Image.open (pip-installing a HEIF plugin on an unidentified image) and torch.save."""
+    import PIL.Image
+    import torch
+
+    from workers.models._ultralytics_load import import_ultralytics
+
+    import_ultralytics()
+    assert PIL.Image.open.__module__ == "PIL.Image" and torch.save.__module__ == "torch.serialization"
+    with pytest.raises(PIL.UnidentifiedImageError):
+        PIL.Image.open(io.BytesIO(b"not an image"))
+
+
 def test_missing_extra_names_it(monkeypatch):
     from workers.models import _ultralytics_load
 
@@ -360,7 +373,7 @@ def test_import_is_offline_and_writes_nothing_in_home(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "MPLCONFIGDIR", "XDG_"))}
     env.update(HOME=str(home), PYTHONPATH=os.pathsep.join(sys.path))
     code = (
-        "import os, workers.models.ultralytics, ultralytics.utils as u;"
+        "import os, workers.models.ultralytics as m, ultralytics.utils as u;"
         "print(os.environ['YOLO_OFFLINE'], u.is_online(), str(u.USER_CONFIG_DIR).startswith(os.environ['HOME']))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -17,11 +17,13 @@ A model rebuilt from its YAML (a converted checkpoint) goes through Ultralytics'
 from __future__ import annotations
 
 import ast
+import atexit
 import contextlib
 import importlib
 import io
 import os
 import pickle
+import shutil
 import tempfile
 import threading
 import zipfile
@@ -67,9 +69,11 @@ def prepare_environment() -> None:
     names and writes a settings file in the home directory otherwise; matplotlib, which it imports, writes a font
     cache there too)."""
     os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "false"  # it would otherwise pip-install packages it misses, at run time
     for var, prefix in (("YOLO_CONFIG_DIR", "cv-pipeline-yolo-"), ("MPLCONFIGDIR", "cv-pipeline-mpl-")):
         if not os.environ.get(var):
-            os.environ[var] = tempfile.mkdtemp(prefix=prefix)
+            os.environ[var] = path = tempfile.mkdtemp(prefix=prefix)
+            atexit.register(shutil.rmtree, path, ignore_errors=True)  # one per process: do not leave them behind
 
 
 def import_ultralytics(what: str = "this model"):
@@ -82,7 +86,26 @@ def import_ultralytics(what: str = "this model"):
             f"{what} needs the Ultralytics package, which is not installed ({exc}). Install the extra: "
             f"{ULTRALYTICS_EXTRA} (Ultralytics is AGPL-3.0), or convert the model to ONNX on a machine that has it."
         ) from None
+    _undo_patches()
     return tasks
+
+
+def _undo_patches() -> None:
+    """Put back what importing Ultralytics replaced process-wide: `PIL.Image.open` (its version installs a HEIF
+    plugin on the first image Pillow cannot identify and raises other errors than Pillow's, which would change how
+    the pipeline's loaders report a bad image) and `torch.save` (a retrying wrapper)."""
+    import sys
+
+    import torch
+    from PIL import Image
+
+    patches = sys.modules.get("ultralytics.utils.patches")
+    if patches is None:
+        return
+    if Image.open is getattr(patches, "image_open", None) and hasattr(patches, "_image_open"):
+        Image.open = patches._image_open
+    if torch.save is getattr(patches, "torch_save", None) and hasattr(patches, "_torch_save"):
+        torch.save = patches._torch_save
 
 
 # ------------------------------------------------------------------------------------------------- scanning
