@@ -164,6 +164,9 @@ def detections(
         max_det=int(settings["max_det"]),
         nc=0 if task == "detect" else nc,
         end2end=end2end,
+        # Ultralytics stops NMS (leaving the batch's remaining images empty) after 2 s + 0.05 s per image; on a busy
+        # CPU that silently loses detections, so the budget is wider here (results are otherwise identical).
+        max_time_img=2.0,
     )
     out = []
     for i, (pred, size) in enumerate(zip(kept, sizes)):
@@ -198,7 +201,6 @@ def _one_image(pred, in_shape, size, task, settings, proto, kpt_shape) -> ModelO
 def _masks(pred, in_shape, size, proto, retina: bool):
     """`SegmentationPredictor.construct_result`: masks from prototypes, empty ones dropped, then brought to the image
     size (`scale_masks`, the letterbox padding cut off, bilinear, > 0.5) unless `retina` built them there."""
-    import torch
     from ultralytics.utils import ops
 
     h, w = size
@@ -213,10 +215,23 @@ def _masks(pred, in_shape, size, proto, retina: bool):
     keep = masks.amax((-2, -1)) > 0  # Ultralytics keeps only predictions with a mask
     if not keep.all():
         pred, masks = pred[keep], masks[keep]
-    if not retina and masks.shape[0]:
-        masks = ops.scale_masks(masks[None].float(), size)[0] > 0.5
-    masks = masks.bool() if isinstance(masks, torch.Tensor) else masks
-    return pred, masks.cpu().numpy().astype(bool, copy=False)
+    if not retina:
+        masks = _scale_masks(masks, size)  # also when every mask was dropped: (0, H, W)
+    return pred, masks.bool().cpu().numpy()
+
+
+def _scale_masks(masks, size):
+    """(N, h, w) 0/1 masks at the letterboxed input -> (N, H, W) bool at the image size (`scale_masks`, > 0.5), in
+    chunks: one float copy of N full-size masks would take N x H x W x 4 bytes at once."""
+    import torch
+    from ultralytics.utils import ops
+
+    h, w = size
+    out = torch.empty((masks.shape[0], h, w), dtype=torch.bool, device=masks.device)
+    step = max(1, 16_000_000 // max(h * w, 1))
+    for i in range(0, masks.shape[0], step):
+        out[i : i + step] = ops.scale_masks(masks[None, i : i + step].float(), size)[0] > 0.5
+    return out
 
 
 def classifications(probs: Any) -> list[ModelOutput]:
