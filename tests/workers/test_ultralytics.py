@@ -198,7 +198,8 @@ def test_converted_checkpoint_gives_the_same_outputs(yolo_dir, tmp_path):
         assert torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data)) == []  # plain weights
         ckpt = parse_checkpoint(data, str(out))
         assert (ckpt.framework, ckpt.task_type) == ("ultralytics", info["task_type"])
-        spec = ModelSpec(**{k: v for k, v in ckpt.describe().items() if k not in ("sha256", "uri")}, name=name)
+        spec = ModelSpec(ckpt.framework, ckpt.architecture, ckpt.task_type, ckpt.classes, ckpt.img_size,
+                         ckpt.arch_kwargs, name=name)
         adapter = UltralyticsAdapter(spec, "cpu")
         adapter.load(ckpt.state_dict)
         rebuilt, _ = adapter.run(imgs, [i.shape[:2] for i in imgs])
@@ -367,13 +368,15 @@ def test_resolve_weights_never_downloads(tmp_path, monkeypatch):
 
 
 def test_import_is_offline_and_writes_nothing_in_home(tmp_path):
-    """A worker importing the adapter (and so Ultralytics) sets offline mode and keeps $HOME untouched."""
+    """A worker importing Ultralytics through the adapter's loader sets offline mode and keeps $HOME untouched;
+    importing the adapter alone (as every deploy does, to ask it whether a file is its) sets nothing."""
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("YOLO_", "MPLCONFIGDIR", "XDG_"))}
     env.update(HOME=str(home), PYTHONPATH=os.pathsep.join(sys.path))
     code = (
-        "import os, workers.models.ultralytics as m, ultralytics.utils as u;"
+        "import os, workers.models.ultralytics as m; assert 'YOLO_OFFLINE' not in os.environ;"
+        "m.import_ultralytics(); import ultralytics.utils as u;"
         "print(os.environ['YOLO_OFFLINE'], u.is_online(), str(u.USER_CONFIG_DIR).startswith(os.environ['HOME']))"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

@@ -26,6 +26,7 @@ from workers.messages import ModelOutput
 
 __all__ = [
     "YOLO_TASKS",
+    "spec_img_size",
     "yolo_imgsz",
     "letterbox",
     "group_by_shape",
@@ -44,6 +45,20 @@ YOLO_TASKS = {
     "pose": "pose",
     "classify": "classification",
 }
+
+
+def spec_img_size(imgsz: Any) -> tuple[int | None, int | list[int] | None]:
+    """(the spec's `img_size`, the model's own `imgsz`) of an Ultralytics input size (int or [h, w]).
+
+    The spec says an int only: the pipeline reads a (h, w) `img_size` as "resize exactly while decoding", which
+    is not what Ultralytics does with a rectangular `imgsz` (it letterboxes into it); the adapter keeps that one
+    in `arch_kwargs["imgsz"]` and applies it itself.
+    """
+    if isinstance(imgsz, list | tuple) and len(imgsz) == 2 and all(isinstance(v, int) and v > 0 for v in imgsz):
+        return (int(imgsz[0]) if imgsz[0] == imgsz[1] else None), [int(imgsz[0]), int(imgsz[1])]
+    if isinstance(imgsz, int) and not isinstance(imgsz, bool) and imgsz > 0:
+        return imgsz, imgsz
+    return None, None
 
 
 def yolo_imgsz(img_size: Any, default: Any, stride: int) -> list[int]:

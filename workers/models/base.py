@@ -232,10 +232,12 @@ _ADAPTERS: dict[str, type[ModelAdapter]] = {}
 # one, and this one must not import it back.)
 BUILTIN_ADAPTERS = {
     "torchvision": "workers.models.torchvision",
+    "ultralytics": "workers.models.ultralytics",
+    "onnx": "workers.models.onnx",
 }
 # The frameworks whose own files `deploy(model=path)` recognises (`ModelAdapter.sniff`), in the order they are
 # asked; a file none of them claims is read as our checkpoint.
-FILE_FRAMEWORKS: tuple[str, ...] = ()
+FILE_FRAMEWORKS: tuple[str, ...] = ("ultralytics", "onnx")
 
 
 def register_adapter(framework: str):

@@ -18,7 +18,7 @@ from typing import Any
 from pipeline.exceptions import InvalidArgumentError
 from workers.models.checkpoint import read_bytes, save_checkpoint
 
-__all__ = ["convert", "convert_ultralytics", "convert_onnx"]
+__all__ = ["cli_convert_onnx", "cli_convert_ultralytics", "convert", "convert_onnx", "convert_ultralytics"]
 
 
 def convert_ultralytics(src: str | os.PathLike, out: str | os.PathLike, *, half: bool = True) -> dict[str, Any]:
@@ -75,3 +75,24 @@ def convert(src: str | os.PathLike, out: str | os.PathLike | None = None, **opti
     if out is None:
         raise InvalidArgumentError("converting a .pt needs an output path, e.g. pipeline convert best.pt best.pth")
     return convert_ultralytics(src, out, **options)
+
+
+# `pipeline convert SRC [OUT] [--classes ...]` (pipeline/app/convert_cli.py, CONVERTERS): the path written.
+
+
+def cli_convert_ultralytics(src: str, out: str | None = None, **options: Any) -> str:
+    """`pipeline convert best.pt best.pth`: the `.pt` as our checkpoint; the ONNX options do not apply."""
+    if options:
+        raise InvalidArgumentError(
+            f"{src} is an Ultralytics model: its classes, task and input size are read from it; "
+            f"--{'/--'.join(k.replace('_', '-') for k in sorted(options))} apply to ONNX files only"
+        )
+    if out is None:
+        raise InvalidArgumentError(f"converting {src} needs an output path, e.g. pipeline convert {src} "
+                                   f"{os.path.splitext(src)[0]}.pth")
+    return convert_ultralytics(src, out)["path"]
+
+
+def cli_convert_onnx(src: str, out: str | None = None, **options: Any) -> str:
+    """`pipeline convert model.onnx --classes a,b --layout ...`: the sidecar `<model>.onnx.json` (or OUT)."""
+    return convert_onnx(src, out, **options)["path"]

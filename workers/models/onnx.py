@@ -35,7 +35,7 @@ from workers.models.checkpoint import read_bytes
 __all__ = ["OnnxAdapter", "write_sidecar", "RUNTIMES"]
 
 log = logging.getLogger(__name__)
-RUNTIMES = ("onnxruntime", "tensorrt")
+RUNTIMES = ("onnx", "tensorrt")
 
 
 def _spec_from_ultralytics(meta: dict[str, Any], model, uri: str) -> tuple[str, dict[str, Any], list[str], Any]:
@@ -56,8 +56,7 @@ def _spec_from_ultralytics(meta: dict[str, Any], model, uri: str) -> tuple[str, 
         "resize": "letterbox",
     }
     classes = [str(meta["names"][i]) for i in range(len(meta["names"]))]
-    img_size = tuple(imgsz) if isinstance(imgsz, list | tuple) else imgsz
-    return kwargs["layout"], kwargs, classes, img_size
+    return kwargs["layout"], kwargs, classes, imgsz
 
 
 def _spec_from_sidecar(side: dict[str, Any], model) -> tuple[str, dict[str, Any], list[str], Any]:
@@ -73,7 +72,7 @@ def _spec_from_sidecar(side: dict[str, Any], model) -> tuple[str, dict[str, Any]
         batch=(dims[0] if isinstance(dims[0], int) else None) if len(dims) == 4 else 0,  # 0: no batch dimension
         outputs=side.get("outputs"),
     )
-    return side["layout"], kwargs, side["classes"], tuple(side["img_size"])
+    return side["layout"], kwargs, side["classes"], side["img_size"]
 
 
 def read_onnx(uri: str, data: bytes, sidecar: dict[str, Any] | None = None) -> tuple[ModelSpec, bytes]:
@@ -96,13 +95,15 @@ def read_onnx(uri: str, data: bytes, sidecar: dict[str, Any] | None = None) -> t
             )
         layout, kwargs, classes, img_size = _spec_from_sidecar(of.check_sidecar(sidecar, model, uri, where), model)
     inputs, outputs = of.io_shapes(model)
-    kwargs.update(input_name=inputs[0][0], output_names=[n for n, _ in outputs])
+    # The spec says an int (a square) only; a rectangular input size stays the adapter's (see `spec_img_size`).
+    spec_size, imgsz = ops.spec_img_size(img_size)
+    kwargs.update(input_name=inputs[0][0], output_names=[n for n, _ in outputs], imgsz=imgsz)
     spec = ModelSpec(
         framework="onnx",
         architecture=layout,
         task_type=ops.YOLO_TASKS[kwargs["task"]],
         classes=classes,
-        img_size=img_size,
+        img_size=spec_size,
         arch_kwargs=kwargs,
         source="file",
         name=os.path.basename(uri.rstrip("/")),
@@ -182,16 +183,28 @@ class OnnxAdapter(ModelAdapter):
 
     @classmethod
     def from_file(cls, uri: str, data: bytes, **options: Any) -> tuple[ModelSpec, bytes]:
-        """Options: runtime ("onnxruntime" | "tensorrt"), trt_cache_dir (TensorRT engine cache), sidecar (a dict
-        used instead of `<uri>.json`)."""
+        """Options: runtime (None or "onnx": ONNX Runtime on the replica's device; "tensorrt": its TensorRT
+        provider), trt_cache_dir (TensorRT's engine cache; default `$PIPELINE_TRT_CACHE_DIR`, else a temporary
+        folder), sidecar (a dict used instead of `<uri>.json`). What the replicas will need is checked here, so a
+        missing extra is an error before any replica starts."""
         unknown = set(options) - {"runtime", "trt_cache_dir", "sidecar"}
         if unknown:
             raise InvalidArgumentError(f"unknown ONNX deploy options {sorted(unknown)}; known: runtime, trt_cache_dir, sidecar")
-        runtime = options.get("runtime") or "onnxruntime"
+        runtime = options.get("runtime") or "onnx"
         if runtime not in RUNTIMES:
-            raise InvalidArgumentError(f"runtime must be one of {list(RUNTIMES)}; got {runtime!r}")
+            raise InvalidArgumentError(
+                f"{uri} is an ONNX model: runtime must be None, 'onnx' or 'tensorrt'; got {runtime!r} (a PyTorch "
+                "runtime needs the model's own .pt)"
+            )
+        _require(uri, "onnxruntime", of.ONNX_EXTRA)
         spec, payload = read_onnx(uri, data, options.get("sidecar"))
-        spec.arch_kwargs.update(runtime=runtime, trt_cache_dir=options.get("trt_cache_dir"))
+        if _needs_ultralytics(spec.arch_kwargs):
+            from workers.models._ultralytics_load import import_ultralytics
+
+            import_ultralytics(f"{uri} (a YOLO export: its pre- and post-processing are Ultralytics')")
+        cache = options.get("trt_cache_dir") or os.environ.get("PIPELINE_TRT_CACHE_DIR") or None
+        spec.runtime = runtime
+        spec.arch_kwargs.update(runtime=runtime, trt_cache_dir=cache)
         return spec, payload
 
     # -- replica side --------------------------------------------------------------------------------------
@@ -205,7 +218,7 @@ class OnnxAdapter(ModelAdapter):
         self.input_name, self.fp16 = inp.name, "float16" in inp.type
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.kw = kw
-        if kw["layout"] != "boxes_labels_scores" or kw.get("resize") == "letterbox":
+        if _needs_ultralytics(kw):
             from workers.models._ultralytics_load import import_ultralytics
 
             import_ultralytics(f"the YOLO export {self.spec.name!r} (its pre- and post-processing are Ultralytics')")
@@ -215,7 +228,7 @@ class OnnxAdapter(ModelAdapter):
         return images  # the input size depends on the call's settings: `predict` resizes
 
     def _imgsz(self, settings: dict[str, Any]) -> list[int]:
-        requested, own = settings.get("img_size"), self.spec.img_size
+        requested, own = settings.get("img_size"), self.kw["imgsz"]
         if self.kw["dynamic"]:
             return ops.yolo_imgsz(requested, own, self.kw["stride"]) if self.kw["layout"] != "boxes_labels_scores" \
                 else list(_pair(requested if requested is not None else own))
@@ -294,6 +307,18 @@ class OnnxAdapter(ModelAdapter):
             for i, o in zip(idx, res):
                 outputs[i] = o
         return outputs  # type: ignore[return-value]
+
+
+def _needs_ultralytics(kw: dict[str, Any]) -> bool:
+    """YOLO layouts and letterboxed inputs are pre- and post-processed with Ultralytics' own functions."""
+    return kw["layout"] != "boxes_labels_scores" or kw.get("resize") == "letterbox"
+
+
+def _require(uri: str, module: str, extra: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ModelLoadError(f"{uri} needs the {module} package, which is not installed: install {extra}")
 
 
 def _groups(raw):

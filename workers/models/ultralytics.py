@@ -30,17 +30,16 @@ from workers.models import _yolo_ops as ops
 from workers.models._ultralytics_load import (
     check_yaml,
     import_ultralytics,
-    prepare_environment,
     restricted_build,
     safe_load_ultralytics,
 )
 from workers.models.base import ModelAdapter, ModelSpec, register_adapter
 
-__all__ = ["UltralyticsAdapter", "read_ultralytics", "resolve_weights", "weights_search_dirs"]
+__all__ = ["UltralyticsAdapter", "import_ultralytics", "read_ultralytics", "resolve_weights", "weights_search_dirs"]
 
-# The user's own Ultralytics settings dir, remembered before the worker points YOLO_CONFIG_DIR at a private one.
+# The user's own Ultralytics settings dir, remembered before `prepare_environment` (run when Ultralytics is first
+# imported through `import_ultralytics`) points YOLO_CONFIG_DIR at a private one.
 _USER_YOLO_CONFIG_DIR = os.environ.get("YOLO_CONFIG_DIR")
-prepare_environment()  # before anything imports ultralytics: no DNS lookups, no settings file in $HOME
 
 _MODEL_CLASSES = {
     "detect": "DetectionModel",
@@ -144,16 +143,13 @@ def _plain(value: Any, where: str) -> Any:
 def _spec(model: Any, ckpt: dict, task: str, data: bytes, uri: str) -> ModelSpec:
     train_args = ckpt.get("train_args") if isinstance(ckpt.get("train_args"), dict) else {}
     model_args = model.args if isinstance(getattr(model, "args", None), dict) else {}
-    imgsz = train_args.get("imgsz", model_args.get("imgsz"))
-    img_size = tuple(imgsz) if isinstance(imgsz, list | tuple) and len(imgsz) == 2 else imgsz
-    if not (img_size is None or isinstance(img_size, int) or isinstance(img_size, tuple)):
-        img_size = None
+    img_size, imgsz = ops.spec_img_size(train_args.get("imgsz", model_args.get("imgsz")))
     yaml = _plain(getattr(model, "yaml", None), uri) if isinstance(getattr(model, "yaml", None), dict) else None
     stride = getattr(model, "stride", None)
     arch = Path(str((yaml or {}).get("yaml_file") or type(model).__name__)).stem
     kwargs = {
         "task": task,
-        "imgsz": list(img_size) if isinstance(img_size, tuple) else img_size,
+        "imgsz": imgsz,
         "stride": max(int(stride.max()), 32) if stride is not None else 32,
         "yaml": yaml,
         "kpt_shape": list(model.kpt_shape) if getattr(model, "kpt_shape", None) is not None else None,
@@ -172,6 +168,7 @@ def _spec(model: Any, ckpt: dict, task: str, data: bytes, uri: str) -> ModelSpec
         source="file",
         name=os.path.basename(uri.rstrip("/")),
         identity=hashlib.sha256(data).hexdigest(),
+        runtime="pytorch",
     )
 
 
@@ -218,9 +215,18 @@ class UltralyticsAdapter(ModelAdapter):
 
     @classmethod
     def from_file(cls, uri: str, data: bytes, **options: Any) -> tuple[ModelSpec, bytes]:
-        """Read the spec from an Ultralytics `.pt` without running anything from it; the payload is the file."""
+        """Read the spec from an Ultralytics `.pt` without running anything from it; the payload is the file.
+        `runtime` may only be None or "pytorch": other runtimes run an export of the model, not the `.pt`."""
+        runtime = options.pop("runtime", None)
         if options:
-            raise InvalidArgumentError(f"an Ultralytics .pt takes no deploy options; got {sorted(options)}")
+            raise InvalidArgumentError(f"an Ultralytics .pt takes no deploy options but runtime; got {sorted(options)}")
+        if runtime not in (None, "pytorch"):
+            stem = os.path.splitext(os.path.basename(uri))[0]
+            raise InvalidArgumentError(
+                f"{uri} is a PyTorch model; runtime={runtime!r} runs ONNX files. Export it first (on a machine with "
+                f"Ultralytics: YOLO({os.path.basename(uri)!r}).export(format='onnx')) and deploy {stem}.onnx with "
+                f"runtime={runtime!r}, or deploy the .pt with runtime=None"
+            )
         spec, _ = read_ultralytics(data, uri)
         return spec, data
 
@@ -319,7 +325,7 @@ class UltralyticsAdapter(ModelAdapter):
         s = ops.check_settings(settings, self.spec.classes)
         half = bool(s.get("half")) and str(self.device).startswith("cuda")
         model = self._model(s.get("end2end"), half)
-        imgsz = ops.yolo_imgsz(s.get("img_size"), self.spec.img_size, self.stride)
+        imgsz = ops.yolo_imgsz(s.get("img_size"), self.spec.arch_kwargs.get("imgsz"), self.stride)
         if self.task == "classify":
             return [("classify", list(range(len(batch))), model(self._classify_input(batch, model, imgsz, half)))]
         end2end = bool(getattr(model, "end2end", False))
