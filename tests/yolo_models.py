@@ -152,6 +152,51 @@ def build_pt(yaml_name: str, folder: Path, **kwargs) -> Path:
     return save_trainer_style(yolo.model, Path(folder) / (Path(yaml_name).stem + ".pt"))
 
 
+# ------------------------------------------------------------------------------------ built once per session
+
+_ROOT: Path | None = None
+_PT: dict[str, str] = {}
+_EXPORTS: dict[str, tuple[str, str]] = {}
+
+
+def _root() -> Path:
+    global _ROOT
+    if _ROOT is None:
+        import atexit
+        import shutil
+
+        _ROOT = Path(tempfile.mkdtemp(prefix="test-yolo-models-"))
+        atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+    return _ROOT
+
+
+def cached_pt(name: str) -> str:
+    """The `.pt` of the bundled YAML `name` ("yolo11n-seg"), built once per test session (every test module that
+    asks gets the same file)."""
+    if name not in _PT:
+        folder = _root() / "pt"
+        folder.mkdir(exist_ok=True)
+        _PT[name] = str(build_pt(f"{name}.yaml", folder))
+    return _PT[name]
+
+
+def cached_export(name: str, **kwargs) -> tuple[str, str]:
+    """(.pt, .onnx): `cached_pt(name)` copied into a folder of its own and exported there with Ultralytics at
+    imgsz IMGSZ (`kwargs`: its export options, e.g. dynamic=True, nms=False); once per session and options."""
+    import shutil
+
+    from ultralytics import YOLO
+
+    key = name + "".join(f"-{k}{v}" for k, v in sorted(kwargs.items()))
+    if key not in _EXPORTS:
+        sub = _root() / "onnx" / key
+        sub.mkdir(parents=True)
+        pt = shutil.copy(cached_pt(name), sub / f"{name}.pt")
+        onnx_path = YOLO(str(pt)).export(format="onnx", imgsz=IMGSZ, simplify=False, verbose=False, **kwargs)
+        _EXPORTS[key] = (str(pt), str(onnx_path))
+    return _EXPORTS[key]
+
+
 # ------------------------------------------------------------------------------------------- comparisons
 
 

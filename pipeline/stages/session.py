@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.exceptions import PipelineError, RunError
 from pipeline.prediction import Prediction
 from pipeline.stages import args as _args
-from pipeline.stages.collect import Collector
+from pipeline.stages.collect import Collector, keypoint_layout
 from pipeline.stages.loading import make_loader
 from pipeline.stages.scheduler import DEFAULT_MAX_IN_FLIGHT, RayExecutor, Scheduler
 from pipeline.stages.source import SourcePlan, resolve_source
@@ -130,7 +130,7 @@ class PredictionSession:
             self.scheduler = Scheduler(executor, len(pairs), args.max_in_flight or DEFAULT_MAX_IN_FLIGHT,
                                        stop_event=self._stop)
             self._message = "predicting"
-            collector = Collector(model.classes, args.classes, self._sink)
+            collector = Collector(model.classes, args.classes, self._sink, keypoint_layout(model.spec))
             self.scheduler.run(loader.batches(items, batch_size), collector, before_submit=self._has_room)
             if self.uploader is not None:
                 self._message = "finishing upload"

@@ -21,26 +21,15 @@ from yolo_models import assert_same_boxes, mask_ious, match  # noqa: E402
 from pipeline.exceptions import CheckpointError, ModelLoadError  # noqa: E402
 from workers.models.onnx import OnnxAdapter  # noqa: E402
 
-_EXPORTS: dict[str, tuple[str, str]] = {}
-
-
 @pytest.fixture(scope="session")
 def onnx_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("onnx")
 
 
 def export(folder: Path, name: str, **kwargs) -> tuple[str, str]:
-    """(.pt, .onnx) of the bundled YAML `name` exported at imgsz 160 (once per session and kwargs)."""
-    from ultralytics import YOLO
-
-    key = name + "".join(f"-{k}{v}" for k, v in sorted(kwargs.items()))
-    if key not in _EXPORTS:
-        sub = folder / key
-        sub.mkdir()
-        pt = ym.build_pt(f"{name}.yaml", sub)
-        onnx_path = YOLO(str(pt)).export(format="onnx", imgsz=ym.IMGSZ, simplify=False, verbose=False, **kwargs)
-        _EXPORTS[key] = (str(pt), str(onnx_path))
-    return _EXPORTS[key]
+    """(.pt, .onnx) of the bundled YAML `name` exported at imgsz 160 (once per session and kwargs, shared with the
+    other test modules)."""
+    return ym.cached_export(name, **kwargs)
 
 
 def adapter(path: str, **options) -> OnnxAdapter:

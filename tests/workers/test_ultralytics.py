@@ -30,14 +30,9 @@ def yolo_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("yolo")
 
 
-_BUILT: dict[str, str] = {}
-
-
 def yolo_file(folder, name: str) -> str:
-    """The `.pt` of the bundled YAML `name` (built once per session)."""
-    if name not in _BUILT:
-        _BUILT[name] = str(ym.build_pt(f"{name}.yaml", folder))
-    return _BUILT[name]
+    """The `.pt` of the bundled YAML `name` (built once per session, shared with the other test modules)."""
+    return ym.cached_pt(name)
 
 
 _YOLOS: dict[str, object] = {}

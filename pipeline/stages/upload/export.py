@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.exceptions import InvalidArgumentError
-from pipeline.prediction import Prediction
+from pipeline.prediction import KEYPOINT_MIN_SCORE, Prediction
 
 __all__ = ["ParquetWriter", "CocoWriter", "check_output", "mask_to_rle", "rle_to_mask"]
 
@@ -42,6 +42,7 @@ def _schema():
         ("object_idx", pa.int32()), ("class", pa.string()), ("class_id", pa.int32()), ("score", pa.float32()),
         ("x1", pa.float32()), ("y1", pa.float32()), ("x2", pa.float32()), ("y2", pa.float32()),
         ("mask_png", pa.binary()), ("mask_x", pa.int32()), ("mask_y", pa.int32()),
+        ("keypoints", pa.list_(pa.float32())),
         ("error", pa.string()),
     ])
 
@@ -121,17 +122,20 @@ class ParquetWriter:
                 "image_height": p.orig_size[0] if p.orig_size else None,
                 "image_width": p.orig_size[1] if p.orig_size else None,
             }
-            if p.error is not None or len(p) == 0:
-                if p.error is None:
-                    continue  # nothing found: no rows
+            if p.error is not None:
                 self._append({**common, "error": p.error})
                 continue
-            for i in range(len(p)):
+            if p.top_class is not None:  # a classifier: one row, its top class, no box
+                self._append({**common, "class": p.top_class, "class_id": int(np.argmax(p.probs)),
+                              "score": p.top_score})
+            for i in range(len(p)):  # nothing found: no rows
                 x1, y1, x2, y2 = (float(v) for v in p.boxes[i])
                 row = {**common, "object_idx": i, "class": p.classes[i], "class_id": int(p.class_ids[i]),
                        "score": float(p.scores[i]), "x1": x1, "y1": y1, "x2": x2, "y2": y2}
                 if p.masks is not None and p.masks[i].any():
                     row["mask_png"], row["mask_x"], row["mask_y"] = _mask_png(p.masks[i])
+                if p.keypoints is not None:  # x, y, score of each keypoint, flattened (K * 3)
+                    row["keypoints"] = p.keypoints[i].reshape(-1).tolist()
                 self._append(row)
         if self._n >= PARQUET_ROWS_PER_PART or (
                 self._oldest is not None and time.monotonic() - self._oldest >= PARQUET_FLUSH_S):
@@ -195,7 +199,8 @@ def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
 
 
 class CocoWriter:
-    """Collects a COCO detection / instance-segmentation document; writes it atomically on `close()`."""
+    """Collects a COCO detection / instance-segmentation / keypoint document; writes it atomically on `close()`.
+    Classifiers' predictions have no COCO form: their images are listed, without annotations."""
 
     def __init__(self, path: str | os.PathLike, class_names: list[str]):
         self.path = os.path.abspath(os.fspath(path))
@@ -213,6 +218,8 @@ class CocoWriter:
         for p in preds:
             if p.error is not None or p.orig_size is None:
                 continue
+            if p.keypoints is not None and self.categories and "keypoints" not in self.categories[0]:
+                self._keypoint_categories(p)
             image_id = len(self.images) + 1
             file_name = "/".join((*p.dataset, p.name or f"{image_id}"))
             entry = {"id": image_id, "file_name": file_name, "height": p.orig_size[0], "width": p.orig_size[1]}
@@ -229,7 +236,17 @@ class CocoWriter:
                 if p.masks is not None:
                     ann["segmentation"] = mask_to_rle(p.masks[i])
                     ann["area"] = int(p.masks[i].sum())
+                if p.keypoints is not None:  # as COCO keypoint results (and Ultralytics' JSON): x, y, score
+                    ann["keypoints"] = [round(float(v), 3) for v in p.keypoints[i].reshape(-1)]
+                    ann["num_keypoints"] = int((p.keypoints[i][:, 2] >= KEYPOINT_MIN_SCORE).sum())
                 self.annotations.append(ann)
+
+    def _keypoint_categories(self, p: Prediction) -> None:
+        """COCO's keypoint fields on every category: the keypoint names and the skeleton (1-based indices)."""
+        names = p.keypoint_names or [str(i) for i in range(p.keypoints.shape[1])]
+        skeleton = [[a + 1, b + 1] for a, b in (p.skeleton or ())]
+        for cat in self.categories:
+            cat.update(keypoints=list(names), skeleton=skeleton)
 
     def close(self) -> None:
         doc = {"info": {"description": "predictions", "version": "1.0"}, "images": self.images,
