@@ -134,13 +134,10 @@ def checkpoint_globals(data: bytes, uri: str) -> set[str]:
 
 def _not_zip_message(data: bytes, uri: str) -> str:
     """Why a file that is not a zip is refused; a plain pickle is disassembled (never run) to name what it calls."""
-    from torch import _weights_only_unpickler as wu
+    from workers.models.checkpoint import pickle_globals
 
-    called = ""
-    with contextlib.suppress(Exception):
-        found = sorted(wu.get_globals_in_pkl(io.BytesIO(data)))
-        if found:
-            called = f"; its pickle calls {', '.join(found)}"
+    found = pickle_globals(data)
+    called = f"; its pickle calls {', '.join(found)}" if found else ""
     return (
         f"{uri} was refused: it is not a torch.save zip archive (an Ultralytics .pt always is){called}. "
         "Nothing in it was run. Save the model again with Ultralytics (model.save('best.pt')) or deploy an export."
