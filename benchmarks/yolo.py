@@ -74,17 +74,25 @@ def _theirs_process(conn, path: str, warmup: str, batch: int, device: str, conf:
     """Ultralytics' predictor in a process of its own at niceness 15 (see the module's docstring); answers each
     (folder, threads) sent with img/s (threads None: Ultralytics' default)."""
     os.nice(15)
-    import torch
-    from ultralytics import YOLO  # sets OMP_NUM_THREADS=1 before torch loads: Ultralytics' default
+    from ultralytics import YOLO  # first: it sets OMP_NUM_THREADS=1 before torch loads (Ultralytics' default)
 
-    default_threads = torch.get_num_threads()
+    default_threads = _set_threads(None)
     yolo = YOLO(path)
     theirs(yolo, warmup, batch, device, conf)
     conn.send(default_threads)
     while (job := conn.recv()) is not None:
         folder, threads = job
-        torch.set_num_threads(threads or default_threads)
+        _set_threads(threads or default_threads)
         conn.send(theirs(yolo, folder, batch, device, conf))
+
+
+def _set_threads(n: int | None) -> int:
+    """torch's intra-op threads set to `n` (None: left as they are); returns them."""
+    import torch
+
+    if n is not None:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
 
 
 def _rounds(args, work: str, model, conn) -> dict[str, list[float]]:
