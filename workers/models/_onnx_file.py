@@ -54,7 +54,7 @@ def import_onnx(what: str):
     try:
         import onnx
     except ImportError as exc:
-        raise ModelLoadError(f"{what} needs the onnx package, which is not installed ({exc}); install {ONNX_EXTRA}") from None
+        raise ModelLoadError(f"{what} needs the onnx package, which is not installed ({exc}); run {ONNX_EXTRA}") from None
     return onnx
 
 

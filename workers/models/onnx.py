@@ -133,7 +133,7 @@ def _session(payload: bytes, device: str, kw: dict[str, Any], identity: str):
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise ModelLoadError(f"ONNX models need ONNX Runtime, which is not installed ({exc}); install {of.ONNX_EXTRA}") from None
+        raise ModelLoadError(f"ONNX models need ONNX Runtime, which is not installed ({exc}); run {of.ONNX_EXTRA}") from None
     available = ort.get_available_providers()
     cuda = str(device).startswith("cuda")
     device_id = int(str(device).split(":")[1]) if cuda and ":" in str(device) else 0
@@ -318,7 +318,7 @@ def _require(uri: str, module: str, extra: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        raise ModelLoadError(f"{uri} needs the {module} package, which is not installed: install {extra}")
+        raise ModelLoadError(f"{uri} needs the {module} package, which is not installed; run {extra}")
 
 
 def _groups(raw):

@@ -6,7 +6,9 @@ Ultralytics' own functions (`_yolo_ops`): an image's result equals `YOLO(path).p
 
 Settings (`default_settings`):
     conf, iou (None: 0.7), max_det (300), agnostic (class-agnostic NMS), classes (indices or names to keep),
-    img_size (None: the file's imgsz; an int or (h, w): Ultralytics' `imgsz`), half (fp16, on a GPU only),
+    img_size (None: the file's imgsz; an int: Ultralytics' `imgsz`, the letterbox square; (h, w): the image was
+    resized to exactly h x w while decoding and is letterboxed to (h, w) rounded up to the stride, as Ultralytics'
+    `imgsz=(h, w)` would), half (fp16, on a GPU only),
     end2end (None: the model's default head; True: the NMS-free one-to-one head of YOLOv10/YOLO26 models, i.e.
     Ultralytics' `nms=False`; False: the one-to-many head and NMS), retina_masks (masks built at the image size).
 """
