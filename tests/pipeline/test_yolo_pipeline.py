@@ -92,7 +92,6 @@ def theirs(path: str, file: Path, task: str | None = None, **kwargs):
 def with_masks(res, size):
     """Ultralytics' result restricted to the objects whose mask is not empty at the image size (the pipeline drops
     the others: an empty mask is no object), and those masks (N, H, W) bool at the image size."""
-    import torch
     from ultralytics.utils import ops
 
     masks = ops.scale_masks(res.masks.data[None].float(), size)[0] > 0.5

@@ -21,6 +21,7 @@ from yolo_models import assert_same_boxes, mask_ious, match  # noqa: E402
 from pipeline.exceptions import CheckpointError, ModelLoadError  # noqa: E402
 from workers.models.onnx import OnnxAdapter  # noqa: E402
 
+
 @pytest.fixture(scope="session")
 def onnx_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("onnx")
