@@ -1,14 +1,22 @@
-"""Images/s of the prediction pipeline against two baselines, measured in one run on the same files.
+"""Images/s of the prediction pipeline against its baselines, measured in one run on the same files.
 
-    (a) the plain model loop: the same model and adapter in this process, on images decoded beforehand;
-    (b) `model.predict(input=directory)`: JPEG files -> loading tasks -> replica -> Predictions;
+    (a) the model's limit: the same model and adapter in this process, on images decoded beforehand and already at
+        the size the model's own resize gives them (what the model costs, nothing else);
+    (b) `model.predict(input=directory)`: JPEG files -> loading tasks -> replica -> Predictions, once per decode
+        mode (`--decode`: full, reduced, auto, gpu) and per precision (`--precision`, GPU only);
     (c) a plain Ray Data pipeline: `read_images` -> `map_batches(<model class>, batch_size, concurrency=1)` ->
-        `iter_batches`, the way the Ray Data docs run batch inference.
+        `iter_batches`, the way the Ray Data docs run batch inference, at the same CPU budget;
+    (d) the plain single-process loop: decode each JPEG whole with Pillow, then the model, one after the other.
 
-Prints the ratios b/a (how much of the model's own speed the pipeline keeps) and b/c.
+Prints the ratios b/a (how much of the model's own speed the pipeline keeps) and b/c for each decode mode.
+`--cpus N` limits the Ray cluster to N CPUs (a GPU node with few CPUs per GPU); `--image-size 3000x4000`
+generates photo-like JPEGs (quality 90) of that size.
 
     .venv/bin/python benchmarks/throughput.py                                 # CPU defaults (small run)
-    python benchmarks/throughput.py --device cuda --images 4000 --batch 16    # the GPU figure of docs/PERFORMANCE.md
+    .venv/bin/python benchmarks/throughput.py --image-size 3000x4000 --cpus 2 --images 48 --arch demo
+    python benchmarks/throughput.py --device cuda --images 4000 --batch 16    # the GPU figures of docs/PERFORMANCE.md
+    python benchmarks/throughput.py --device cuda --cpus 4 --image-size 3000x4000 --decode full,reduced,gpu \
+        --precision fp32,fp16
 """
 
 from __future__ import annotations
@@ -26,19 +34,24 @@ from pipeline.deploy.cluster import NAMESPACE
 
 
 def _write_images(folder: str, indices: range, size: tuple[int, int], seed: int) -> list[str]:
-    from PIL import Image
+    from PIL import Image, ImageFilter
 
     rng = np.random.default_rng([seed, indices.start])
     h, w = size
-    yy, xx = np.mgrid[:h, :w]
     paths = []
     for i in indices:
-        img = np.stack([(xx * (i % 7 + 1)) % 256, (yy * 3 + i) % 256, ((xx + yy) // 4) % 256], axis=2)
-        for _ in range(6):
-            y, x = rng.integers(0, h - 40), rng.integers(0, w - 40)
-            img[y:y + 40, x:x + 40] = rng.integers(0, 256, 3)
+        # photo-like: smooth colour fields at several scales, objects with soft edges, sensor noise; JPEG sizes
+        # (and decode costs) like a camera's at quality 90
+        field = Image.fromarray(rng.integers(0, 256, (max(2, h // 64), max(2, w // 64), 3), dtype=np.uint8))
+        img = np.asarray(field.resize((w, h), Image.BICUBIC), dtype=np.float32)
+        for _ in range(12):
+            r = int(rng.integers(max(4, min(h, w) // 40), max(8, min(h, w) // 6)))
+            y, x = int(rng.integers(0, h - r)), int(rng.integers(0, w - r))
+            img[y:y + r, x:x + r] = img[y:y + r, x:x + r] * 0.4 + rng.integers(0, 256, 3) * 0.6
+        img += rng.normal(0, 6, img.shape)
+        pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1))
         path = os.path.join(folder, f"{i:06d}.jpg")
-        Image.fromarray(img.astype(np.uint8)).save(path, quality=90)
+        pil.save(path, quality=90)
         paths.append(path)
     return paths
 
@@ -55,21 +68,23 @@ def make_images(folder: str, n: int, size: tuple[int, int], seed: int = 0) -> li
         return [p for part in parts for p in part]
 
 
-def save_random_checkpoint(arch: str, path: str) -> None:
+def save_random_checkpoint(arch: str, path: str) -> str:
+    """A random-weights torchvision detector saved as a checkpoint (or "demo": the demo model); returns its path."""
     import torch
     import torchvision
 
     from workers.models import save_checkpoint
 
+    if arch == "demo":
+        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints", "shapes.pth")
     torch.manual_seed(0)
     model = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=91)
     save_checkpoint(model, path, framework="torchvision", architecture=arch, task_type="detection",
                     classes=[f"class{i}" for i in range(90)])
+    return path
 
 
-def plain_loop(ckpt_path: str, paths: list[str], batch: int, device: str, settings: dict, warmup: int) -> float:
-    """(a): the adapter in this process on pre-decoded images; images/s of the model calls alone."""
-    from workers.decode import read_image_file
+def _adapter(ckpt_path: str, device: str) -> tuple:
     from workers.models import get_adapter, load_checkpoint
     from workers.models.base import ModelSpec
 
@@ -77,8 +92,10 @@ def plain_loop(ckpt_path: str, paths: list[str], batch: int, device: str, settin
     spec = ModelSpec(ckpt.framework, ckpt.architecture, ckpt.task_type, ckpt.classes, ckpt.img_size, ckpt.arch_kwargs)
     adapter = get_adapter(ckpt.framework)(spec, device)
     adapter.load(ckpt.state_dict)
-    images = [read_image_file(p) for p in paths]
-    sizes = [img.shape[:2] for img in images]
+    return adapter, spec
+
+
+def _timed_runs(adapter, images: list, sizes: list, batch: int, device: str, settings: dict, warmup: int) -> float:
     chunks = [(images[i:i + batch], sizes[i:i + batch]) for i in range(0, len(images), batch)]
     for imgs, sz in chunks[:warmup]:
         adapter.run(imgs, sz, settings)
@@ -90,6 +107,39 @@ def plain_loop(ckpt_path: str, paths: list[str], batch: int, device: str, settin
     return len(images) / (time.perf_counter() - t0)
 
 
+def model_limit(ckpt_path: str, paths: list[str], batch: int, device: str, settings: dict, warmup: int) -> float:
+    """(a): the adapter in this process on images decoded beforehand and already brought to the size the model's
+    own resize gives them: images/s of the model alone (its resize then changes nothing)."""
+    from PIL import Image
+
+    from workers.decode import needed_scale, read_image_file
+
+    adapter, spec = _adapter(ckpt_path, device)
+    hint = type(adapter).decode_hint(spec, settings.get("img_size") or spec.img_size)
+    images, sizes = [], []
+    for p in paths:
+        img = read_image_file(p)
+        h, w = img.shape[:2]
+        scale = min(1.0, needed_scale(hint, h, w))
+        small = Image.fromarray(img).resize((round(w * scale), round(h * scale)), Image.BILINEAR)
+        images.append(np.asarray(small))
+        sizes.append((h, w))
+    return _timed_runs(adapter, images, sizes, batch, device, settings, warmup)
+
+
+def plain_loop(ckpt_path: str, paths: list[str], batch: int, device: str, settings: dict) -> float:
+    """(d): the plain single-process loop: each batch's JPEGs decoded whole with Pillow, then the model."""
+    from workers.decode import read_image_file
+
+    adapter, _ = _adapter(ckpt_path, device)
+    t0 = time.perf_counter()
+    for i in range(0, len(paths), batch):
+        images = [read_image_file(p) for p in paths[i:i + batch]]
+        adapter.run(images, [img.shape[:2] for img in images], settings)
+    _sync(device)
+    return len(paths) / (time.perf_counter() - t0)
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         import torch
@@ -97,33 +147,34 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def pipeline_predict(api, ckpt_path: str, folder: str, n: int, batch: int, device: str,
-                     settings: dict) -> tuple[float, float, float]:
-    """(b): deploy + predict(input=directory); images/s of the predict() call (deployment excluded), the
-    fraction of a second run's wall time the replica spent in the model, and images/s counting the deployment
-    and a first, cold predict() (what one job that deploys, predicts once and stops would see)."""
-    t_cold = time.perf_counter()
-    model = api.nn.deploy(ckpt_path, device=device, replicas=1)
-    try:
-        preds = model.predict(input=folder + "/images", batch_size=batch, settings=settings, progress=False)
-        cold = n / (time.perf_counter() - t_cold)
-        assert len(preds) == n
-        del preds
-        model.predict(input=folder + "/warmup", batch_size=batch, settings=settings, progress=False)
-        t0 = time.perf_counter()
-        preds = model.predict(input=folder + "/images", batch_size=batch, settings=settings, progress=False)
-        elapsed = time.perf_counter() - t0
-        assert len(preds) == n and not any(p.error for p in preds)
-        # The same run once more through predict_detached, to read how long the replica spent inside the model:
-        # compute / wall time is how busy the pipeline kept it (1.0: the model, not the pipeline, sets the pace).
-        t0 = time.perf_counter()
-        with model.predict_detached(input=folder + "/images", batch_size=batch, settings=settings) as session:
-            count = sum(1 for _ in session)
-            busy = session.scheduler.stats.compute_seconds / (time.perf_counter() - t0)
-        assert count == n
-        return n / elapsed, busy, cold
-    finally:
-        model.shutdown()
+def pipeline_predict(api, ckpt_path: str, folder: str, n: int, batch: int, device: str, settings: dict,
+                     decodes: list[str], precision: str = "fp32") -> dict[str, tuple[float, float, float]]:
+    """(b): deploy + predict(input=directory) once per decode mode: {mode: (images/s of the predict() call with
+    the deployment excluded, the fraction of a second run's wall time the replica spent in the model, images/s of
+    the first, cold run counting the deployment)}."""
+    out = {}
+    for mode in decodes:
+        s = {**settings, "decode": mode}
+        t_cold = time.perf_counter()
+        model = api.nn.deploy(ckpt_path, device=device, replicas=1, precision=precision)
+        try:
+            preds = model.predict(input=folder + "/images", batch_size=batch, settings=s, progress=False)
+            cold = n / (time.perf_counter() - t_cold)
+            assert len(preds) == n and not any(p.error for p in preds), [p.error for p in preds if p.error][:3]
+            del preds
+            model.predict(input=folder + "/warmup", batch_size=batch, settings=s, progress=False)
+            # predict_detached, to read how long the replica spent inside the model: compute / wall time is how busy
+            # the pipeline kept it (1.0: the model, not the pipeline, sets the pace)
+            t0 = time.perf_counter()
+            with model.predict_detached(input=folder + "/images", batch_size=batch, settings=s) as session:
+                count = sum(1 for _ in session)
+                elapsed = time.perf_counter() - t0
+                busy = session.scheduler.stats.compute_seconds / elapsed
+            assert count == n
+            out[mode] = (n / elapsed, busy, cold)
+        finally:
+            model.shutdown()
+    return out
 
 
 def ray_data(ckpt_path: str, folder: str, n: int, batch: int, device: str,
@@ -172,13 +223,16 @@ def ray_data(ckpt_path: str, folder: str, n: int, batch: int, device: str,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="fasterrcnn_mobilenet_v3_large_fpn")
+    ap.add_argument("--arch", default="fasterrcnn_mobilenet_v3_large_fpn", help="a torchvision detector, or demo")
     ap.add_argument("--images", type=int, default=64)
-    ap.add_argument("--size", default="480x640", help="HxW of the generated JPEGs")
+    ap.add_argument("--size", "--image-size", dest="size", default="480x640", help="HxW of the generated JPEGs")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--device", default=None, help="cpu | cuda (default: cuda if available)")
+    ap.add_argument("--cpus", type=int, default=None, help="CPUs of the Ray cluster (default: all)")
+    ap.add_argument("--decode", default="full,reduced", help="decode modes of (b), comma-separated")
+    ap.add_argument("--precision", default="fp32", help="precisions of (b), comma-separated (GPU: fp16, bf16)")
     ap.add_argument("--conf", type=float, default=0.25)
-    ap.add_argument("--skip", default="", help="comma list of a,b,c to skip")
+    ap.add_argument("--skip", default="", help="comma list of a,b,c,d to skip")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
 
@@ -194,43 +248,52 @@ def main() -> None:
     os.makedirs(f"{work}/warmup")
     paths = make_images(f"{work}/images", args.images, (h, w))
     make_images(f"{work}/warmup", args.batch * 2, (h, w), seed=1)
-    ckpt = f"{work}/model.pth"
-    save_random_checkpoint(args.arch, ckpt)
+    ckpt = save_random_checkpoint(args.arch, f"{work}/model.pth")
 
-    ray.init(include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)
+    ray.init(include_dashboard=False, namespace=NAMESPACE, log_to_driver=False, num_cpus=args.cpus)
     import pipeline
 
     api = pipeline.Api(data_dir=f"{work}/platform")
-    res = {"arch": args.arch, "images": args.images, "size": f"{h}x{w}", "batch": args.batch, "device": device,
-           "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}
+    res: dict = {"arch": args.arch, "images": args.images, "size": f"{h}x{w}", "batch": args.batch, "device": device,
+                 "cpus": args.cpus or os.cpu_count(), "machine": platform.processor() or platform.machine()}
     if device == "cuda":
         res["gpu"] = torch.cuda.get_device_name(0)
-    if "a" not in skip:
-        res["a_plain_loop"] = plain_loop(ckpt, paths, args.batch, device, settings, warmup=2)
-        print(f"(a) plain model loop, pre-decoded:   {res['a_plain_loop']:8.2f} images/s", flush=True)
-    if "b" not in skip:
-        res["b_predict"], res["b_replica_busy"], res["b_cold"] = pipeline_predict(
-            api, ckpt, work, args.images, args.batch, device, settings)
-        print(f"(b) model.predict(input=directory):  {res['b_predict']:8.2f} images/s "
-              f"(replica busy {res['b_replica_busy']:.0%} of the time; "
-              f"{res['b_cold']:.2f} images/s counting deploy and a cold first run)", flush=True)
-    if "c" not in skip:
-        res["c_ray_data"], res["c_end_to_end"] = ray_data(ckpt, work, args.images, args.batch, device, settings)
-        print(f"(c) plain Ray Data pipeline:         {res['c_ray_data']:8.2f} images/s "
-              f"({res['c_end_to_end']:.2f} images/s end to end)", flush=True)
-    if "a_plain_loop" in res and "b_predict" in res:
-        res["b_over_a"] = res["b_predict"] / res["a_plain_loop"]
-        print(f"b/a = {res['b_over_a']:.3f}")
-    if "c_ray_data" in res and "b_predict" in res:
-        res["b_over_c"] = res["b_predict"] / res["c_ray_data"]
-        print(f"b/c = {res['b_over_c']:.3f}")
-        if "b_cold" in res:
-            res["b_cold_over_c_end_to_end"] = res["b_cold"] / res["c_end_to_end"]
-            print(f"both cold, end to end: b/c = {res['b_cold_over_c_end_to_end']:.3f}")
+    _measure(res, api, ckpt, work, paths, args, device, settings, skip)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
     ray.shutdown()
+
+
+def _measure(res: dict, api, ckpt: str, work: str, paths: list[str], args, device: str, settings: dict,
+             skip: set[str]) -> None:
+    if "a" not in skip:
+        res["a_model_limit"] = model_limit(ckpt, paths, args.batch, device, settings, warmup=2)
+        print(f"(a) the model's limit (inputs at its size): {res['a_model_limit']:8.2f} images/s", flush=True)
+    if "d" not in skip:
+        res["d_plain_loop"] = plain_loop(ckpt, paths, args.batch, device, settings)
+        print(f"(d) plain loop, decode + model in one process: {res['d_plain_loop']:8.2f} images/s", flush=True)
+    if "c" not in skip:
+        res["c_ray_data"], res["c_end_to_end"] = ray_data(ckpt, work, args.images, args.batch, device, settings)
+        print(f"(c) plain Ray Data pipeline: {res['c_ray_data']:8.2f} images/s "
+              f"({res['c_end_to_end']:.2f} images/s end to end)", flush=True)
+    if "b" in skip:
+        return
+    for precision in args.precision.split(","):
+        runs = pipeline_predict(api, ckpt, work, args.images, args.batch, device, settings,
+                                args.decode.split(","), precision)
+        for mode, (rate, busy, cold) in runs.items():
+            key = f"b_{mode}_{precision}"
+            res[key], res[key + "_replica_busy"], res[key + "_cold"] = rate, busy, cold
+            line = (f"(b) predict(), decode={mode}, {precision}: {rate:8.2f} images/s (replica busy {busy:.0%}; "
+                    f"{cold:.2f} images/s counting deploy and a cold first run)")
+            if "a_model_limit" in res:
+                res[key + "_over_a"] = rate / res["a_model_limit"]
+                line += f"  b/a = {res[key + '_over_a']:.3f}"
+            if "c_ray_data" in res:
+                res[key + "_over_c"] = rate / res["c_ray_data"]
+                line += f"  b/c = {res[key + '_over_c']:.3f}"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,38 +1,36 @@
 """The cost of one video upload write (a group of frames into the video's annotation) as the annotation grows.
 
-    .venv/bin/python benchmarks/video_upload.py [--frames 3200] [--offsets 0 640 1920 2560] [--group 16]
-        [--boxes 5] [--repeats 3] [--modes append replace iou_merge] [--impls before after]
+    .venv/bin/python benchmarks/video_upload.py [--frames 17920] [--offsets 16 640 8960 17840] [--group 16]
+        [--boxes 5] [--repeats 5] [--modes append replace iou_merge tracked]
 
 A videos project on a fresh platform in a temporary directory holds one 1280x720 video row of `--frames` frames
 (no file: the upload of predictions into an existing video never reads it). For each offset F, the video's
-annotation is set to frames 0..F-1 with `--boxes` predicted boxes each (one object and one figure per box, with its
-confidence tag: what an upload of those frames leaves), then `VideoTarget.write` is timed on a group of `--group`
-frame predictions of `--boxes` boxes each, `--repeats` times (the median is printed), under:
+annotation is set to frames 0..F-1 with `--boxes` predicted boxes each (what an upload of those frames leaves:
+untracked, one object and one figure per box with its confidence tag; for `tracked`, one object per track, `--boxes`
+tracks running through every frame, each with its job row), then `VideoTarget.write` is timed on a group of
+`--group` frame predictions of `--boxes` boxes each, `--repeats` times (the median is printed):
 
-* `before`: the write as it was: decode the whole `VideoAnnotation`, merge, check and encode it all again
-  (`merge_video_annotation` + `ops.set_video_annotation`, the code of `VideoTarget` before the change);
-* `after`: `VideoTarget` as it is (`merge_video_json`: the stored objects and figures stay JSON).
+* append and tracked write frames F..F+group-1, then the next groups (new frames; tracked: the boxes continue the
+  stored tracks, so each write adds figures to existing objects and updates their confidence);
+* replace and iou_merge write frames F-group..F-1 (frames that already have figures: the predictions replace them,
+  or are compared with them).
 
-(`create` writes into the video it made exactly as `append` does: the same code, so it is not timed apart.)
-
-append writes frames F..F+group-1 (new frames); replace and iou_merge write frames F-group..F-1 (frames that
-already have figures: the predictions replace them, or are compared with them). Both implementations run on the
-same machine in the same process, interleaved per offset. The last columns split the `after` write into parsing
-the stored JSON (`json.loads`, garbage collector paused as the target does), serialising it (`json.dumps`) and
-storing it (the SQLite UPDATE and commit of the row alone): the part that one row per video makes O(annotation).
+The annotation lives in rows (`pipeline.platform.video_rows`): a write should cost the same at the end of a long
+video as at its start. `SQL ops` counts the SQLite virtual-machine instructions of one write (to the nearest
+1,000, `set_progress_handler`): the database's work, unaffected by other load on the machine. The last column is the time to read the whole annotation back (`api.video.get_annotation`'s
+assembly of the JSON text, not its parsing): reads still grow with the annotation, as they must.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -40,121 +38,115 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from pipeline.platform import Platform, ops  # noqa: E402
+from pipeline.platform import Platform, jobs, ops  # noqa: E402
 from pipeline.prediction import Item, Prediction  # noqa: E402
-from pipeline.stages.upload.merge import merge_video_annotation, merge_video_json  # noqa: E402
-from pipeline.stages.upload.videos import VideoTarget, _gc_paused  # noqa: E402
+from pipeline.stages.upload.videos import VideoTarget  # noqa: E402
 
 HEIGHT, WIDTH = 720, 1280
 CLASSES = ["car", "person", "bus"]
+JOB = "bench"
+_JOBS = itertools.count()
 
 
-class BeforeVideoTarget(VideoTarget):
-    """`VideoTarget` with the per-video write as it was before the JSON-level merge."""
-
-    def _merge_json(self, conn: Any, row: Any, predicted: dict[int, Any], meta: Any) -> None:
-        from pipeline.annotation import VideoAnnotation
-        from pipeline.exceptions import FormatError
-
-        video_id = row["id"]
-        cur = conn.execute("SELECT ann FROM video_annotations WHERE video_id = ?", (video_id,)).fetchone()
-        if cur is None:
-            current = VideoAnnotation((row["height"], row["width"]), row["frames_count"])
-        else:
-            data = json.loads(cur[0])
-            try:
-                current = VideoAnnotation.from_json(data, meta)
-            except FormatError:
-                current = VideoAnnotation.from_json(data, None)
-        ann = merge_video_annotation(self.mode, current, predicted, self.threshold)
-        ops.set_video_annotation(conn, video_id, ann, meta=meta)
-
-
-def frame_pred(video_id: int, frame: int, boxes: int, seed: int) -> Prediction:
+def frame_pred(video_id: int, frame: int, boxes: int, seed: int, tracked: bool = False) -> Prediction:
     rng = np.random.default_rng((seed, frame))
-    xy = rng.uniform(0, [WIDTH - 200, HEIGHT - 200], (boxes, 2))
-    wh = rng.uniform(20, 200, (boxes, 2))
-    ids = rng.integers(0, len(CLASSES), boxes)
+    if tracked:  # box j moves right by a pixel a frame: `boxes` tracks through the whole video
+        xy = np.array([[(100 + 200 * j + frame) % (WIDTH - 200), 100 + 100 * j] for j in range(boxes)], float)
+        wh, ids = np.full((boxes, 2), 80.0), np.arange(boxes) % len(CLASSES)
+    else:
+        xy = rng.uniform(0, [WIDTH - 200, HEIGHT - 200], (boxes, 2))
+        wh, ids = rng.uniform(20, 200, (boxes, 2)), rng.integers(0, len(CLASSES), boxes)
     item = Item(index=frame, key=f"video:{video_id}:{frame}", name="bench", video_id=video_id, frame_idx=frame)
     return Prediction(boxes=np.hstack([xy, xy + wh]), scores=rng.uniform(0.3, 1.0, boxes), class_ids=ids,
-                      classes=[CLASSES[i] for i in ids], item=item, orig_size=(HEIGHT, WIDTH))
+                      classes=[CLASSES[i] for i in ids], item=item, orig_size=(HEIGHT, WIDTH),
+                      track_ids=np.arange(boxes) if tracked else None)
 
 
-def make_target(cls: type, platform: Platform, mode: str) -> VideoTarget:
-    args = SimpleNamespace(upload=mode, settings={}, job_id=None)
+def make_target(platform: Platform, mode: str, job_id: str = JOB) -> VideoTarget:
+    args = SimpleNamespace(upload=mode, settings={}, job_id=job_id)
     plan = SimpleNamespace(name="bench", project_type="videos", description="benchmark video")
     model = SimpleNamespace(spec=SimpleNamespace(task_type="detection"))
-    return cls(args, plan, platform, model)
+    return VideoTarget(args, plan, platform, model)
 
 
-def prefill_text(platform: Platform, video_id: int, frames: int, total: int, boxes: int) -> str:
-    """The annotation JSON text of frames 0..frames-1 with `boxes` predicted boxes each."""
-    from pipeline.annotation import VideoAnnotation
+def prefill(platform: Platform, video_id: int, frames: int, total: int, boxes: int, tracked: bool) -> None:
+    """The video's annotation: frames 0..frames-1 with `boxes` predicted boxes each, as an upload leaves it."""
+    from pipeline.annotation import CONFIDENCE_TAG, VideoAnnotation, VideoFigure, VideoObject, VideoTag
 
-    target = make_target(VideoTarget, platform, "append")
+    target = make_target(platform, "append", f"{JOB}-prefill")
     with platform.store.write() as conn:
         meta = target.resolve_meta(conn, ops.get_video_row(conn, video_id)["project_id"],
-                               [frame_pred(video_id, 0, len(CLASSES), 0)], {})
-    # the classes all in the meta: both implementations see the same, already merged meta
-    data = VideoAnnotation((HEIGHT, WIDTH), total).to_json()
-    predicted = {f: target.predicted_annotation(frame_pred(video_id, f, boxes, 1), meta).labels
-                 for f in range(frames)}
-    merge_video_json("append", data, predicted)
-    return ops.dumps(data)
+                                   [frame_pred(video_id, 0, len(CLASSES), 0)], {})
+        objects, figures = [], []
+        tracks = {}
+        for f in range(frames):
+            p = frame_pred(video_id, f, boxes, 1, tracked)
+            for j, lab in enumerate(target.predicted_annotation(p, meta).labels):
+                if tracked:
+                    if j not in tracks:
+                        tracks[j] = VideoObject(lab.obj_class, (VideoTag(CONFIDENCE_TAG, 0.5, (0, frames - 1)),))
+                        objects.append(tracks[j])
+                    obj = tracks[j]
+                else:
+                    obj = VideoObject(lab.obj_class, (VideoTag(CONFIDENCE_TAG, float(p.scores[j]), (f, f)),))
+                    objects.append(obj)
+                figures.append(VideoFigure(obj, lab.geometry, f))
+        data = VideoAnnotation((HEIGHT, WIDTH), total, tuple(objects)).add_figures(figures).to_json()
+        ops.put_video_annotation_json(conn, video_id, data)
+        conn.execute("DELETE FROM upload_job_tracks WHERE job_id = ?", (JOB,))
+        conn.execute("DELETE FROM upload_job_items WHERE job_id = ?", (JOB,))
+        if tracked and frames:
+            jobs.put_tracks(conn, JOB, video_id, {j: jobs.TrackRow(o.key, 0.5 * frames, frames, 0, frames - 1)
+                                                  for j, o in tracks.items()})
 
 
-def store_text(platform: Platform, video_id: int, text: str) -> None:
-    with platform.store.write() as conn:
-        conn.execute("UPDATE video_annotations SET ann = ? WHERE video_id = ?", (text, video_id))
-
-
-def time_writes(platform: Platform, cls: type, mode: str, video_id: int, offset: int, group: int, boxes: int,
-                repeats: int, text: str) -> list[float]:
+def time_writes(platform: Platform, mode: str, video_id: int, offset: int, group: int, boxes: int,
+                repeats: int) -> tuple[list[float], int]:
+    """Seconds of each of `repeats` writes at `offset` (append, tracked: the next groups after it), and the SQLite
+    virtual-machine instructions the last one executed (to the nearest 1,000): what the database did, whatever
+    else the machine was doing."""
     out = []
+    tracked = mode == "tracked"
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
     for r in range(repeats):
-        store_text(platform, video_id, text)
-        target = make_target(cls, platform, mode)
-        start = offset if mode == "append" else max(0, offset - group)
-        preds = [frame_pred(video_id, f, boxes, 2 + r) for f in range(start, start + group)]
+        steps[0] = 0
+        platform.store.connection().set_progress_handler(count, 1000)
+        # tracked: the job that wrote the tracks (prefill); else a job per write (replace writes the same frames)
+        target = make_target(platform, "append" if tracked else mode, JOB if tracked else f"{mode}-{next(_JOBS)}")
+        start = offset + r * group if mode in ("append", "tracked") else max(0, offset - group)
+        preds = [frame_pred(video_id, f, boxes, 2 + r, tracked) for f in range(start, start + group)]
         t0 = time.perf_counter()
-        target.write(preds)
+        written = target.write(preds)
         out.append(time.perf_counter() - t0)
-        assert all(p.error is None and p.target is not None for p in preds), [p.error for p in preds][:3]
-    return out
+        assert all(p.error is None and p.target is not None for p in written), [p.error for p in written][:3]
+    platform.store.connection().set_progress_handler(None, 1000)
+    return out, steps[0] * 1000
 
 
-def parts(platform: Platform, video_id: int, text: str, repeats: int) -> tuple[float, float, float]:
-    """Median seconds of: json.loads (GC paused), json.dumps, storing the row (UPDATE + commit)."""
-    loads, dumps, store = [], [], []
-    for _ in range(repeats):
-        with _gc_paused():
-            t0 = time.perf_counter()
-            data = json.loads(text)
-            t1 = time.perf_counter()
-            again = ops.dumps(data)
-            t2 = time.perf_counter()
-            del data
-        with platform.store.write() as conn:
-            conn.execute("UPDATE video_annotations SET ann = ? WHERE video_id = ?", (again, video_id))
-        t3 = time.perf_counter()
-        loads.append(t1 - t0)
-        dumps.append(t2 - t1)
-        store.append(t3 - t2)
-    return statistics.median(loads), statistics.median(dumps), statistics.median(store)
+def time_read(platform: Platform, video_id: int) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    with platform.store.read() as conn:
+        text = ops.get_video_annotation_text(conn, video_id)
+    return time.perf_counter() - t0, len(text.encode())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", type=int, default=3200, help="the video's frame count")
-    ap.add_argument("--offsets", type=int, nargs="+", default=[0, 640, 1920, 2560])
+    ap.add_argument("--frames", type=int, default=17920, help="the video's frame count")
+    ap.add_argument("--offsets", type=int, nargs="+", default=[16, 640, 8960, 17840])
     ap.add_argument("--group", type=int, default=16, help="frames per write")
     ap.add_argument("--boxes", type=int, default=5, help="boxes per frame")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--modes", nargs="+", default=["append", "replace", "iou_merge"],
-                    choices=["append", "replace", "iou_merge"])
-    ap.add_argument("--impls", nargs="+", default=["before", "after"], choices=["before", "after"])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--modes", nargs="+", default=["append", "replace", "iou_merge", "tracked"],
+                    choices=["append", "replace", "iou_merge", "tracked"])
     args = ap.parse_args()
-    impls = {"before": BeforeVideoTarget, "after": VideoTarget}
+    if max(args.offsets) + args.repeats * args.group > args.frames:
+        ap.error("the last offset's writes must fit in the video: offset + repeats x group <= frames")
 
     work = tempfile.mkdtemp(prefix="bench-video-upload-")
     platform = Platform(work)
@@ -162,25 +154,18 @@ def main() -> None:
     ds = platform.dataset.create(project.id, "ds0")
     with platform.store.write() as conn:
         video_id = ops.insert_video(conn, ds.id, "long.mp4", args.frames, 30.0, WIDTH, HEIGHT, "0" * 64, 0, "mp4")
-        ops.put_video_annotation_json(conn, video_id, {}, 0)
+    make_target(platform, "append")  # the job and its tables
     print(f"video of {args.frames} frames, {args.boxes} boxes per frame, groups of {args.group} frames; "
           f"median of {args.repeats} writes, ms per write (per group)", flush=True)
     for mode in args.modes:
-        print(f"\n{mode}:")
-        head = f"{'offset':>7} {'JSON MB':>8} " + " ".join(f"{name:>8}" for name in args.impls)
-        if "after" in args.impls:
-            head += f" {'loads':>7} {'dumps':>7} {'store':>7}"
-        print(head, flush=True)
+        print(f"\n{mode}:\n{'offset':>7} {'JSON MB':>8} {'write ms':>9} {'min':>7} {'max':>7} {'SQL ops':>8} "
+              f"{'read ms':>8}", flush=True)
         for offset in args.offsets:
-            text = prefill_text(platform, video_id, offset, args.frames, args.boxes)
-            line = f"{offset:>7} {len(text.encode()) / 1e6:>8.2f} "
-            for name in args.impls:
-                times = time_writes(platform, impls[name], mode, video_id, offset, args.group, args.boxes,
-                                    args.repeats, text)
-                line += f" {statistics.median(times) * 1e3:>8.1f}"
-            if "after" in args.impls:
-                line += " " + " ".join(f"{v * 1e3:>7.1f}" for v in parts(platform, video_id, text, args.repeats))
-            print(line, flush=True)
+            prefill(platform, video_id, offset, args.frames, args.boxes, mode == "tracked")
+            times, ops_count = time_writes(platform, mode, video_id, offset, args.group, args.boxes, args.repeats)
+            read_s, size = time_read(platform, video_id)
+            print(f"{offset:>7} {size / 1e6:>8.2f} {statistics.median(times) * 1e3:>9.1f} {min(times) * 1e3:>7.1f} "
+                  f"{max(times) * 1e3:>7.1f} {ops_count:>8,} {read_s * 1e3:>8.1f}", flush=True)
 
 
 if __name__ == "__main__":

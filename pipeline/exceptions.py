@@ -10,6 +10,7 @@
     ├── DeploymentError                    replicas that could not start, or asked for a device the cluster lacks
     └── RunError                           an error that ended a whole prediction run
         └── UploadError                    the upload stage could not write (database or disk unusable)
+            └── DiskFullError              the disk of the platform's data dir is full (names it, says what to do)
 
 Each message says what was wrong and what to change, e.g.
 "upload='append' needs platform items (project_id, dataset_id or image_ids); got a directory".
@@ -27,6 +28,7 @@ __all__ = [
     "ModelLoadError",
     "DeploymentError",
     "UploadError",
+    "DiskFullError",
     "RunError",
 ]
 
@@ -72,3 +74,8 @@ class RunError(PipelineError):
 
 class UploadError(RunError):
     """The upload stage could not write (the database or the disk is unusable); the run ends."""
+
+
+class DiskFullError(UploadError):
+    """The disk holding the platform's data dir is full: nothing more can be written there, so the run ends (a
+    full disk is never one item's error: every later item would fail the same way)."""

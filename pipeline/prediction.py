@@ -257,7 +257,7 @@ class Prediction:
     # -- pixels ---------------------------------------------------------------------------------------------
     def load_image(self) -> np.ndarray:
         """The original image (or video frame), HWC RGB uint8."""
-        from workers.decode import decode_image_bytes, fetch_url, read_image_file, to_rgb_array
+        from workers.decode import decode_image_bytes, fetch_bytes, read_image_file, to_rgb_array
         from workers.video import read_video_frame
 
         if self.image is not None:
@@ -268,7 +268,7 @@ class Prediction:
         if path:
             return read_image_file(path)
         if self.image_url:
-            return decode_image_bytes(fetch_url(self.image_url))
+            return decode_image_bytes(fetch_bytes(self.image_url))
         raise ValueError(f"{self!r} has no image to load")
 
     def draw(self, image: np.ndarray | None = None, *, alpha: float = 0.45, show_scores: bool = True,

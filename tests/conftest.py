@@ -13,6 +13,11 @@ import pytest
 os.environ.setdefault("PIPELINE_DEPLOY_TIMEOUT_S", "300")
 os.environ["PIPELINE_OFFLINE"] = "1"
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="pipeline-test-torch-home-")
+# The object-store tests talk to an S3 server on 127.0.0.1 (moto); the Ray workers that read its objects inherit
+# these dummy credentials. No instance-metadata lookup (it would wait on a network that is not there).
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "pipeline-tests")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "pipeline-tests")
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 TINY_CLASSES = ["a", "b", "c"]
 # The project's tiny R-CNN (workers/models/_small_archs.py), random weights: a few ms per small image on a CPU,

@@ -6,14 +6,18 @@ Every failure becomes a message (`ItemError`) for that item only; the batch and 
 from __future__ import annotations
 
 import io
+import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from workers.messages import LoadedBatch, LoadRequest
+from workers.messages import DecodeOptions, LoadedBatch, LoadRequest
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_URL_TIMEOUT_S", "ItemError", "decode_image", "decode_image_bytes", "fetch_url", "load_batch", "load_one", "read_image_file", "resize_to", "to_rgb_array"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_URL_TIMEOUT_S", "ItemError", "decode_image", "decode_image_bytes",
+           "decode_reduced", "fetch_bytes", "fetch_url", "is_jpeg", "jpeg_size", "load_batch", "load_one", "needed_scale",
+           "read_file", "read_image_file", "resize_to", "to_rgb_array"]
 
 # Decompression-bomb guard: an image that claims more pixels than this is refused before it is decoded.
 # 178,956,970 is Pillow's own warning threshold (about 13,000 x 13,000); raise it with settings["max_pixels"].
@@ -55,6 +59,14 @@ def decode_image(stream: Any, max_pixels: int = DEFAULT_MAX_PIXELS, verify: bool
     claims more than `max_pixels` is refused before it is decoded, and the whole image is decoded, so a truncated
     file fails here. `verify` also checks the file's own checksums first (PNG chunks), as an upload does. Raises
     `ItemError`."""
+    pixels, fmt, _ = _decode(stream, max_pixels, verify)
+    return pixels, fmt
+
+
+def _decode(stream: Any, max_pixels: int, verify: bool = False,
+            before_load: Callable[[Any], Any] | None = None) -> tuple[np.ndarray, str, Any]:
+    """`decode_image`, with `before_load(opened image)` called before the pixels are decoded (to set a reduced
+    decode); returns what it returned too."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     pillow_limit = Image.MAX_IMAGE_PIXELS
@@ -75,9 +87,10 @@ def decode_image(stream: Any, max_pixels: int = DEFAULT_MAX_PIXELS, verify: bool
                     "(a decompression bomb?); raise settings['max_pixels'] if it is genuine"
                 )
             fmt = img.format or ""
+            extra = before_load(img) if before_load is not None else None
             img.load()
             img = ImageOps.exif_transpose(img)
-            return np.asarray(img.convert("RGB")), fmt
+            return np.asarray(img.convert("RGB")), fmt, extra
     except ItemError:
         raise
     except UnidentifiedImageError:
@@ -99,17 +112,21 @@ def decode_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
     return decode_image(io.BytesIO(data), max_pixels)[0]
 
 
-def read_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_file(path: str) -> bytes:
+    """The bytes of a local file. Raises `ItemError`."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise ItemError(f"file not found: {path}") from None
     except IsADirectoryError:
         raise ItemError(f"is a directory, not an image: {path}") from None
     except OSError as exc:
         raise ItemError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return decode_image_bytes(data, max_pixels)
+
+
+def read_image_file(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    return decode_image_bytes(read_file(path), max_pixels)
 
 
 # An image download larger than this is refused (no image file is this big; a stream that never ends is no image).
@@ -150,6 +167,19 @@ def fetch_url(url: str, timeout: float = DEFAULT_URL_TIMEOUT_S, max_bytes: int |
         raise ItemError(f"cannot fetch {url}: {type(exc).__name__}: {exc}") from None
 
 
+def fetch_bytes(url: str, timeout: float = DEFAULT_URL_TIMEOUT_S) -> bytes:
+    """The body of an http(s) URL (`fetch_url`) or an object-store URI (`workers.objects.read_object`: the store's
+    credentials come from this process's environment). Raises `ItemError`."""
+    from workers.objects import ObjectError, is_object_uri, read_object
+
+    if is_object_uri(url):
+        try:
+            return read_object(url)
+        except ObjectError as exc:
+            raise ItemError(str(exc)) from None
+    return fetch_url(url, timeout)
+
+
 def resize_to(img: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     """Resize HWC uint8 to `size = (h, w)` (bilinear); unchanged when it already has that size."""
     if size is None or tuple(img.shape[:2]) == tuple(size):
@@ -160,45 +190,120 @@ def resize_to(img: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
 
 
-def load_one(req: LoadRequest, max_pixels: int, url_timeout: float) -> np.ndarray:
+def _raw(req: LoadRequest, options: DecodeOptions) -> bytes:
+    """The encoded bytes of a file or URL item."""
+    if req.url is not None:  # an http(s) URL or an object-store URI
+        return fetch_bytes(req.url, options.url_timeout)
+    return read_file(req.path)
+
+
+def load_one(req: LoadRequest, options: DecodeOptions) -> tuple[np.ndarray | bytes, tuple[int, int]]:
+    """One item: (its pixels, HWC RGB uint8, or its JPEG bytes in "gpu" mode; its original (h, w)). Raises
+    `ItemError`."""
     if req.error is not None:
         raise ItemError(req.error)
     if req.array is not None:
-        return to_rgb_array(req.array)
-    if req.url is not None:
-        return decode_image_bytes(fetch_url(req.url, url_timeout), max_pixels)
-    if req.path is not None:
-        return read_image_file(req.path, max_pixels)
-    raise ItemError("nothing to load")
+        img = to_rgb_array(req.array)
+        return resize_to(img, options.resize), (int(img.shape[0]), int(img.shape[1]))
+    if req.url is None and req.path is None:
+        raise ItemError("nothing to load")
+    data = _raw(req, options)
+    if not data:
+        raise ItemError("the file is empty (0 bytes)")
+    if options.mode == "gpu" and is_jpeg(data):
+        return data, jpeg_size(data, options.max_pixels)
+    hint = options.hint if options.mode == "reduced" else None
+    if options.resize is not None and options.mode == "reduced":
+        hint = ("cover", *options.resize)
+    img, orig = decode_reduced(data, options.max_pixels, hint)
+    return resize_to(img, options.resize), orig
 
 
-def load_batch(
-    requests_: list[LoadRequest],
-    img_size: tuple[int, int] | None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    url_timeout: float = DEFAULT_URL_TIMEOUT_S,
-) -> LoadedBatch:
+def load_batch(requests_: list[LoadRequest], options: DecodeOptions) -> LoadedBatch:
     """Decode a batch of items (one Ray task). A failed item gets its error and `None` image."""
     t0 = time.perf_counter()
-    images, sizes, errors = [], [], []
+    images, sizes, errors, encoded = [], [], [], []
     for req in requests_:
+        image = size = error = blob = None
         try:
-            img = load_one(req, max_pixels, url_timeout)
-            sizes.append((int(img.shape[0]), int(img.shape[1])))
-            images.append(resize_to(img, img_size))
-            errors.append(None)
+            pixels, size = load_one(req, options)
+            if isinstance(pixels, bytes):
+                blob = pixels
+            else:
+                image = pixels
         except ItemError as exc:
-            images.append(None)
-            sizes.append(None)
-            errors.append(str(exc))
+            error = str(exc)
         except Exception as exc:  # anything unexpected still only fails this item
-            images.append(None)
-            sizes.append(None)
-            errors.append(f"cannot load: {type(exc).__name__}: {exc}")
+            error = f"cannot load: {type(exc).__name__}: {exc}"
+        images.append(image)
+        sizes.append(size)
+        errors.append(error)
+        encoded.append(blob)
     return LoadedBatch(
         indices=[r.index for r in requests_],
         images=images,
         orig_sizes=sizes,
         errors=errors,
         decode_seconds=time.perf_counter() - t0,
+        encoded=encoded if any(b is not None for b in encoded) else None,
     )
+
+
+# --- decoding at the size the model needs --------------------------------------------------------------------
+
+_SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that turn the image by 90 degrees: width and height trade places
+
+
+def is_jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff"
+
+
+def needed_scale(hint: tuple | None, h: int, w: int) -> float:
+    """The smallest scale of an (h, w) image that keeps every pixel the model's own resize keeps (1.0 when the
+    hint is unknown)."""
+    if hint is None:
+        return 1.0
+    if hint[0] == "fit":
+        _, min_side, max_side = hint
+        return min(float(min_side) / min(h, w), float(max_side) / max(h, w))
+    if hint[0] == "cover":
+        _, th, tw = hint
+        return max(th / h, tw / w)
+    raise ValueError(f"unknown decode hint {hint!r}")
+
+
+def decode_reduced(data: bytes, max_pixels: int, hint: tuple | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """(HWC RGB uint8, the original (h, w) after EXIF orientation) of encoded image bytes. A JPEG at least twice
+    the size the model keeps (`hint`) is decoded reduced by the JPEG decoder's DCT scaling (1/2, 1/4 or 1/8,
+    never smaller than needed): a fraction of the work. Raises `ItemError`."""
+
+    if hint is None or not is_jpeg(data):
+        img = decode_image(io.BytesIO(data), max_pixels)[0]
+        return img, (int(img.shape[0]), int(img.shape[1]))
+
+    def reduce(im: Any) -> tuple[int, int]:
+        w, h = im.size
+        swapped = im.getexif().get(0x0112, 1) in _SWAPS_SIDES
+        oh, ow = (w, h) if swapped else (h, w)
+        scale = needed_scale(hint, oh, ow)
+        if scale <= 0.5:  # the decoder picks the largest reduction that still gives at least this size
+            im.draft("RGB", (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
+        return oh, ow
+
+    img, _, orig = _decode(io.BytesIO(data), max_pixels, before_load=reduce)
+    return img, orig
+
+
+def jpeg_size(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """The (h, w) of a JPEG after EXIF orientation, from its header (nothing decoded); the pixel limit applies."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ItemError(f"the image claims {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
+                                "(a decompression bomb?); raise settings['max_pixels'] if it is genuine")
+            return (w, h) if img.getexif().get(0x0112, 1) in _SWAPS_SIDES else (h, w)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ItemError(f"the image is corrupt or truncated: {exc}") from None

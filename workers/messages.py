@@ -10,7 +10,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BatchResult", "LoadRequest", "LoadedBatch", "ModelOutput"]
+__all__ = ["DECODE_MODES", "BatchResult", "DecodeOptions", "LoadRequest", "LoadedBatch", "ModelOutput"]
+
+DECODE_MODES = ("auto", "full", "reduced", "gpu")
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How a loading task decodes its images (set per run by the driver).
+
+    `resize`: an exact (h, w) to resize to (an exact `img_size`), else None. `mode`: "full" (every pixel
+    decoded), "reduced" (a JPEG much larger than the model needs is decoded at 1/2, 1/4 or 1/8 scale by the JPEG
+    decoder itself, never below what the model's own resize would keep: `hint`), "gpu" (JPEGs are only read; the
+    replica decodes them on its device). `hint`: what the model's resize keeps, ("fit", min_side, max_side) (the
+    image scaled by min(min_side / shorter side, max_side / longer side)) or ("cover", h, w) (scaled to h x w), or
+    None (unknown: decoded full).
+    """
+
+    resize: tuple[int, int] | None = None
+    max_pixels: int = 178_956_970
+    url_timeout: float = 20.0
+    mode: str = "full"
+    hint: tuple | None = None
 
 
 @dataclass
@@ -33,9 +54,10 @@ class LoadRequest:
 class LoadedBatch:
     """The output of one loading task: a batch ready for a replica.
 
-    `images[i]` is HWC RGB uint8 at the model's input size (or the original size when no size is set), `None` for
-    an item that failed; `orig_sizes[i]` is the original `(height, width)` in pixels; `errors[i]` says why an item
-    failed. `indices[i]` is the item's position in the run.
+    `images[i]` is HWC RGB uint8 (at an exact `img_size`, or reduced by the JPEG decoder, or as the file is),
+    `None` for an item that failed or that the replica decodes: then `encoded[i]` holds its JPEG bytes (decode
+    mode "gpu"); `orig_sizes[i]` is the original `(height, width)` in pixels, whatever size `images[i]` has;
+    `errors[i]` says why an item failed. `indices[i]` is the item's position in the run.
     """
 
     indices: list[int]
@@ -43,6 +65,7 @@ class LoadedBatch:
     orig_sizes: list[tuple[int, int] | None]
     errors: list[str | None]
     decode_seconds: float = 0.0
+    encoded: list[bytes | None] | None = None
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -14,9 +14,11 @@ import time
 import traceback
 from typing import Any
 
+from workers.gpu_decode import decode_jpegs
 from workers.messages import BatchResult, LoadedBatch, ModelOutput
 from workers.models.base import ModelSpec, get_adapter
 from workers.models.checkpoint import parse_checkpoint
+from workers.tiling import run_tiled
 
 __all__ = ["Replica"]
 
@@ -90,16 +92,16 @@ class Replica:
 
     def predict(self, batch: LoadedBatch, settings: dict[str, Any] | None = None) -> BatchResult:
         """Predict the images of `batch` that loaded; items that failed to load keep their error."""
-        ok = [i for i, img in enumerate(batch.images) if img is not None]
+        images, errors = self._images(batch)
+        ok = [i for i, img in enumerate(images) if img is not None]
         outputs: list[ModelOutput] = [
-            ModelOutput.empty(error=batch.errors[i] or "image was not loaded") for i in range(len(batch))
+            ModelOutput.empty(error=errors[i] or "image was not loaded") for i in range(len(batch))
         ]
         seconds = 0.0
         if ok:
-            images = [batch.images[i] for i in ok]
             sizes = [batch.orig_sizes[i] for i in ok]
             try:
-                results, seconds = self.adapter.run(images, sizes, settings)
+                results, seconds = self._run([images[i] for i in ok], sizes, settings or {})
             except Exception as exc:  # a model error fails this batch's items, not the replica
                 msg = f"model error: {type(exc).__name__}: {exc}"
                 traceback.print_exc()
@@ -117,6 +119,28 @@ class Replica:
             compute_seconds=seconds,
             replica=self.name,
         )
+
+    def _run(self, images: list[Any], sizes: list[Any], settings: dict[str, Any]) -> tuple[list[ModelOutput], float]:
+        """The adapter on the images, or on their tiles (`settings["tiling"]`: workers/tiling.py), the tiles of
+        each image consecutive in batches of the run's batch size."""
+        tiling = settings.get("tiling")
+        if not tiling:
+            return self.adapter.run(images, sizes, settings)
+        plain = {k: v for k, v in settings.items() if k != "tiling"}
+        return run_tiled(lambda views, view_sizes: self.adapter.run(views, view_sizes, plain), images, tiling,
+                         int(tiling.get("batch", 8)))
+
+    def _images(self, batch: LoadedBatch) -> tuple[list[Any], list[str | None]]:
+        """The batch's images, its JPEGs decoded here (decode mode "gpu"), and every item's error."""
+        images, errors = list(batch.images), list(batch.errors)
+        if batch.encoded:
+            todo = [i for i, data in enumerate(batch.encoded) if data is not None]
+            for i, img in zip(todo, decode_jpegs([batch.encoded[i] for i in todo], self.device)):
+                if isinstance(img, str):
+                    errors[i] = img
+                else:
+                    images[i] = img if self.adapter.accepts_device_tensors else img.cpu().numpy()
+        return images, errors
 
     def info(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict(), **self.ready()}

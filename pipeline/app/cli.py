@@ -197,6 +197,9 @@ def _cluster_api(args: argparse.Namespace, command: str):
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    from pipeline.deploy.planning import check_deploy_args
+
+    check_deploy_args(args.replicas, args.gpus_per_replica)  # `--gpus-per-replica nan` is a float to argparse
     api = _cluster_api(args, "deploy")
     m = args.model
     looks_local = "://" not in m and (m.endswith((".pth", ".pt", ".ckpt", ".bin")) or m.startswith((".", "/", "~")))

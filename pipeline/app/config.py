@@ -20,14 +20,13 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PositiveFloat,
     PositiveInt,
     PrivateAttr,
     ValidationError,
@@ -48,6 +47,7 @@ from pipeline.app.config_yaml import (
 )
 from pipeline.exceptions import ConfigError, InvalidArgumentError
 from pipeline.stages import args as _args
+from pipeline.stages.video_params import DEFAULT_VIDEO_PARAMS
 
 __all__ = [
     "PipelineConfig",
@@ -67,6 +67,8 @@ SECTIONS = ("model", "input", "predict", "upload", "output", "ray")
 MODEL_SOURCES = ("checkpoint", "pretrained", "task_id")
 INPUT_SOURCES = ("path", "paths", "url", "project_id", "dataset_id", "image_ids", "video_id")
 PLATFORM_SOURCES = ("project_id", "dataset_id", "image_ids", "video_id")
+# A number > 0 that is finite: YAML's `.inf` (and `.nan`) are floats, and pydantic's PositiveFloat takes infinity.
+FinitePositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -90,7 +92,7 @@ class ModelSection(_Section):
     task_id: PositiveInt | None = None  # connect to a running deployment instead of deploying
     device: str | None = None  # None: cuda when the cluster has GPUs, else cpu
     replicas: PositiveInt | None = None  # None: one per GPU (one on CPU)
-    gpus_per_replica: PositiveFloat = 1.0
+    gpus_per_replica: FinitePositiveFloat = 1.0
     runtime: Literal["pytorch", "onnx", "tensorrt"] | None = None  # how a framework's own file runs (None: its own)
     reuse: bool = False  # use a running deployment of the same model and device instead of starting one
     # None: shut down what this run deployed (not a reused or connected deployment); true: shut down the model
@@ -137,7 +139,8 @@ class ModelSection(_Section):
 class InputSection(_Section):
     """What to predict: exactly one source."""
 
-    path: str | None = None  # an image, a directory, a video file or a local Supervisely project folder
+    path: str | None = None  # an image, a directory, a video file, a local Supervisely project folder, or an
+    # object-store URI (s3://bucket/prefix/, gs://..., hdfs://...: an object or every image under a prefix)
     paths: list[str] | None = Field(default=None, min_length=1)
     url: str | None = None
     project_id: PositiveInt | None = None
@@ -171,13 +174,18 @@ class InputSection(_Section):
 
 
 class VideoParams(_Section):
-    """Which frames of a video (docs/video.md); a key left out keeps the video stage's default."""
+    """Which frames of a video (docs/video.md); a key left out keeps the video stage's default. `tracker` and its
+    settings (any other key: `track_buffer: 60`, ...) link detections into tracks; they are checked with
+    `predict.tracking` by `PredictSection`, as predict() checks them."""
 
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    tracker: str | None = None  # bytetrack, sort, ocsort, botsort, ... (the `trackers` library's names)
     stride: PositiveInt | None = None
     start_frame: int | None = Field(default=None, ge=0)
     end_frame: int | None = Field(default=None, ge=0)
     num_frames: PositiveInt | None = None
-    duration: PositiveFloat | None = None  # seconds
+    duration: FinitePositiveFloat | None = None  # seconds
 
 
 class PredictSection(_Section):
@@ -186,6 +194,38 @@ class PredictSection(_Section):
     classes: list[str] | None = None  # class names to keep
     settings: dict[str, Any] = Field(default_factory=dict)  # conf, iou, max_det, iou_merge_threshold, model keys
     video_params: VideoParams | None = None
+    tiling: dict[str, Any] | bool | None = None  # {tile, overlap, merge, full_image, ...}: docs/api.md, "tiling"
+
+    @field_validator("tiling")
+    @classmethod
+    def _tiling(cls, v: Any) -> Any:
+        from workers.tiling import check_tiling
+
+        try:
+            check_tiling(v)
+        except InvalidArgumentError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+    tracking: bool | None = None  # true: ByteTrack with its defaults unless video_params.tracker names another
+
+    @model_validator(mode="after")
+    def _tracking(self) -> PredictSection:
+        """The tracker and its settings as predict() checks them (the input's kind is checked at run time)."""
+        params = self.video_params.model_dump(exclude_unset=True) if self.video_params is not None else None
+        if not self.tracking and not (params and set(params) - set(DEFAULT_VIDEO_PARAMS)):
+            return self
+        from pipeline.stages.tracking import check_video_params_tracking
+
+        try:
+            check_video_params_tracking(params, self.tracking)
+        except InvalidArgumentError as exc:
+            text = str(exc)
+            # blame the key the message names (or whose value it quotes), else the section
+            key = next((k for k, v in (params or {}).items() if f"{k!r}" in text or f"{v!r}" in text), None)
+            loc = ("predict", "video_params", key) if key else ("predict", "tracking" if params is None
+                                                               else "video_params")
+            raise LocatedError(loc, text) from None
+        return self
 
     @field_validator("img_size")
     @classmethod
@@ -233,8 +273,14 @@ class UploadSection(_Section):
 
 
 class OutputSection(_Section):
-    parquet: str | None = None  # file to write the predictions to, one row per object
+    # Each a local path or an object-store URI (s3://, gs://, hdfs://: any pyarrow.fs URI).
+    parquet: str | None = None  # a folder of Parquet parts, one row per object
     coco: str | None = None  # COCO-format JSON
+    yolo: str | None = None  # a YOLO dataset folder (Ultralytics' layout)
+    yolo_images: Literal["copy", "link"] | None = None  # the YOLO dataset's images: copies (default) or links
+    # Without an upload, the run is a file job: a re-run with the same id resumes it (an upload's job is upload.job_id)
+    job_id: str | None = Field(default=None, strict=False)
+    model_config = ConfigDict(coerce_numbers_to_str=True)
 
 
 class RaySection(_Section):
@@ -286,6 +332,8 @@ class PipelineConfig(_Section):
                 f"{self.upload.mode!r} needs platform items (input.project_id, dataset_id, image_ids or "
                 f"video_id); input.{self.input.source} is not. Use mode: create to store the results as a new project",
             )
+        if self.upload is not None and self.output is not None and self.output.job_id is not None:
+            raise LocatedError(("output", "job_id"), "with an upload the job is the upload's: give upload.job_id")
         return self
 
     @property
@@ -314,19 +362,23 @@ class PipelineConfig(_Section):
             kw["recursive"] = True
         if pred.settings:
             kw["settings"] = dict(pred.settings)
-        for key in ("batch_size", "img_size", "classes"):
+        for key in ("batch_size", "img_size", "classes", "tiling"):
             value = getattr(pred, key)
             if value is not None:
                 kw[key] = value
         if pred.video_params is not None:
             kw["video_params"] = pred.video_params.model_dump(exclude_unset=True)
+        if pred.tracking is not None:
+            kw["tracking"] = pred.tracking
         if self.upload is not None:
             kw["upload"] = self.upload.mode
         job = job_id if job_id is not None else (self.upload.job_id if self.upload is not None else None)
+        if job is None and self.output is not None:
+            job = self.output.job_id
         if job is not None:
             kw["job_id"] = job
         if self.output is not None:
-            outputs = {k: v for k, v in self.output.model_dump().items() if v is not None}
+            outputs = {k: v for k, v in self.output.model_dump(exclude={"job_id"}).items() if v is not None}
             if outputs:
                 kw["output"] = outputs
         return kw

@@ -202,7 +202,7 @@ def line_of(path: Path | None, dotted: str) -> int | None:
 
 _EXPECTED = {
     "int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
-    "float_parsing": "a number", "float_type": "a number",
+    "float_parsing": "a number", "float_type": "a number", "finite_number": "a finite number",
     "bool_parsing": "true or false", "bool_type": "true or false",
     "string_type": "a string", "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
     "model_attributes_type": "a mapping",

@@ -1,4 +1,5 @@
-"""`pipeline platform import DIR | export PROJECT_ID DIR | ls [PROJECT_ID]`: the embedded platform from a shell."""
+"""`pipeline platform import DIR | export PROJECT_ID DIR [--format supervisely|yolo|coco] | ls [PROJECT_ID]`: the
+embedded platform from a shell."""
 
 from __future__ import annotations
 
@@ -21,9 +22,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("dir", help="the project folder (meta.json, <dataset>/img, <dataset>/ann)")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("export", help="write a project as a Supervisely project folder")
+    p = sub.add_parser("export", help="write a project as a Supervisely project folder, a YOLO dataset or COCO")
     p.add_argument("project_id", type=int, help="the project's id (see `pipeline platform ls`)")
-    p.add_argument("dir", help="where to write it: a new or empty folder")
+    p.add_argument("dir", help="where to write it: a new or empty folder (a .json file for coco); a local path or "
+                               "an object-store URI for yolo and coco")
+    p.add_argument("--format", choices=("supervisely", "yolo", "coco"), default="supervisely",
+                   help="supervisely: the project folder (default); yolo: images/, labels/ and data.yaml, as "
+                        "Ultralytics trains on; coco: one JSON file")
+    p.add_argument("--images", choices=("copy", "link"), default="copy",
+                   help="yolo: copy the images (default) or link to the stored files")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("ls", help="list projects, or one project's datasets and classes")
@@ -58,6 +65,19 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     platform = _platform(args)
     info = platform.project.get(args.project_id)
+    fmt = getattr(args, "format", "supervisely")
+    if fmt != "supervisely":
+        from pipeline.app import platform_export
+
+        if fmt == "yolo":
+            done = platform_export.export_yolo(platform, args.project_id, args.dir, images=args.images)
+            what = f"a YOLO {done['task']} dataset"
+        else:
+            done = platform_export.export_coco(platform, args.project_id, args.dir)
+            what = "COCO"
+        print(f"exported project {info.id} ({info.name!r}) as {what} to {args.dir}: "
+              f"{_n(done['images'], 'image')}, {_n(done['objects'], 'object')}")
+        return 0
     platform.project.export_dir(args.project_id, args.dir)
     stats = platform.project.stats(args.project_id)
     print(

@@ -41,7 +41,7 @@ POSTFIX_EVERY_S = 0.5
 MAX_ERRORS_SHOWN = 3
 # Keys of status()["context"] worth printing at the end (where the results went), in this order.
 CONTEXT_KEYS = ("job_id", "upload", "target_project_id", "target_project_name", "renamed_from",
-                "output_parquet", "output_coco")
+                "output_parquet", "output_coco", "output_yolo")
 
 
 class AttachTimeout(DeploymentError):

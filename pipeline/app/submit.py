@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shlex
 import socket
@@ -72,8 +73,8 @@ def address_timeout() -> float:
         value = float(raw) if raw else DEFAULT_ADDRESS_TIMEOUT_S
     except ValueError:
         raise InvalidArgumentError(f"${ADDRESS_TIMEOUT_ENV} must be a number of seconds; got {raw!r}") from None
-    if not value > 0:
-        raise InvalidArgumentError(f"${ADDRESS_TIMEOUT_ENV} must be > 0; got {raw!r}")
+    if not value > 0 or not math.isfinite(value):
+        raise InvalidArgumentError(f"${ADDRESS_TIMEOUT_ENV} must be a finite number of seconds > 0; got {raw!r}")
     return value
 
 
@@ -223,7 +224,8 @@ def _check_submit_paths(cfg: Any, root: Path | None, err: Any) -> None:
                 f"{cfg.path}: {key}: {p!r} is relative, and a submitted job runs in an uploaded copy of the project, "
                 f"but {problem}; use an absolute path that exists on the cluster's nodes (or a URI)"
             )
-    for key, p in ((k, v) for k, v in (cfg.output.model_dump().items() if cfg.output else []) if v):
+    paths = cfg.output.model_dump(include={"parquet", "coco", "yolo"}) if cfg.output else {}
+    for key, p in ((k, v) for k, v in paths.items() if v):
         if not os.path.isabs(p) and "://" not in p:
             err.write(f"warning: output.{key} {p!r} is relative: the job writes it inside its working directory on "
                       "the head node, which Ray deletes later; use an absolute path on a shared volume\n")

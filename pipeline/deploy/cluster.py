@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -19,6 +20,7 @@ NAMESPACE = "cv-pipeline"
 CONNECT_TIMEOUT_S = 10.0
 
 _lock = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 def _check_reachable(address: str) -> None:
@@ -59,6 +61,27 @@ def ensure_ray(address: str | None = None) -> None:
             ray.init(**kwargs)
         except ConnectionError as exc:
             raise DeploymentError(f"cannot connect to Ray at {address!r}: {exc}") from None
+        if not address or address == "local":
+            _watch_local_ray()
+
+
+def _watch_local_ray() -> None:
+    """When this process started the local Ray it is attached to (not when `ray.init()` found one that
+    `ray start` runs), start the watchdog that kills that Ray's processes once this process is gone, however it
+    ends (pipeline/deploy/reaper.py). Never for a cluster at an address."""
+    import ray
+
+    try:
+        node = ray._private.worker._global_node
+        started_here = node is not None and bool(node.all_processes)  # empty when ray.init only connected
+        session_dir = node.get_session_dir_path() if started_here else None
+    except AttributeError:  # Ray's internals moved: Ray's own fate-sharing still applies; say what is missing
+        log.warning("cannot find the local Ray's session: its processes are not watched after this process ends")
+        return
+    if session_dir:
+        from pipeline.deploy.reaper import start_watchdog
+
+        start_watchdog(session_dir, os.path.dirname(ray.__file__))
 
 
 def node_cpus() -> dict[str, float]:

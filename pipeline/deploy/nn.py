@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from pipeline.deploy.models import resolve_model
-from pipeline.deploy.planning import plan_replicas, resolve_device, spread_nodes
+from pipeline.deploy.planning import check_deploy_args, plan_replicas, resolve_device, spread_nodes
 from pipeline.exceptions import (
     DeploymentError,
     InvalidArgumentError,
@@ -59,6 +59,7 @@ class NnApi:
         reuse: bool = False,
         timeout: float | None = None,
         runtime: str | None = None,
+        precision: str = "fp32",
     ) -> Model:
         """Deploy a checkpoint (path, file:// or pyarrow.fs URI) or a pretrained "<framework>/<name>".
 
@@ -68,11 +69,17 @@ class NnApi:
         `reuse=True` a running deployment of the same model (same checkpoint content or pretrained name) on the
         same device is returned instead of starting another. Waits until every replica has loaded the model.
         `runtime` ("pytorch" | "onnx" | "tensorrt"; None: from the file) says how a framework's own file runs.
+        `precision` "fp16" / "bf16" runs the forward pass under autocast on the GPU (refused on CPU).
         """
         import ray
 
+        check_deploy_args(replicas, gpus_per_replica, timeout)  # before the model is read or Ray is started
+        from workers.models.base import PRECISIONS
+
         if runtime not in (None, "pytorch", "onnx", "tensorrt"):
             raise InvalidArgumentError(f"runtime must be None, 'pytorch', 'onnx' or 'tensorrt'; got {runtime!r}")
+        if precision not in PRECISIONS:
+            raise InvalidArgumentError(f"precision must be one of {list(PRECISIONS)}; got {precision!r}")
         spec, weights = resolve_model(model, **({"runtime": runtime} if runtime is not None else {}))
         registry = self._ray()
         res = ray.cluster_resources()
@@ -80,6 +87,14 @@ class NnApi:
 
         cpus = node_cpus()
         dev = resolve_device(device, res.get("GPU", 0.0))
+        if precision != "fp32":
+            if dev != "cuda":
+                raise InvalidArgumentError(
+                    f"precision={precision!r} needs a GPU (autocast runs on CUDA): this deployment runs on the CPU, "
+                    "where float32 is what the model computes in; leave precision='fp32' or deploy on a GPU"
+                )
+            spec.precision = precision
+            spec.identity += f":{precision}"
         plan = plan_replicas(dev, replicas, gpus_per_replica, res.get("GPU", 0.0), max(cpus.values(), default=0))
         # GPU replicas are placed by their GPU demand; CPU replicas, which demand nothing, by spread_nodes.
         placement = spread_nodes(cpus, plan.replicas) if dev == "cpu" else [None] * plan.replicas

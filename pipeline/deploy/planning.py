@@ -5,12 +5,14 @@ No Ray here: `pipeline.deploy.nn` asks the cluster and calls these. Table-tested
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.exceptions import DeploymentError, InvalidArgumentError
 
-__all__ = ["ReplicaPlan", "plan_replicas", "resolve_device", "spread_nodes"]
+__all__ = ["ReplicaPlan", "check_deploy_args", "plan_replicas", "resolve_device", "spread_nodes"]
 
 
 def resolve_device(device: str | None, cluster_gpus: float) -> str:
@@ -28,6 +30,22 @@ def resolve_device(device: str | None, cluster_gpus: float) -> str:
     if d == "cpu":
         return "cpu"
     raise InvalidArgumentError(f"device must be None, 'cpu' or 'cuda'; got {device!r}")
+
+
+def _positive_number(name: str, value: Any) -> None:
+    # NaN passes `value <= 0` (every comparison with NaN is False) and infinity is no amount of GPUs or seconds
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise InvalidArgumentError(f"{name} must be a finite number > 0; got {value!r}")
+
+
+def check_deploy_args(replicas: Any, gpus_per_replica: Any, timeout: Any = None) -> None:
+    """The numbers of a `deploy()`, checked before anything is started: `replicas` None or an int >= 1,
+    `gpus_per_replica` a finite number > 0 (GPUs), `timeout` None or a finite number > 0 (seconds)."""
+    if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1):
+        raise InvalidArgumentError(f"replicas must be a positive int or None; got {replicas!r}")
+    _positive_number("gpus_per_replica", gpus_per_replica)
+    if timeout is not None:
+        _positive_number("timeout", timeout)
 
 
 @dataclass(frozen=True)
@@ -52,10 +70,7 @@ def plan_replicas(
     deployments on a 2-CPU machine would hold both); its torch threads share the node's cores with the loaders
     instead. `spread_nodes` chooses its node (Ray would not spread actors that hold nothing).
     """
-    if replicas is not None and (not isinstance(replicas, int) or replicas < 1):
-        raise InvalidArgumentError(f"replicas must be a positive int or None; got {replicas!r}")
-    if not (isinstance(gpus_per_replica, int | float)) or gpus_per_replica <= 0:
-        raise InvalidArgumentError(f"gpus_per_replica must be > 0; got {gpus_per_replica!r}")
+    check_deploy_args(replicas, gpus_per_replica)
     # Restarts: a crashed replica comes back (-1: always); a call that was running on it is retried on the
     # restarted actor (twice), after which its batch's items fail with the error instead of looping forever.
     base = {"max_restarts": -1, "max_task_retries": 2}

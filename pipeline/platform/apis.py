@@ -421,11 +421,11 @@ class VideoApi(_SubApi):
 
         with self._store.read() as conn:
             row = ops.get_video_row(conn, video_id)
-            ann_row = conn.execute("SELECT ann FROM video_annotations WHERE video_id = ?", (video_id,)).fetchone()
-            if ann_row is None:
+            text = ops.get_video_annotation_text(conn, video_id)
+            if text is None:
                 return VideoAnnotation((row["height"], row["width"]), row["frames_count"])
             meta = ops.get_meta(conn, row["project_id"])
-        return _parse(VideoAnnotation, json.loads(ann_row["ann"]), meta)
+        return _parse(VideoAnnotation, json.loads(text), meta)
 
     def set_annotation(self, video_id: int, ann: VideoAnnotation | dict, *, add_to_meta: bool = False) -> None:
         """Replace the video's annotation; checked against the project meta like `annotation.set`."""

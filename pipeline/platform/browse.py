@@ -294,8 +294,7 @@ def video_annotation_if_changed(conn: sqlite3.Connection, video_id: int, known: 
         return None, None
     if row[0] == known:
         return known, None
-    text = conn.execute("SELECT ann FROM video_annotations WHERE video_id = ?", (video_id,)).fetchone()
-    return row[0], text[0] if text else None
+    return row[0], ops.get_video_annotation_text(conn, video_id)  # assembled from its rows (video_rows)
 
 
 # ------------------------------------------------------------------------------------------------------- runs

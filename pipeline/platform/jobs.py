@@ -6,6 +6,8 @@
                        itself); an item that a later resume uploads is done, not failed (`upload_job_items` wins)
     upload_job_runs    one row per run of the job (its start, then each resume): started, ended, state, how many
                        items it was to process and how many earlier runs had done (skipped)
+    upload_job_tracks  one row per track of a tracked video the job has written: which video object the track
+                       is, so that its later frames (a later group, a resumed run) join the same object
 
 An item's row, done or failed, is written in the same transaction as the item's upload, so a job resumed after a
 crash skips exactly what is on the platform (`pipeline.stages.upload`) and its error log matches it. The tables
@@ -15,16 +17,18 @@ without the last two gains them at its next upload). The viewer reads them (`bro
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import astuple, dataclass
 from typing import Any
 
 from pipeline.exceptions import InvalidArgumentError
 
 __all__ = ["JOB_LOG_NAMES", "JOB_TABLES", "RUN_STATES", "JobRow", "count_done", "done_keys", "ensure_tables",
            "finish_run", "first_target", "get_job", "insert_job", "list_jobs", "record_done", "record_errors",
-           "set_run_total", "start_run"]
+           "set_run_total", "start_run", "TrackRow", "get_tracks", "put_tracks"]
 
 JOB_TABLES = """
 CREATE TABLE IF NOT EXISTS upload_jobs (
@@ -62,6 +66,17 @@ CREATE TABLE IF NOT EXISTS upload_job_runs (
     items_skipped INTEGER NOT NULL DEFAULT 0,  -- items earlier runs had done, skipped by this one
     message       TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (job_id, run)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS upload_job_tracks (
+    job_id      TEXT NOT NULL REFERENCES upload_jobs(id) ON DELETE CASCADE,
+    video_id    INTEGER NOT NULL,
+    track_id    INTEGER NOT NULL,
+    object_key  TEXT NOT NULL,              -- the video object the track's figures go to
+    score_sum   REAL NOT NULL,              -- over its figures so far: the object's confidence is the mean
+    figures     INTEGER NOT NULL,
+    first_frame INTEGER NOT NULL,
+    last_frame  INTEGER NOT NULL,
+    PRIMARY KEY (job_id, video_id, track_id)
 ) WITHOUT ROWID
 """
 
@@ -70,6 +85,17 @@ JOB_LOG_NAMES = ("upload_job_errors", "upload_job_errors_key", "upload_job_runs"
 RUN_STATES = ("running", "done", "stopped", "failed")
 
 JobRow = sqlite3.Row
+
+
+@dataclass
+class TrackRow:
+    """A track's video object and its figures so far (scores summed, frames first..last)."""
+
+    object_key: str
+    score_sum: float = 0.0
+    figures: int = 0
+    first_frame: int = 0
+    last_frame: int = 0
 
 
 def ensure_tables(store: Any) -> None:
@@ -164,3 +190,22 @@ def finish_run(conn: sqlite3.Connection, job_id: str, run: int, state: str, mess
         "UPDATE upload_job_runs SET ended_at = ?, state = ?, message = ? WHERE job_id = ? AND run = ?",
         (time.time(), state, message, job_id, run),
     )
+
+
+def get_tracks(conn: sqlite3.Connection, job_id: str, video_id: int, track_ids: Iterable[int]) -> dict[int, TrackRow]:
+    """{track id: its row} for the `track_ids` of video `video_id` that job `job_id` has written before."""
+    ids = json.dumps(sorted({int(t) for t in track_ids}))
+    rows = conn.execute(
+        "SELECT track_id, object_key, score_sum, figures, first_frame, last_frame FROM upload_job_tracks "
+        "WHERE job_id = ? AND video_id = ? AND track_id IN (SELECT value FROM json_each(?))", (job_id, video_id, ids))
+    return {r[0]: TrackRow(*r[1:]) for r in rows}
+
+
+def put_tracks(conn: sqlite3.Connection, job_id: str, video_id: int, tracks: Mapping[int, TrackRow]) -> None:
+    """Insert or update the rows of `tracks`, inside the caller's transaction (with the figures they count)."""
+    conn.executemany(
+        "INSERT INTO upload_job_tracks (job_id, video_id, track_id, object_key, score_sum, figures, first_frame, "
+        "last_frame) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, video_id, track_id) DO UPDATE SET "
+        "object_key = excluded.object_key, score_sum = excluded.score_sum, figures = excluded.figures, "
+        "first_frame = excluded.first_frame, last_frame = excluded.last_frame",
+        [(job_id, video_id, int(t), *astuple(row)) for t, row in tracks.items()])

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pipeline.exceptions import FormatError, InvalidArgumentError, NotFoundError
+from pipeline.platform import video_rows
 from pipeline.platform.store import now
 
 if TYPE_CHECKING:  # imported in the functions: `import pipeline` stays free of numpy until a record is read
@@ -45,6 +46,8 @@ __all__ = [
     "insert_project",
     "insert_video",
     "merge_meta",
+    "put_annotation_json",
+    "put_video_annotation_json",
     "set_annotation",
     "set_meta",
     "set_video_annotation",
@@ -127,11 +130,12 @@ def get_video_row(conn: sqlite3.Connection, video_id: int) -> sqlite3.Row:
 
 def free_project_name(conn: sqlite3.Connection, name: str) -> str:
     """`name` if no project has it, else the first free of `name (1)`, `name (2)`, ..."""
+    # the names that start with "name (" are those from "name (" up to "name )" exclusive (")" follows "(" in the
+    # binary collation): a range of the name index, where a LIKE would scan every project's name
     taken = {
         r[0]
         for r in conn.execute(
-            "SELECT name FROM projects WHERE name = ? OR name LIKE ? ESCAPE '\\'",
-            (name, name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + " (%)"),
+            "SELECT name FROM projects WHERE name = ? OR (name >= ? AND name < ?)", (name, f"{name} (", f"{name} )")
         )
     }
     if name not in taken:
@@ -326,9 +330,9 @@ def get_annotation_text(conn: sqlite3.Connection, image_id: int) -> str | None:
 
 
 def get_video_annotation_text(conn: sqlite3.Connection, video_id: int) -> str | None:
-    """The stored annotation JSON of a video as text (None when it has none)."""
-    row = conn.execute("SELECT ann FROM video_annotations WHERE video_id = ?", (video_id,)).fetchone()
-    return row[0] if row else None
+    """The stored annotation JSON of a video as text (None when it has none), assembled from its rows
+    (`pipeline.platform.video_rows`)."""
+    return video_rows.read_text(conn, video_id)
 
 
 def find_dataset(conn: sqlite3.Connection, project_id: int, parent_id: int | None, name: str) -> int | None:
@@ -421,21 +425,10 @@ def set_video_annotation(conn: sqlite3.Connection, video_id: int, ann: VideoAnno
     where = f"video {video_id} ({row['name']!r})"
     check_video_annotation(ann, meta, where)
     check_video_fits(ann, (row["height"], row["width"]), row["frames_count"], where)
-    conn.execute(
-        "INSERT INTO video_annotations (video_id, ann, objects_count, updated_at) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (video_id) DO UPDATE SET ann = excluded.ann, objects_count = excluded.objects_count, "
-        "updated_at = excluded.updated_at",
-        (video_id, dumps(ann.to_json()), len(ann.objects), now()),
-    )
+    video_rows.write_json(conn, video_id, ann.to_json())
 
 
-def put_video_annotation_json(conn: sqlite3.Connection, video_id: int, data: dict[str, Any],
-                              objects_count: int) -> None:
-    """Store a video's annotation JSON as it is: for callers that checked it already (the upload stage adds checked
-    objects and figures to an annotation that was valid when stored, without decoding its figures again)."""
-    conn.execute(
-        "INSERT INTO video_annotations (video_id, ann, objects_count, updated_at) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (video_id) DO UPDATE SET ann = excluded.ann, objects_count = excluded.objects_count, "
-        "updated_at = excluded.updated_at",
-        (video_id, dumps(data), int(objects_count), now()),
-    )
+def put_video_annotation_json(conn: sqlite3.Connection, video_id: int, data: dict[str, Any]) -> int:
+    """Store a video's annotation JSON as it is, replacing any, for callers that checked it already (an imported
+    project folder); returns its number of objects. Row by row: `pipeline.platform.video_rows`."""
+    return video_rows.write_json(conn, video_id, data)

@@ -111,16 +111,16 @@ def _insert(conn: Any, dataset_id: int, item: _Item, project_type: str) -> None:
     stamp = ops.now()
     if project_type == "images":
         item_id = ops.insert_image(conn, dataset_id, item.name, p.width, p.height, item.sha256, item.size, p.ext)
-        table, key = "annotations", "image_id"
+        if item.ann_json is not None:  # validated already: stored as read
+            conn.execute(
+                "INSERT INTO annotations (image_id, ann, objects_count, updated_at) VALUES (?, ?, ?, ?)",
+                (item_id, item.ann_json, item.objects, stamp),
+            )
     else:
         item_id = ops.insert_video(conn, dataset_id, item.name, p.frames_count, p.fps, p.width, p.height,
                                    item.sha256, item.size, p.ext)
-        table, key = "video_annotations", "video_id"
-    if item.ann_json is not None:  # validated already: stored as read
-        conn.execute(
-            f"INSERT INTO {table} ({key}, ann, objects_count, updated_at) VALUES (?, ?, ?, ?)",
-            (item_id, item.ann_json, item.objects, stamp),
-        )
+        if item.ann_json is not None:  # validated already: stored as read, in rows
+            ops.put_video_annotation_json(conn, item_id, json.loads(item.ann_json))
 
 
 def _prepare(store: Any, item: _Item, meta: ProjectMeta, project_type: str) -> None:

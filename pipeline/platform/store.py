@@ -22,6 +22,7 @@ upload jobs) creates them with `CREATE TABLE IF NOT EXISTS` in a `store.write()`
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import sqlite3
@@ -32,16 +33,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
-from pipeline.exceptions import FormatError, InvalidArgumentError, PipelineError
+from pipeline.exceptions import DiskFullError, FormatError, InvalidArgumentError, PipelineError
 from pipeline.platform.infos import blob_path
 
-__all__ = ["BUSY_TIMEOUT_S", "SCHEMA_VERSION", "Store", "now"]
+__all__ = ["BUSY_TIMEOUT_S", "SCHEMA_VERSION", "Store", "disk_full", "now"]
 
 P = TypeVar("P")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 30.0  # a long import holds the write lock for seconds; other writers wait rather than fail
 _COPY_CHUNK = 1 << 20  # 1 MiB: hashing and copying large videos without holding them in memory
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # no space left, or the user's disk quota is spent
+# Below this many free bytes, an I/O error of SQLite's is taken for a full disk: growing its WAL index (-shm) on a
+# full file system fails as SQLITE_IOERR_SHMSIZE ("disk I/O error"), not as SQLITE_FULL.
+_NEARLY_FULL = 1 << 20
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS projects (
@@ -112,7 +117,48 @@ CREATE INDEX IF NOT EXISTS images_dataset ON images (dataset_id, id);
 CREATE INDEX IF NOT EXISTS videos_dataset ON videos (dataset_id, id);
 """
 
-_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}  # version -> the SQL that brings version - 1 to it
+_SCHEMA_V3 = """
+-- a video annotation's objects and figures in rows of their own (pipeline/platform/video_rows.py): an upload
+-- write costs O(its frames), not O(the annotation); video_annotations.ann keeps the rest (the "head")
+CREATE TABLE IF NOT EXISTS video_objects (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,   -- the order of the annotation's "objects"
+    video_id  INTEGER NOT NULL REFERENCES videos(id) ON DELETE CASCADE,
+    key       TEXT NOT NULL,
+    obj       TEXT NOT NULL,                       -- the object's JSON
+    UNIQUE (video_id, key)
+);
+CREATE TABLE IF NOT EXISTS video_figures (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- the order of the figures on a frame
+    video_id    INTEGER NOT NULL REFERENCES videos(id) ON DELETE CASCADE,
+    frame       INTEGER NOT NULL,
+    object_key  TEXT NOT NULL,
+    fig         TEXT NOT NULL                       -- the figure's JSON
+);
+CREATE INDEX IF NOT EXISTS video_figures_frame ON video_figures (video_id, frame);
+CREATE INDEX IF NOT EXISTS video_figures_object ON video_figures (video_id, object_key);
+-- version 2's one-row annotations split: objects (a keyless one gets a key, computed once per object), ...
+WITH src AS MATERIALIZED (
+    SELECT a.video_id AS video_id, o.id AS oid, o.value AS obj,
+           COALESCE(json_extract(o.value, '$.key'), lower(hex(randomblob(16)))) AS k
+    FROM video_annotations a, json_each(a.ann, '$.objects') o
+)
+INSERT INTO video_objects (video_id, key, obj)
+    SELECT video_id, k, CASE WHEN json_extract(obj, '$.key') IS NULL THEN json_set(obj, '$.key', k) ELSE obj END
+    FROM src ORDER BY video_id, oid;
+-- ... figures, by frame index then their order ...
+INSERT INTO video_figures (video_id, frame, object_key, fig)
+    SELECT a.video_id, json_extract(f.value, '$.index'), json_extract(g.value, '$.objectKey'), g.value
+    FROM video_annotations a, json_each(a.ann, '$.frames') f, json_each(f.value, '$.figures') g
+    ORDER BY a.video_id, json_extract(f.value, '$.index'), f.id, g.id;
+-- ... and the head: no objects; only the frames with keys of their own, or none of their figures, stay listed
+UPDATE video_annotations SET ann = json_set(json_remove(ann, '$.objects'), '$.frames', json((
+    SELECT json_group_array(json(json_remove(f.value, '$.figures')))
+    FROM json_each(video_annotations.ann, '$.frames') f
+    WHERE (SELECT COUNT(*) FROM json_each(f.value)) > 2 OR COALESCE(json_array_length(f.value, '$.figures'), 0) = 0
+)));
+"""
+
+_MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}  # version -> the SQL that brings version - 1 to it
 
 
 def now() -> str:
@@ -162,6 +208,8 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise _translate(exc, self.db_path) from None
         except OSError as exc:
+            if exc.errno in _FULL_ERRNOS:
+                raise self._full(exc) from None
             raise PipelineError(f"cannot open the platform database {self.db_path}: {exc}") from None
         with self._init_lock:
             if not self._initialized:
@@ -274,8 +322,13 @@ class Store:
     def stage_file(self, src: BinaryIO) -> tuple[Path, str, int]:
         """Copy a readable binary stream to a temporary file in the blob directory, hashing it on the way.
         Returns (temporary path, sha256 hex, size in bytes); `commit_blob` moves it into place."""
-        self.blobs_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.blobs_dir, prefix=".incoming-")
+        try:
+            self.blobs_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.blobs_dir, prefix=".incoming-")
+        except OSError as exc:
+            if exc.errno in _FULL_ERRNOS:
+                raise self._full(exc) from None
+            raise
         digest, size = hashlib.sha256(), 0
         try:
             with os.fdopen(fd, "wb") as out:
@@ -283,9 +336,11 @@ class Store:
                     digest.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(tmp)  # a partial copy never stays (and is never referenced: it has no content address)
+            if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+                raise self._full(exc) from None
             raise
         return Path(tmp), digest.hexdigest(), size
 
@@ -293,13 +348,21 @@ class Store:
         """Move a staged file to its content address (atomic `os.replace`; identical content may already be there,
         which is fine: same hash, same bytes). Returns the blob path."""
         final = self.blob_path(sha256, ext)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)  # a new directory needs a block too
+        except OSError as exc:
+            if exc.errno in _FULL_ERRNOS:
+                raise self._full(exc) from None
+            raise
         if final.exists():
             os.unlink(tmp)
         else:
             os.chmod(tmp, 0o644)  # mkstemp creates 0600; workers of another user may read the blobs
             os.replace(tmp, final)
         return final
+
+    def _full(self, exc: BaseException) -> DiskFullError:
+        return disk_full(self.data_dir, exc)
 
     def discard(self, tmp: Path) -> None:
         with contextlib.suppress(OSError):
@@ -319,9 +382,36 @@ class Store:
         return sha256, size, found
 
 
+def disk_full(data_dir: Path, exc: BaseException) -> DiskFullError:
+    """The error of a write that found the disk of `data_dir` full: which disk, and what to do."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return DiskFullError(
+        f"the disk holding the platform data dir {data_dir} is full ({reason}): nothing more can be stored there. "
+        f"Free space on it (see `df -h {data_dir}`) or move the data dir to a bigger disk (--data-dir / "
+        "$PIPELINE_HOME), then run the same upload again with its job_id: what was committed stays, and the job "
+        "resumes after it"
+    )
+
+
+def _is_full(exc: sqlite3.Error, db_path: Path) -> bool:
+    """SQLITE_FULL, or an I/O error while the file system of the database has (almost) no space left."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc):
+        return True
+    if (code is not None and (code & 0xFF) == sqlite3.SQLITE_IOERR) or "disk I/O error" in str(exc):
+        try:
+            st = os.statvfs(db_path.parent)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < _NEARLY_FULL
+    return False
+
+
 def _translate(exc: sqlite3.Error, db_path: Path) -> PipelineError:
     """A sqlite3 error as one of ours: the user never sees a raw sqlite3 exception."""
     text = str(exc)
+    if _is_full(exc, db_path):
+        return disk_full(db_path.parent, exc)
     if isinstance(exc, sqlite3.IntegrityError):  # a race the API's own checks could not see, e.g. a name taken
         return InvalidArgumentError(f"the platform refused the change: {text}")
     if isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):

@@ -5,6 +5,8 @@
     loading/       how items are batched and decoded on the cluster's CPUs (Ray tasks, video reader actors)
     scheduler.py   batches to the replicas, a bounded number in flight; retries when a replica dies
     collect.py     replica outputs -> `Prediction` records
+    tracking_stage.py  (video tracking) each video's predictions back in frame order, linked into tracks
+                   (reorder.py: the bounded reorder buffer; tracking.py: the trackers and their settings)
     upload/        predictions written to the platform (create / append / replace / iou_merge), Parquet, COCO
     session.py     `PredictionSession`: the run in a background thread, read as it completes
 """

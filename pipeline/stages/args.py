@@ -17,7 +17,8 @@ from typing import Any
 
 from pipeline.exceptions import InvalidArgumentError
 from pipeline.stages.video_params import check_video_params
-from workers.formats import is_url
+from workers.formats import is_url, is_video_file
+from workers.tiling import check_tiling
 
 __all__ = ["ALIASES", "DEFAULT_IOU_MERGE_THRESHOLD", "PIPELINE_SETTINGS", "PredictArgs", "UPLOAD_MODES", "abs_path", "as_int",
            "describe_input", "normalize", "parse_img_size"]
@@ -29,12 +30,14 @@ ID_SOURCES = ("project_id", "dataset_id", "image_ids", "video_id")
 ALIASES = {"image_id": "image_ids", "upload_mode": "upload"}
 SETTING_ALIASES = ("conf", "iou", "max_det")
 # The settings predict() reads besides the model's own: the upload's merge threshold and the loaders' limits.
-PIPELINE_SETTINGS = ("iou_merge_threshold", "max_pixels", "url_timeout")
+PIPELINE_SETTINGS = ("iou_merge_threshold", "max_pixels", "url_timeout", "decode")
+DECODE_MODES = ("auto", "full", "reduced", "gpu")  # settings["decode"]: workers.messages.DecodeOptions
 DEFAULT_IOU_MERGE_THRESHOLD = 0.9
+OUTPUT_FORMATS = ("parquet", "coco", "yolo")  # output={format: local path or object-store URI}
 
 KNOWN = (
     "input", "project_id", "dataset_id", "image_ids", "video_id", "settings", "batch_size", "img_size", "classes",
-    "upload", "recursive", "video_params", "job_id", "progress", "output", "max_in_flight",
+    "upload", "recursive", "video_params", "job_id", "progress", "output", "max_in_flight", "tiling", "tracking",
 )
 
 
@@ -56,6 +59,9 @@ class PredictArgs:
     progress: bool = True
     output: dict[str, str] | None = None
     max_in_flight: int | None = None
+    tiling: dict[str, Any] | None = None
+    # True / False as given; after `normalize` the `TrackingConfig` (tracker and settings) or None
+    tracking: Any = None
 
     @property
     def source_name(self) -> str:
@@ -124,8 +130,30 @@ def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None,
     _check_upload(args)
     if not isinstance(args.recursive, bool):
         raise InvalidArgumentError(f"recursive must be True or False; got {args.recursive!r}")
-    args.video_params = check_video_params(args.video_params, args)
+    args.video_params, args.tracking = _check_video(args)
+    args.tiling = check_tiling(args.tiling)
+    if args.tiling and settings.get("decode") in ("reduced", "gpu"):
+        raise InvalidArgumentError(f"tiling decodes each image whole (its tiles are the model's input); "
+                                   f"settings['decode']={settings['decode']!r} cannot apply: leave it out")
     return args
+
+
+def _check_video(args: PredictArgs) -> tuple[dict[str, Any] | None, Any]:
+    """(the frame selection, the `TrackingConfig` or None) from `video_params` and `tracking`: the tracker and its
+    settings sit in `video_params` beside the frame keys (pipeline.stages.tracking). Tracking needs videos: a
+    video file, a `video_id`, or a directory (which must hold videos: checked once it is walked, before any
+    work); it may be asked for on a directory without choosing frames."""
+    from pipeline.stages.tracking import check_video_params_tracking
+
+    trackable = args.video_id is not None or (
+        isinstance(args.input, str | os.PathLike) and not is_url(args.input)
+        and (is_video_file(os.fspath(args.input)) or os.path.isdir(os.fspath(args.input))))
+    frames, tracking = check_video_params_tracking(args.video_params, args.tracking, is_video=trackable,
+                                                   what=describe_input(args.input) if args.from_platform is False
+                                                   else args.source_name)
+    if tracking is not None and not frames:
+        frames = None  # only the tracker was chosen: every frame, also of a directory's videos
+    return check_video_params(frames, args), tracking
 
 
 def _unalias(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -207,7 +235,7 @@ def _check_classes(classes: Any, model_classes: list[str] | None) -> list[str] |
 
 
 def _check_upload(args: PredictArgs) -> None:
-    """The upload mode fits the source; job_id goes with an upload; output names known formats."""
+    """The upload mode fits the source; job_id goes with an upload or an output; output names known formats."""
     if args.upload is not None:
         if args.upload not in UPLOAD_MODES:
             raise InvalidArgumentError(f"unknown upload mode {args.upload!r}; use one of {list(UPLOAD_MODES)}")
@@ -217,13 +245,21 @@ def _check_upload(args: PredictArgs) -> None:
                 f"upload={args.upload!r} needs platform items (project_id, dataset_id, image_ids or video_id); "
                 f"got {describe_input(args.input)}. Use upload='create' to store these as a new project."
             )
+    elif args.job_id is not None and not (isinstance(args.output, dict) and any(args.output.values())):
+        raise InvalidArgumentError("job_id resumes an upload or a file output; pass it together with upload=... "
+                                   "or output={...}")
     elif args.job_id is not None:
-        raise InvalidArgumentError("job_id resumes an upload; pass it together with upload=...")
+        _refuse_repeats(args)  # a resumed file job skips items by key: each item once
+    if isinstance(args.output, dict):
+        args.output = {k: v for k, v in args.output.items() if v is not None} or None
     if args.job_id is not None and (not isinstance(args.job_id, str) or not args.job_id.strip()):
         raise InvalidArgumentError(f"job_id must be a non-empty string; got {args.job_id!r}")
     if args.output is not None:
-        if not isinstance(args.output, dict) or not set(args.output) <= {"parquet", "coco"}:
-            raise InvalidArgumentError(f"output must be a dict with keys 'parquet' and/or 'coco'; got {args.output!r}")
+        formats = set(OUTPUT_FORMATS)
+        if not isinstance(args.output, dict) or not set(args.output) <= formats | {"yolo_images"} \
+                or not set(args.output) & formats:
+            raise InvalidArgumentError(f"output must be a dict with keys {', '.join(map(repr, OUTPUT_FORMATS))} "
+                                       f"(and 'yolo_images': 'copy' or 'link'); got {args.output!r}")
 
 
 def abs_path(p: str | os.PathLike) -> str:
@@ -243,8 +279,8 @@ def _refuse_repeats(args: PredictArgs) -> None:
     if repeated:
         what = "image_ids" if args.image_ids is not None else "input"
         raise InvalidArgumentError(
-            f"{what} lists {', '.join(repeated[:5])} more than once; an upload writes each item once: pass each "
-            "once (without upload=, repeats are fine)"
+            f"{what} lists {', '.join(repeated[:5])} more than once; a job (an upload, or files with job_id) "
+            "writes each item once: pass each once (without upload= and job_id=, repeats are fine)"
         )
 
 
@@ -262,6 +298,14 @@ def _check_settings(settings: dict[str, Any], allowed: Iterable[str] | None = No
             raise InvalidArgumentError(f"unknown setting(s) {', '.join(hints)}: this model takes "
                                        f"{', '.join(known)}")
 
+    for key, value in settings.items():
+        # any number of any setting, the adapter's own keys and numbers inside lists included: NaN passes every
+        # range check (every comparison with it is False) and silently changes what a model keeps
+        bad = _non_finite(value)
+        if bad is not None:
+            what = "be a finite number" if bad is value else f"hold finite numbers only ({bad!r} is not)"
+            raise InvalidArgumentError(f"settings[{key!r}] must {what}; got {value!r}")
+
     def number(key: str, lo: float, hi: float, lo_open: bool = False) -> None:
         if key not in settings:
             return
@@ -274,6 +318,9 @@ def _check_settings(settings: dict[str, Any], allowed: Iterable[str] | None = No
             bracket = "(" if lo_open else "["
             raise InvalidArgumentError(f"settings[{key!r}] must be in {bracket}{lo:g}, {hi:g}]; got {v!r}")
 
+    if "decode" in settings and settings["decode"] not in DECODE_MODES:
+        raise InvalidArgumentError(f"settings['decode'] must be one of {list(DECODE_MODES)}; got "
+                                   f"{settings['decode']!r}")
     number("conf", 0.0, 1.0)
     number("iou", 0.0, 1.0)
     number("iou_merge_threshold", 0.0, 1.0, lo_open=True)
@@ -286,6 +333,19 @@ def _check_settings(settings: dict[str, Any], allowed: Iterable[str] | None = No
             settings[key] = v
 
 
+def _non_finite(value: Any, depth: int = 0) -> Any:
+    """The first NaN or infinite number in `value` (a number, or one inside lists, tuples and dict values), or
+    None. Bools are not numbers here."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool | numbers.Integral):
+        return None if math.isfinite(value) else value
+    if depth < 4 and isinstance(value, list | tuple | dict):
+        for v in value.values() if isinstance(value, dict) else value:
+            bad = _non_finite(v, depth + 1)
+            if bad is not None:
+                return bad
+    return None
+
+
 def describe_input(value: Any) -> str:
     """A few words on what `input` is, for messages."""
     import os
@@ -296,6 +356,8 @@ def describe_input(value: Any) -> str:
         text = os.fspath(value)
         if is_url(text):
             return "a URL"
+        if "://" in text and not text.startswith("file://"):
+            return "an object-store URI"
         if os.path.isdir(text):
             return "a project folder" if os.path.exists(os.path.join(text, "meta.json")) else "a directory"
         return "a file path"

@@ -211,19 +211,22 @@ class Scheduler:
         self.pool.started(handle, batch, replica)
 
     def _fill(self, source: Iterator[Batch], before_submit: Callable[[], bool] | None) -> bool:
-        """Submit until every replica is full, the consumer is, or the batches run out; True once they have."""
-        while before_submit is None or before_submit():
+        """Submit until every replica is full, the consumer is, or the batches run out; True once they have.
+        A batch to resubmit is no new work: it goes even while the consumer is full (a reorder buffer may be
+        waiting for exactly that batch's frames)."""
+        while True:
             r = self.pool.pick()
             if r is None:
                 return False
             if self.pool.pending:
                 self._submit(self.pool.pending.pop(0), r)
                 continue
+            if before_submit is not None and not before_submit():
+                return False
             batch = next(source, None)
             if batch is None:
                 return True
             self._submit(batch, r)
-        return False
 
     def _collect(self, handle: Any, on_result: Callable[[list[Item], BatchResult], None]) -> None:
         batch, r = self.pool.finished(handle)

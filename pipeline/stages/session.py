@@ -14,14 +14,16 @@ import traceback
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from pipeline.exceptions import PipelineError, RunError
+from pipeline.exceptions import InvalidArgumentError, PipelineError, RunError
 from pipeline.prediction import Prediction
 from pipeline.stages import args as _args
 from pipeline.stages.collect import Collector, keypoint_layout
-from pipeline.stages.loading import make_loader
+from pipeline.stages.loading import decode_options, make_loader
 from pipeline.stages.scheduler import DEFAULT_MAX_IN_FLIGHT, RayExecutor, Scheduler
 from pipeline.stages.source import SourcePlan, resolve_source
+from pipeline.stages.tracking_stage import TrackingStage
 from pipeline.stages.upload import UploadStage, make_uploader
+from workers.tiling import check_tiling
 
 if TYPE_CHECKING:
     from pipeline.deploy.nn import Model
@@ -118,23 +120,31 @@ class PredictionSession:
             img_size = args.img_size or _spec_size(model.spec.img_size)
             batch_size = args.batch_size or DEFAULT_BATCH_SIZE.get(model.device, 4)
             settings = {**args.settings, "img_size": img_size}
+            if args.tiling:  # the replica cuts each image into tiles, run batch_size at a time (workers/tiling.py)
+                settings["tiling"] = {**args.tiling, "batch": batch_size}
+                settings["decode"] = "full"
             if self.uploader is not None:
                 self.uploader.start(self._emit)
-            # Only an exact (h, w) size is applied while decoding; an int is the model's own fitting rule, done in
-            # the replica (docs/api.md, "img_size").
-            loader = make_loader(self.plan, img_size if isinstance(img_size, tuple) else None, settings)
-            items = loader.items(self.plan.iter_items())
-            if self.uploader is not None:
-                items = self.uploader.filter_done(items)
+            tracking = TrackingStage.for_run(args, self.uploader, self._sink, batch_size,
+                                             len(pairs) * (args.max_in_flight or DEFAULT_MAX_IN_FLIGHT))
+            loader = make_loader(self.plan, _decode_options(model, settings, img_size), tracking=tracking)
+            stream = self.plan.iter_items() if tracking is None else tracking.skip_done(self.plan.iter_items())
+            items = loader.items(stream)
+            if self.uploader is not None:  # a tracked video is tracked from its start (tracking_stage.py)
+                items = self.uploader.filter_done(items, keep_frames=tracking is not None)
             executor = RayExecutor([h for h, _ in pairs], [n for _, n in pairs], settings)
             self.scheduler = Scheduler(executor, len(pairs), args.max_in_flight or DEFAULT_MAX_IN_FLIGHT,
                                        stop_event=self._stop)
             self._message = "predicting"
-            collector = Collector(model.classes, args.classes, self._sink, keypoint_layout(model.spec))
-            self.scheduler.run(loader.batches(items, batch_size), collector, before_submit=self._has_room)
+            collector = Collector(model.classes, args.classes, tracking or self._sink, keypoint_layout(model.spec))
+            gate = self._has_room if tracking is None else tracking.gate(
+                self._has_room, lambda: self.scheduler.pool.in_flight)
+            self.scheduler.run(loader.batches(items, batch_size), collector, before_submit=gate)
+            if tracking is not None:
+                tracking.close(complete=not self._stop.is_set())
             if self.uploader is not None:
                 self._message = "finishing upload"
-                self.uploader.close()
+                self.uploader.close(complete=not self._stop.is_set())
             self._message = "stopped" if self._stop.is_set() else "done"
         except BaseException as exc:  # reported to the reader and kept in status()
             error = exc
@@ -251,6 +261,24 @@ class PredictionSession:
         return f"PredictionSession({s['done']}/{s['total']} done, {s['failed']} failed, {s['message']})"
 
 
+def _decode_options(model: Model, settings: dict[str, Any], img_size: Any) -> Any:
+    """How this run's loading tasks decode: only an exact (h, w) size is applied while decoding (an int is the
+    model's own fitting rule, done in the replica: docs/api.md, "img_size"); large JPEGs decoded reduced or on the
+    GPU per `settings["decode"]` (docs/api.md, "decode")."""
+    from workers.models import get_adapter
+
+    adapter = get_adapter(model.spec.framework)
+    cpus_per_gpu = None
+    if model.device == "cuda":
+        import ray
+
+        res = ray.cluster_resources()
+        cpus_per_gpu = res.get("CPU", 0.0) / max(res.get("GPU", 0.0), 1e-9)
+    return decode_options(settings, img_size if isinstance(img_size, tuple) else None,
+                          adapter.decode_hint(model.spec, img_size), adapter.accepts_device_tensors and
+                          model.device == "cuda", cpus_per_gpu)
+
+
 def _spec_size(size: Any) -> int | tuple[int, int] | None:
     return _args.parse_img_size(list(size) if isinstance(size, tuple) else size)
 
@@ -259,8 +287,12 @@ def start_session(model: Model, input: Any = None, **kwargs: Any) -> PredictionS
     """Validate everything, then start the run. Raises `ValueError`s before any work."""
     args = _args.normalize({"input": input, **kwargs}, model_classes=model.classes,
                            model_settings=model.settings_keys)
+    check_tiling(args.tiling, model.spec.task_type)  # the model's task: tiles merge for detectors only
     platform = model.api.platform
     plan = resolve_source(args, platform)
+    if args.tracking is not None and not plan.has_videos:
+        raise InvalidArgumentError(f"tracking links detections across the frames of a video; {plan.description} "
+                                   "holds no video")
     uploader = None
     if args.upload is not None or args.output:
         uploader = make_uploader(args, plan, platform, model)

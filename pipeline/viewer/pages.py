@@ -1,4 +1,4 @@
-"""The pages: static HTML shells from the package (`static/*.html`) that fetch the JSON API with plain JS.
+"""The pages: one HTML shell (`static/page.html`) naming each page's JS module, which fetches the JSON API.
 
 A page route checks its id first, so an unknown project, dataset, image, video or run is a 404 page at once.
 """
@@ -17,9 +17,15 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 """The pages' HTML, JS modules and CSS, served as they are under /static (no build step)."""
 
 
+# page -> its title; its script is static/<page>.js
+TITLES = {"projects": "Projects", "project": "Project", "grid": "Dataset", "image": "Image", "video": "Video",
+          "runs": "Runs", "run": "Run"}
+
+
 @lru_cache(maxsize=16)
 def _shell(name: str) -> bytes:
-    return (STATIC_DIR / f"{name}.html").read_bytes()
+    template = (STATIC_DIR / "page.html").read_text(encoding="utf-8")
+    return template.replace("{title}", TITLES[name]).replace("{name}", name).encode()
 
 
 def router(viewer: Any) -> Any:
@@ -38,38 +44,28 @@ def router(viewer: Any) -> Any:
     def projects() -> Any:
         return page("projects")
 
-    @pages.get("/projects/{project_id}", include_in_schema=False)
-    def project(project_id: Id) -> Any:
-        with viewer.store.read() as conn:
-            ops.get_project_row(conn, project_id)
-        return page("project")
-
-    @pages.get("/datasets/{dataset_id}", include_in_schema=False)
-    def dataset(dataset_id: Id) -> Any:
-        with viewer.store.read() as conn:
-            ops.get_dataset_row(conn, dataset_id)
-        return page("grid")
-
-    @pages.get("/images/{image_id}", include_in_schema=False)
-    def image(image_id: Id) -> Any:
-        with viewer.store.read() as conn:
-            ops.get_image_row(conn, image_id)
-        return page("image")
-
-    @pages.get("/videos/{video_id}", include_in_schema=False)
-    def video(video_id: Id) -> Any:
-        with viewer.store.read() as conn:
-            ops.get_video_row(conn, video_id)
-        return page("video")
-
     @pages.get("/runs", include_in_schema=False)
     def runs() -> Any:
         return page("runs")
 
-    @pages.get("/runs/{job_id}", include_in_schema=False)
-    def run(job_id: JobId) -> Any:
-        with viewer.store.read() as conn:
-            browse.get_run(conn, job_id)
-        return page("run")
-
+    # The pages of one record: the record is looked up first, so an unknown id is a 404 page at once.
+    for path, name, lookup, id_type in (
+        ("/projects/{record_id}", "project", ops.get_project_row, Id),
+        ("/datasets/{record_id}", "grid", ops.get_dataset_row, Id),
+        ("/images/{record_id}", "image", ops.get_image_row, Id),
+        ("/videos/{record_id}", "video", ops.get_video_row, Id),
+        ("/runs/{record_id}", "run", browse.get_run, JobId),
+    ):
+        pages.add_api_route(path, _record_page(viewer, page, name, lookup, id_type), include_in_schema=False,
+                            methods=["GET"])
     return pages
+
+
+def _record_page(viewer: Any, page: Any, name: str, lookup: Any, id_type: Any) -> Any:
+    def handler(record_id: Any) -> Any:
+        with viewer.store.read() as conn:
+            lookup(conn, record_id)
+        return page(name)
+
+    handler.__annotations__["record_id"] = id_type  # FastAPI validates the id by its type (Id or JobId)
+    return handler

@@ -46,6 +46,8 @@ IMG = np.zeros((8, 8, 3), np.uint8)
         ({"input": IMG, "batchsize": 4}, "did you mean 'batch_size'"),
         ({"input": IMG, "job_id": "abc"}, "job_id resumes an upload"),
         ({"input": IMG, "output": {"csv": "x"}}, "output must be a dict with keys"),
+        ({"input": IMG, "output": {"yolo_images": "link"}}, "output must be a dict with keys"),
+        ({"input": IMG, "job_id": "abc", "output": {"coco": None}}, "job_id resumes an upload or a file output"),
         ({"input": IMG, "recursive": "yes"}, "recursive must be True or False"),
         ({"input": IMG, "settings": [1]}, "settings must be a dict"),
         ({"input": IMG, "settings": {"max_pixels": "abc"}}, r"settings\['max_pixels'\] must be a positive int"),
@@ -75,6 +77,15 @@ def test_aliases_and_defaults():
     assert type(c.batch_size) is int and all(type(i) is int for i in c.image_ids)
 
 
+def test_job_id_goes_with_an_upload_or_an_output():
+    a = _args.normalize({"input": IMG, "job_id": "files-1", "output": {"parquet": "p", "coco": None}}, ["a"])
+    assert a.job_id == "files-1" and a.output == {"parquet": "p"} and a.upload is None
+    b = _args.normalize({"input": "s3://bucket/imgs/", "output": {"yolo": "s3://bucket/ds", "yolo_images": "copy"}},
+                        ["a"])
+    assert b.output == {"yolo": "s3://bucket/ds", "yolo_images": "copy"}
+    assert _args.describe_input("s3://bucket/imgs/") == "an object-store URI"
+
+
 def test_errors_come_before_any_work(tiny_model, api, tmp_path):
     """Through the real model: a bad call starts nothing on the platform or the replicas."""
     before = api.project.list()
@@ -87,3 +98,50 @@ def test_errors_come_before_any_work(tiny_model, api, tmp_path):
 
     with pytest.raises(NotFoundError, match="999"):
         tiny_model.predict(image_ids=[999])
+
+
+# --- NaN and infinity (issue 19): every number of the API ----------------------------------------------------
+NAN, INF = float("nan"), float("inf")
+VIDEO = "clip.mp4"  # video_params is checked on its own before the source: the file need not exist here
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        # an adapter's own settings, and numbers inside a setting's list or dict: no range check knows them
+        ({"input": IMG, "settings": {"mask_threshold": NAN}}, r"settings\['mask_threshold'\] must be a finite"),
+        ({"input": IMG, "settings": {"mask_threshold": np.float32(INF)}}, r"settings\['mask_threshold'\]"),
+        ({"input": IMG, "settings": {"anchors": [0.5, NAN]}}, r"settings\['anchors'\] must hold finite numbers"),
+        ({"input": IMG, "settings": {"per_class": {"a": -INF}}}, r"settings\['per_class'\] must hold finite"),
+        # the pipeline's own settings
+        ({"input": IMG, "settings": {"conf": NAN}}, r"settings\['conf'\] must be a finite number"),
+        ({"input": IMG, "iou": INF}, r"settings\['iou'\] must be a finite number"),
+        ({"project_id": 1, "upload": "iou_merge", "settings": {"iou_merge_threshold": NAN}}, "iou_merge_threshold"),
+        ({"input": IMG, "settings": {"url_timeout": INF}}, r"settings\['url_timeout'\]"),
+        ({"input": IMG, "settings": {"max_pixels": INF}}, r"settings\['max_pixels'\]"),
+        ({"input": IMG, "settings": {"max_det": NAN}}, r"settings\['max_det'\]"),
+        # the other numbers: ints only, so a float (NaN or not) is refused by type
+        ({"input": IMG, "img_size": NAN}, "img_size"),
+        ({"input": IMG, "img_size": (INF, 64)}, "img_size"),
+        ({"input": IMG, "settings": {"img_size": NAN}}, "img_size"),
+        ({"input": IMG, "batch_size": NAN}, "batch_size"),
+        ({"input": IMG, "max_in_flight": INF}, "max_in_flight"),
+        ({"input": VIDEO, "video_params": {"stride": NAN}}, r"video_params\['stride'\]"),
+        ({"input": VIDEO, "video_params": {"start_frame": INF}}, r"video_params\['start_frame'\]"),
+        ({"input": VIDEO, "video_params": {"end_frame": NAN}}, r"video_params\['end_frame'\]"),
+        ({"input": VIDEO, "video_params": {"num_frames": INF}}, r"video_params\['num_frames'\]"),
+        ({"input": VIDEO, "video_params": {"duration": NAN}}, r"video_params\['duration'\]"),
+        ({"input": VIDEO, "video_params": {"duration": INF}}, r"video_params\['duration'\]"),
+        ({"input": VIDEO, "video_params": {"duration": np.float64(-INF)}}, r"video_params\['duration'\]"),
+    ],
+)
+def test_nan_and_infinity_are_refused_with_the_key_named(kwargs, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        _args.normalize(kwargs, model_classes=["a", "b", "c"],
+                        model_settings=["conf", "iou", "max_det", "img_size", "mask_threshold", "anchors", "per_class"])
+
+
+def test_finite_numbers_in_settings_still_pass():
+    args = _args.normalize({"input": IMG, "settings": {"mask_threshold": 0.5, "anchors": [0.5, 1, 2]}},
+                           model_settings=["conf", "mask_threshold", "anchors"])
+    assert args.settings == {"mask_threshold": 0.5, "anchors": [0.5, 1, 2]}

@@ -295,6 +295,8 @@ def test_bad_config_exits_2(tmp_path, capsys):
     ("model: [unclosed\n", ["not valid YAML"]),
     ("model: {checkpoint: /no/such/model.pth}\ninput: {path: .}\n", ["model.checkpoint", "does not exist"]),
     ("model: {checkpoint: CKPT}\ninput: {path: /no/such/dir}\n", ["input.path", "does not exist"]),
+    ("model: {checkpoint: CKPT}\ninput: {path: 'nosuchfs://bucket/imgs/'}\n", ["Unrecognized filesystem type"]),
+    ("model: {checkpoint: CKPT}\ninput: {path: .}\noutput: {coco: 'nosuchfs://b/c.json'}\n", ["output coco"]),
 ])
 def test_missing_or_unreadable_inputs_exit_2_before_any_work(tmp_path, capsys, tiny_checkpoint, text, words):
     p = tmp_path / "c.yaml"
@@ -363,6 +365,15 @@ def test_deployment_commands_need_an_address(argv, capsys, monkeypatch):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "needs a running Ray cluster" in err and "ray start --head" in err
+
+
+@pytest.mark.parametrize("flag, value", [("--gpus-per-replica", "nan"), ("--gpus-per-replica", "inf"),
+                                         ("--gpus-per-replica", "-1"), ("--replicas", "0")])
+def test_deploy_refuses_a_number_that_is_not_finite_and_positive_first(flag, value, capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # the argument is wrong whatever the cluster
+    assert cli.main(["deploy", "checkpoints/shapes.pth", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert flag[2:].replace("-", "_") in err and "needs a running Ray cluster" not in err, err
 
 
 def test_deploy_refuses_a_dashboard_address_and_a_missing_checkpoint(capsys, tmp_path):
@@ -487,7 +498,7 @@ def test_submit_to_a_silent_dashboard_exits_1_and_does_not_hang(tmp_path):
     assert "did not answer within 3s (connecting)" in r.stderr
 
 
-@pytest.mark.parametrize("value", ["soon", "0", "-1"])
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "inf"])
 def test_a_bad_address_timeout_is_a_usage_error(value, capsys, monkeypatch):
     monkeypatch.setenv("PIPELINE_ADDRESS_TIMEOUT_S", value)
     assert cli.main(["status", "some-id", "--address", "http://127.0.0.1:9"]) == 2

@@ -94,6 +94,23 @@ def test_predict_kwargs_maps_every_section(tmp_path):
     assert cfg.predict_kwargs(job_id="cli")["job_id"] == "cli"  # --job-id wins
 
 
+def test_output_section_yolo_and_a_file_job(tmp_path):
+    p = write(tmp_path, """\
+        model: {checkpoint: c.pth}
+        input: {path: "s3://bucket/imgs/?endpoint_override=127.0.0.1:9000&scheme=http", recursive: true}
+        output: {parquet: "s3://bucket/p.parquet", yolo: ds, yolo_images: link, job_id: 7}
+        """)
+    kw = load_config(p).predict_kwargs()
+    assert kw == {"input": "s3://bucket/imgs/?endpoint_override=127.0.0.1:9000&scheme=http", "recursive": True,
+                  "job_id": "7", "output": {"parquet": "s3://bucket/p.parquet", "yolo": "ds", "yolo_images": "link"}}
+    assert load_config(p).predict_kwargs(job_id="cli")["job_id"] == "cli"
+    bad = write(tmp_path, GOOD + "upload: {mode: create}\noutput: {coco: c.json, job_id: x}\n")
+    with pytest.raises(ConfigError, match="output.job_id: with an upload the job is the upload's"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="yolo_images"):
+        load_config(write(tmp_path, GOOD + "output: {yolo: ds, yolo_images: hardlink}\n"))
+
+
 @pytest.mark.parametrize("source,value,kw", [
     ("path", "imgs", {"input": "imgs"}),
     ("paths", ["a.jpg", "b.jpg"], {"input": ["a.jpg", "b.jpg"]}),
@@ -251,6 +268,11 @@ def test_every_known_setting_is_accepted_and_an_adapter_can_add_its_own(tmp_path
 
 def test_override_errors_name_the_override(tmp_path):
     p = write(tmp_path, GOOD)
+    for override, key in [("model.gpus_per_replica=.inf", "model.gpus_per_replica"),
+                          ("predict.video_params.duration=.inf", "predict.video_params.duration"),
+                          ("predict.settings.conf=.nan", "settings['conf'] must be a finite number")]:
+        msg = error_of(p, [override])
+        assert f"--set {override}" in msg and key in msg, msg
     msg = error_of(p, ["predict.batch_size=many"])
     assert "--set predict.batch_size=many" in msg and "expected an integer" in msg
     msg = error_of(p, ["model.checkpoint.x=1"])
@@ -296,6 +318,22 @@ MISTAKES = [
     ("int for a bool", GOOD.replace("device: cpu", "reuse: 1"), ["model.reuse", "line 3", "true or false"]),
     ("bool for a number", GOOD + "  video_params:\n    duration: true\n",
      ["predict.video_params.duration", "line 9", "expected a number, got True"]),
+    # NaN and infinity (YAML's .nan and .inf are floats) where a finite number is meant (issue 19)
+    ("infinite gpus_per_replica", GOOD.replace("device: cpu", "gpus_per_replica: .inf"),
+     ["model.gpus_per_replica", "line 3", "expected a finite number, got inf"]),
+    ("NaN gpus_per_replica", GOOD.replace("device: cpu", "gpus_per_replica: .nan"), ["model.gpus_per_replica",
+                                                                                       "line 3", "got nan"]),
+    ("infinite duration", GOOD + "  video_params:\n    duration: .inf\n",
+     ["predict.video_params.duration", "line 9", "expected a finite number, got inf"]),
+    ("NaN duration", GOOD + "  video_params: {duration: .NaN}\n", ["predict.video_params.duration", "line 8",
+                                                                    "got nan"]),
+    ("NaN setting", GOOD.replace("batch_size: 4", "settings: {conf: .nan}"),
+     ["predict.settings", "line 7", "settings['conf'] must be a finite number"]),
+    ("infinite setting", GOOD.replace("batch_size: 4", "settings: {iou: -.inf}"),
+     ["predict.settings", "line 7", "settings['iou'] must be a finite number"]),
+    ("infinite img_size", GOOD.replace("batch_size: 4", "img_size: [.inf, 64]"), ["predict.img_size", "line 7"]),
+    ("infinite batch_size", GOOD.replace("batch_size: 4", "batch_size: .inf"), ["predict.batch_size", "line 7",
+                                                                                "expected an integer"]),
     ("float for an int", GOOD + "  video_params: {start_frame: 2.0}\n",
      ["predict.video_params.start_frame", "line 8", "expected an integer, got 2.0"]),
     ("bool for an int", GOOD.replace("batch_size: 4", "batch_size: true"), ["predict.batch_size", "line 7",

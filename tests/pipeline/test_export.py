@@ -51,7 +51,7 @@ def test_parquet_parts_written_so_far_survive(tmp_path, monkeypatch):
     import pipeline.stages.upload.export as export
 
     monkeypatch.setattr(export, "PARQUET_ROWS_PER_PART", 2)
-    w = ParquetWriter(tmp_path / "p.parquet")
+    w = ParquetWriter(tmp_path / "p.parquet", job_id="j")
     p = Prediction(boxes=[[0, 0, 1, 1], [1, 1, 2, 2]], scores=[0.5, 0.6], class_ids=[0, 1], classes=["a", "b"],
                    orig_size=(4, 4), item=Item(index=0, key="x", name="x.png"))
     w.add([p])

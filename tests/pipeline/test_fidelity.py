@@ -134,7 +134,7 @@ def test_num_classes_that_disagrees_is_refused_naming_both_numbers(ray_session, 
 
 @pytest.mark.parametrize("settings, words", [
     ({"cnf": 0.9}, "unknown setting(s) 'cnf' (did you mean 'conf'?)"),
-    ({"decode": "full"}, "unknown setting(s) 'decode'"),
+    ({"decod": "full"}, "unknown setting(s) 'decod' (did you mean 'decode'?)"),
     ({"agnostic": True}, "unknown setting(s) 'agnostic'"),  # an Ultralytics setting: not this model's
 ])
 def test_unknown_settings_are_refused_before_any_work(tiny_model, settings, words):

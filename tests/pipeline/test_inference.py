@@ -8,6 +8,7 @@ import pytest
 from pipeline.prediction import Item
 from pipeline.stages.loading.images import ImageLoader
 from pipeline.stages.scheduler import RayExecutor, Scheduler, pick_replica
+from workers.messages import DecodeOptions
 
 
 @pytest.mark.parametrize(
@@ -21,7 +22,7 @@ def test_pick_replica(in_flight, alive, limit, expected):
 
 def test_batched_sizes():
     items = [Item(index=i, key=str(i), name=str(i)) for i in range(10)]
-    sizes = [len(b.items) for b in ImageLoader(None, {}).batches(iter(items), 4)]
+    sizes = [len(b.items) for b in ImageLoader(DecodeOptions()).batches(iter(items), 4)]
     assert sizes == [4, 4, 2]
 
 
@@ -58,7 +59,7 @@ def test_a_batch_that_kills_its_replica_fails_alone_and_the_replica_stays(ray_se
             results[idx] = out.error
 
     scheduler = Scheduler(RayExecutor([replica], [None], {}), 1, max_in_flight=2)
-    scheduler.run(ImageLoader(None, {}).batches(iter(items), 2), on_result)
+    scheduler.run(ImageLoader(DecodeOptions()).batches(iter(items), 2), on_result)
     assert sorted(results) == list(range(n))  # every item answered, the run went on
     failed = sorted(i for i, e in results.items() if e)
     assert failed == [12, 13]  # the batch of the poison image, and nothing else

@@ -67,3 +67,23 @@ def test_plan_bad_replicas(replicas):
 )
 def test_spread_nodes(node_cpus, replicas, expected):
     assert spread_nodes(node_cpus, replicas) == expected
+
+
+# NaN passes `gpus_per_replica <= 0` (every comparison with NaN is False); infinity is no amount of GPUs (issue 19)
+@pytest.mark.parametrize("device, gpus", [("cpu", 0), ("cuda", 2)])
+@pytest.mark.parametrize("gpr", [float("nan"), float("inf"), -float("inf"), True])
+def test_plan_refuses_a_gpus_per_replica_that_is_not_a_finite_number(device, gpus, gpr):
+    with pytest.raises(InvalidArgumentError, match="gpus_per_replica must be a finite number > 0"):
+        plan_replicas(device, None, gpr, gpus, 16)
+
+
+@pytest.mark.parametrize("kwargs, key", [({"timeout": float("nan")}, "timeout"), ({"timeout": float("inf")}, "timeout"),
+                                         ({"timeout": -5}, "timeout"), ({"gpus_per_replica": float("nan")},
+                                                                         "gpus_per_replica"),
+                                         ({"replicas": True}, "replicas")])
+def test_deploy_refuses_bad_numbers_before_reading_the_model_or_starting_ray(tmp_path, kwargs, key):
+    import pipeline
+
+    api = pipeline.Api(data_dir=tmp_path)
+    with pytest.raises(InvalidArgumentError, match=key):  # the checkpoint does not exist: it is never looked at
+        api.nn.deploy(str(tmp_path / "missing.pth"), **kwargs)

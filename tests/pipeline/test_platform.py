@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import sqlite3
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def test_platform_is_lazy_and_the_database_is_set_up_on_first_use(tmp_path):
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 10000
-    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert (data / "platform.db").exists()
     plan = conn.execute("EXPLAIN QUERY PLAN SELECT * FROM images WHERE dataset_id = 1 AND id > 0 ORDER BY id LIMIT 5")
     assert "images_dataset" in " ".join(str(tuple(r)) for r in plan)  # pages of a dataset walk an index
@@ -82,16 +83,56 @@ def test_an_older_database_is_migrated(tmp_path):
     Platform(data).project.create("old")
     with sqlite3.connect(data / "platform.db") as conn:  # make it look like a version-1 database
         conn.execute("DROP INDEX images_dataset")
-        conn.execute("DELETE FROM schema_version WHERE version = 2")
+        conn.execute("DELETE FROM schema_version WHERE version >= 2")
     platform = Platform(data)
     assert [p.name for p in platform.project.list()] == ["old"]
     conn = platform.store.connection()
-    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 2
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 3
     assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'images_dataset'").fetchone()
     with sqlite3.connect(data / "platform.db") as raw:
         raw.execute("INSERT INTO schema_version (version) VALUES (99)")
     with pytest.raises(PipelineError, match="upgrade the package"):
         Platform(data).project.list()
+
+
+def test_a_version_2_video_annotation_is_split_into_rows(tmp_path):
+    """Version 2 stored a video annotation as one JSON row; version 3 keeps its objects and figures in rows of
+    their own. The migration splits what is there and the annotation reads back as it was: objects in order,
+    frames by index (figures in order), a frame's own keys, a frame listed without figures, a keyless object."""
+    data = tmp_path / "data"
+    platform = Platform(data)
+    project = platform.project.create("v", type="videos")
+    ds = platform.dataset.create(project.id, "ds0")
+    with platform.store.write() as conn:
+        video_id = ops.insert_video(conn, ds.id, "v.mp4", 10, 30.0, 64, 48, "0" * 64, 0, "mp4")
+    rect = {"geometryType": "rectangle", "geometry": {"points": {"exterior": [[1, 2], [5, 6]], "interior": []}}}
+    old = {"size": {"height": 48, "width": 64}, "description": "d", "key": "k" * 32, "tags": [], "framesCount": 10,
+           "custom": 1,
+           "objects": [{"key": "b" * 32, "classTitle": "x", "tags": []}, {"key": "a" * 32, "classTitle": "y", "tags": []},
+                       {"classTitle": "x", "tags": []}],
+           "frames": [{"index": 4, "figures": [{"key": "4" * 32, "objectKey": "a" * 32, **rect}], "note": "n"},
+                      {"index": 2, "figures": [{"key": "2" * 32, "objectKey": "b" * 32, **rect},
+                                               {"key": "3" * 32, "objectKey": "a" * 32, **rect}]},
+                      {"index": 6, "figures": []}]}
+    with sqlite3.connect(data / "platform.db") as conn:  # back to version 2, the annotation in one row
+        conn.execute("DROP TABLE video_figures")
+        conn.execute("DROP TABLE video_objects")
+        conn.execute("DELETE FROM schema_version WHERE version = 3")
+        conn.execute("INSERT INTO video_annotations VALUES (?, ?, 3, 'now')", (video_id, json.dumps(old)))
+    platform = Platform(data)
+    got = json.loads(ops.get_video_annotation_text(platform.store.connection(), video_id))
+    keyless = got["objects"][2].pop("key")
+    assert len(keyless) == 32 and got["objects"] == old["objects"]
+    assert [fr["index"] for fr in got["frames"]] == [2, 4, 6]
+    assert got["frames"][0] == old["frames"][1] and got["frames"][1] == old["frames"][0]
+    assert got["frames"][2] == old["frames"][2]
+    assert {k: v for k, v in got.items() if k not in ("objects", "frames")} == \
+        {k: v for k, v in old.items() if k not in ("objects", "frames")}
+    assert platform.project.stats(project.id)["objects"] == 3
+    conn = platform.store.connection()
+    assert conn.execute("SELECT COUNT(*) FROM video_figures WHERE video_id = ?", (video_id,)).fetchone()[0] == 3
+    platform.video.delete(video_id)  # rows go with their video
+    assert conn.execute("SELECT COUNT(*) FROM video_objects").fetchone()[0] == 0
 
 
 def test_write_is_one_transaction_and_composes_with_ops(platform, dataset):

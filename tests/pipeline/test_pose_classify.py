@@ -115,10 +115,13 @@ def test_image_tags_under_each_mode(mode, want):
 def test_parquet_and_coco_carry_keypoints_and_classes(tmp_path):
     import pyarrow.parquet as pq
 
-    from pipeline.stages.upload.export import CocoWriter, ParquetWriter
+    from pipeline.stages.collect import KeypointLayout
+    from pipeline.stages.upload.coco import CocoWriter
+    from pipeline.stages.upload.export import ParquetWriter
 
     pose, clf = pose_prediction(), classifier_prediction()
-    writer = ParquetWriter(tmp_path / "out.parquet")
+    clf.item.index, clf.item.key = 1, "k1"
+    writer = ParquetWriter(str(tmp_path / "out.parquet"), "job-1")
     writer.add([pose, clf])
     writer.close()
     rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
@@ -126,12 +129,14 @@ def test_parquet_and_coco_carry_keypoints_and_classes(tmp_path):
     np.testing.assert_allclose(np.array(rows[0]["keypoints"]).reshape(17, 3), pose.keypoints[0])
     assert (rows[2]["class"], rows[2]["class_id"], rows[2]["x1"], rows[2]["keypoints"]) == ("dog", 1, None, None)
     assert rows[2]["score"] == pytest.approx(0.7)
-    coco = CocoWriter(tmp_path / "out.json", ["person", "robot"])
-    coco.add([pose])
+    # COCO is assembled from the parts: keypoints with the names and skeleton; the classifier's image, no object
+    coco = CocoWriter(str(tmp_path / "out.json"), ["person", "robot"], writer,
+                      KeypointLayout(list(COCO_KEYPOINTS), list(COCO_SKELETON)))
     coco.close()
     doc = json.loads((tmp_path / "out.json").read_text())
     assert doc["categories"][0]["keypoints"] == list(COCO_KEYPOINTS)
     assert doc["categories"][1]["skeleton"] == [[a + 1, b + 1] for a, b in COCO_SKELETON]
+    assert len(doc["images"]) == 2 and [a["image_id"] for a in doc["annotations"]] == [1, 1]
     ann = doc["annotations"][0]
     np.testing.assert_allclose(np.array(ann["keypoints"]).reshape(17, 3), pose.keypoints[0], atol=1e-3)
     assert ann["num_keypoints"] == int((pose.keypoints[0][:, 2] >= 0.25).sum())

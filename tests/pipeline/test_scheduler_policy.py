@@ -110,6 +110,25 @@ def test_a_batch_failure_that_is_not_the_replicas_fails_the_batch_only():
     assert sum(1 for index, _ in ex.calls if index == 2) == 1  # not retried
 
 
+def test_a_resubmission_goes_while_the_consumer_is_full():
+    """A reorder buffer waiting for the frames of a batch whose replica died pauses new work (`before_submit`
+    False): the batch's resubmission is not new work and must still go, or the run would wait forever."""
+    ex = FakeExecutor(2, fail=lambda index, attempt, replica: ReplicaGone("RayActorError") if index == 0 and
+                      attempt == 1 else None)
+    results: dict[int, str | None] = {}
+    waiting = {"for_first": True}
+
+    def on_result(items, result):
+        for idx, out in zip(result.indices, result.outputs):
+            results[idx] = out.error
+        waiting["for_first"] = 0 not in results
+
+    # after the first batch was submitted the consumer is full until batch 0's frames arrive
+    Scheduler(ex, 2, 2).run(batches(6), on_result, before_submit=lambda: not (waiting["for_first"] and ex.calls))
+    assert sorted(results) == list(range(6)) and not any(results.values())
+    assert [index for index, _ in ex.calls[:2]] == [0, 0]  # batch 0, then batch 0 again before anything new
+
+
 def test_stop_cancels_the_loading_of_what_is_in_flight():
     stop = threading.Event()
 

@@ -23,6 +23,7 @@ from pipeline.prediction import Item  # noqa: E402
 from pipeline.stages.loading.video import VideoLanes, VideoLoader  # noqa: E402
 from pipeline.stages.source import video as video_source  # noqa: E402
 from pipeline.stages.video_params import select_frames  # noqa: E402
+from workers.messages import DecodeOptions  # noqa: E402
 
 IMG = 64  # model input side: small, so the tiny detector is quick on CPU
 
@@ -214,7 +215,7 @@ def _fake_video(n: int, keyframes, lanes: int, stride: int = 1):
     index = SimpleNamespace(keyframes=np.asarray(keyframes), path="/v.mp4", readable=n, frames_count=n)
     fields = {"name": "v.mp4", "source": "/v.mp4", "path": "/v.mp4", "image_path": "/v.mp4", "video_path": "/v.mp4"}
     video = video_source.VideoFrames(index, range(0, n, stride), "frame:/v.mp4", fields)
-    return video, VideoLoader(None, {}, readers=lanes)
+    return video, VideoLoader(DecodeOptions(), readers=lanes)
 
 
 def test_items_stream_lane_by_lane_without_listing_the_video():
@@ -291,7 +292,7 @@ def test_parallel_readers_decode_exact_frames(ray_session, tmp_path, monkeypatch
               "video_path": str(path)}
     video = video_source.VideoFrames(index, select_frames({"stride": 2, "start_frame": 1}, 150, 30),
                                      f"frame:{path}", fields)
-    loader = VideoLoader((32, 32), {}, readers=3)
+    loader = VideoLoader(DecodeOptions(resize=(32, 32)), readers=3)
     items = loader.items(iter([video]))
     first = next(items)
     lanes = loader.videos[str(path)]

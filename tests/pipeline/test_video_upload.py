@@ -1,16 +1,17 @@
 """Video uploads: create / append / replace / iou_merge into platform video annotations, read back; resume after a
 crash without duplicates; the `<name>_nn` rule; export and import of what was written. The merge rules themselves
-are table-tested first (pure): on `merge_video_annotation` and on `merge_video_json`, which the upload uses and
-which must give the same annotation without decoding what is stored."""
+are table-tested first: on `merge_video_annotation` (pure, the whole annotation) and through `write_frames` on
+the platform's rows, which the upload uses and which must give the same annotation reading only the predicted
+frames."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,14 +34,14 @@ from pipeline.annotation import (  # noqa: E402
     VideoObject,
 )
 from pipeline.exceptions import FormatError, RunError  # noqa: E402
+from pipeline.platform import Platform, ops, video_rows  # noqa: E402
 from pipeline.prediction import Item, Prediction  # noqa: E402
 from pipeline.stages.upload.merge import (  # noqa: E402
-    frame_labels,
     labels_to_video,
     merge_video_annotation,
-    merge_video_json,
+    stored_labels,
 )
-from pipeline.stages.upload.videos import VideoTarget  # noqa: E402
+from pipeline.stages.upload.videos import VideoTarget, write_frames  # noqa: E402
 
 IMG = 64
 SETTINGS = {"conf": 0.0, "max_det": 3}  # three objects on every frame: small annotations, never empty
@@ -112,34 +113,50 @@ def test_merge_video_annotation(mode, predicted, figures, kept):
     assert _summary(before) == _summary(_current())  # immutable: the input is untouched
 
 
+def _platform_video(tmp_path, ann: VideoAnnotation) -> tuple[Platform, Any]:
+    """A platform video (no file) holding `ann`, its classes and the confidence tag in the meta."""
+    platform = Platform(tmp_path / "platform")
+    project = platform.project.create("rows", type="videos")
+    ds = platform.dataset.create(project.id, "ds0")
+    with platform.store.write() as conn:
+        video_id = ops.insert_video(conn, ds.id, "v.mp4", ann.frames_count, 30.0, ann.img_size[1], ann.img_size[0],
+                                    "0" * 64, 0, "mp4")
+    platform.project.merge_meta(project.id, ProjectMeta((A, B), (CONFIDENCE_TAG,), "videos"))
+    platform.video.set_annotation(video_id, ann)
+    with platform.store.read() as conn:
+        return platform, ops.get_video_row(conn, video_id)
+
+
 @pytest.mark.parametrize("mode,predicted,figures,kept", MERGE_TABLE, ids=[f"{m}-{i}" for i, (m, *_) in
                                                                           enumerate(MERGE_TABLE)])
-def test_merge_video_json(mode, predicted, figures, kept):
-    """The same table on the stored JSON: the same figures and objects as `merge_video_annotation`, and every
-    stored object and figure that stays is the very dict that was stored (never decoded and encoded again)."""
-    before = _current().to_json()
-    data = copy.deepcopy(before)
-    stored_objects = {id(o) for o in data["objects"]}
-    stored_figures = {id(f) for fr in data["frames"] for f in fr["figures"]}
-    objects, new_figures, changed = merge_video_json(mode, data, predicted, 0.9)
-    after = VideoAnnotation.from_json(json.loads(json.dumps(data)))  # what is stored reads back
+def test_write_frames_on_rows(tmp_path, mode, predicted, figures, kept):
+    """The same table written into the platform's rows: the same figures and objects as `merge_video_annotation`,
+    every stored object and figure that stays is the very JSON that was stored, and the objects count follows."""
+    platform, row = _platform_video(tmp_path, _current())
+    before = platform.video.get_annotation(row["id"]).to_json()
+    with platform.store.write() as conn:
+        meta = ops.get_meta(conn, row["project_id"])
+        write_frames(conn, row, mode, {f: [(lab, -1, 0.5) for lab in labs] for f, labs in predicted.items()}, meta,
+                     0.9, "job")
+    after = platform.video.get_annotation(row["id"])
     assert _summary(after) == figures
     assert {o.key[0] for o in after.objects if o.key in {x["key"] for x in before["objects"]}} == kept
-    assert [o["key"] for o in data["objects"][len(data["objects"]) - len(objects):]] == [o.key for o in objects]
-    assert len(objects) == len(new_figures) == sum(len(fr["figures"]) for fr in data["frames"]) - sum(
-        1 for fr in data["frames"] for f in fr["figures"] if id(f) in stored_figures)
-    assert all(id(o) in stored_objects for o in data["objects"][:len(data["objects"]) - len(objects)])
+    data = after.to_json()
+    old_figures = [f for fr in before["frames"] for f in fr["figures"]]
+    assert all(f in old_figures for fr in data["frames"] for f in fr["figures"] if f["key"] in
+               {g["key"] for g in old_figures})
     assert [fr["index"] for fr in data["frames"]] == sorted(fr["index"] for fr in data["frames"])
-    assert changed == (data != before)
     assert (data["key"], data["size"], data["framesCount"]) == (before["key"], before["size"], before["framesCount"])
     reference = merge_video_annotation(mode, _current(), predicted, 0.9)
     assert len(after.objects) == len(reference.objects) and _summary(after) == _summary(reference)
+    assert platform.project.stats(row["project_id"])["objects"] == len(after.objects)
 
 
-def test_merge_video_json_iou_merge_decodes_only_the_predicted_frames(monkeypatch):
-    data = _current().to_json()
-    data["frames"].append({"index": 7, "figures": [{"key": "f" * 32, "objectKey": "b" * 32, "geometryType": "bitmap",
-                                                    "geometry": {"bitmap": {"data": "not a png", "origin": [0, 0]}}}]})
+def test_iou_merge_decodes_only_the_predicted_frames(tmp_path, monkeypatch):
+    platform, row = _platform_video(tmp_path, _current())
+    with platform.store.write() as conn:  # a figure that cannot be decoded, on frame 7
+        video_rows.add_figures(conn, row["id"], [(7, {"key": "f" * 32, "objectKey": "b" * 32, "geometryType": "bitmap",
+                                                      "geometry": {"bitmap": {"data": "not a png", "origin": [0, 0]}}})])
     decoded = []
     real = pipeline.annotation.geometry_from_json
 
@@ -148,13 +165,20 @@ def test_merge_video_json_iou_merge_decodes_only_the_predicted_frames(monkeypatc
         return real(geometry_type, geometry, where)
 
     monkeypatch.setattr(pipeline.annotation, "geometry_from_json", counting)
-    assert [lab.obj_class.name for lab in frame_labels(data, [1])[1]] == ["a", "a"]
-    assert len(decoded) == 2  # frame 1's two figures; frame 0's and frame 7's (an unreadable bitmap) never
-    decoded.clear()
-    objects, _, _ = merge_video_json("iou_merge", data, {1: [_pred(A, (1, 1, 11, 11)), _pred(A, (30, 30, 40, 40))]})
-    assert len(decoded) == 2 and len(objects) == 1  # the same box is dropped, the other one kept
-    with pytest.raises(FormatError, match="frame 7"):  # the stored figure is decoded once its frame is predicted
-        merge_video_json("iou_merge", data, {7: [_pred(B, (0, 0, 4, 4))]})
+    with platform.store.write() as conn:
+        meta = ops.get_meta(conn, row["project_id"])
+        rows = video_rows.figures_on_frames(conn, row["id"], [1])
+        assert [lab.obj_class.name for lab in stored_labels(rows)[1]] == ["a", "a"]
+        assert len(decoded) == 2  # frame 1's two figures; frame 0's and frame 7's (an unreadable bitmap) never
+        decoded.clear()
+        write_frames(conn, row, "iou_merge", {1: [(_pred(A, (1, 1, 11, 11)), -1, 0.5),
+                                                  (_pred(A, (30, 30, 40, 40)), -1, 0.5)]}, meta)
+        assert len(decoded) == 2  # the same box is dropped, the other one kept
+        with pytest.raises(FormatError, match="frame 7"):  # the stored figure is decoded once its frame is predicted
+            write_frames(conn, row, "iou_merge", {7: [(_pred(B, (0, 0, 4, 4)), -1, 0.5)]}, meta)
+    monkeypatch.undo()
+    with platform.store.read() as conn:
+        assert len(video_rows.figures_on_frames(conn, row["id"], [1])[1]) == 3
 
 
 def test_labels_become_one_object_each_with_a_frame_confidence_tag():
@@ -421,13 +445,14 @@ def _boxes(ann: VideoAnnotation) -> dict[int, list[tuple]]:
 
 
 def _row(platform, video_id: int):
+    """(the stored annotation JSON, its objects count, its last change)."""
     with platform.store.read() as conn:
-        row = conn.execute("SELECT ann, objects_count, updated_at FROM video_annotations WHERE video_id = ?",
+        row = conn.execute("SELECT objects_count, updated_at FROM video_annotations WHERE video_id = ?",
                            (video_id,)).fetchone()
-    return json.loads(row["ann"]), row["objects_count"], row["updated_at"]
+        return json.loads(ops.get_video_annotation_text(conn, video_id)), row["objects_count"], row["updated_at"]
 
 
-def test_append_keeps_the_stored_json_as_it_is(stored, monkeypatch):
+def test_append_keeps_the_stored_rows_as_they_are(stored, monkeypatch):
     platform, video_id = stored
     before, _, _ = _row(platform, video_id)
 
@@ -450,7 +475,7 @@ def test_append_keeps_the_stored_json_as_it_is(stored, monkeypatch):
         7: [(4.0, 4.0, 12.0, 12.0), (30.0, 5.0, 50.0, 25.0)]}
 
 
-def test_replace_and_iou_merge_write_the_json(stored):
+def test_replace_and_iou_merge_write_the_rows(stored):
     platform, video_id = stored
     _target(platform, "replace").write([_frame_pred(video_id, 5, (6, 6, 16, 16)), _frame_pred(video_id, 3)])
     ann = platform.video.get_annotation(video_id)

@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.exceptions import ModelLoadError
 from workers.messages import ModelOutput
 
-__all__ = ["BUILTIN_ADAPTERS", "DEFAULT_SETTINGS", "FILE_FRAMEWORKS", "TASK_ALIASES", "TASK_TYPES", "ModelAdapter", "ModelSpec",
+__all__ = ["BUILTIN_ADAPTERS", "DEFAULT_SETTINGS", "FILE_FRAMEWORKS", "PRECISIONS", "to_device", "to_fp32", "TASK_ALIASES", "TASK_TYPES", "ModelAdapter", "ModelSpec",
            "get_adapter", "list_frameworks", "normalize_task_type", "register_adapter", "rescale_output"]
 
 # Batches arrive as read-only arrays mapped from Ray's object store; adapters only read them (copy to the device,
@@ -75,6 +75,7 @@ class ModelSpec:
     name: str = ""
     identity: str = ""
     runtime: str | None = None  # how a "file" runs ("pytorch", "onnx", "tensorrt"); None: the framework's default
+    precision: str = "fp32"  # "fp16" | "bf16": autocast on the GPU, outputs back in fp32 before post-processing
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +97,9 @@ class ModelAdapter(abc.ABC):
     # True when `postprocess` maps outputs to `orig_sizes` itself; else they are in the pixels of the images given
     # and `run` scales them (an image the loading stage resized, to an exact (h, w) img_size, or decoded reduced).
     outputs_in_original_pixels: ClassVar[bool] = False
+    # True when `preprocess` takes HWC uint8 torch tensors already on the device (JPEGs the replica decoded on its
+    # GPU) as well as numpy arrays; else the replica hands it numpy arrays.
+    accepts_device_tensors: ClassVar[bool] = False
 
     def __init__(self, spec: ModelSpec, device: str = "cpu"):
         self.spec = spec
@@ -113,6 +117,13 @@ class ModelAdapter(abc.ABC):
     def resolve_pretrained(cls, name: str) -> ModelSpec:
         """The spec of a pretrained model `"<framework>/<name>"`, without downloading weights."""
         raise ModelLoadError(f"framework {cls.framework!r} has no pretrained models")
+
+    @classmethod
+    def decode_hint(cls, spec: ModelSpec, img_size: int | tuple[int, int] | None) -> tuple | None:
+        """What the model's own resize keeps of an image, so that the loading stage may decode a large JPEG
+        reduced without losing anything the model would see: ("fit", min_side, max_side) (scaled by
+        min(min_side / shorter side, max_side / longer side)), ("cover", h, w), or None (unknown: decode whole)."""
+        return None
 
     @classmethod
     def sniff(cls, path: str, head: bytes) -> bool:
@@ -140,15 +151,9 @@ class ModelAdapter(abc.ABC):
     def load(self, state_dict: dict[str, Any] | None) -> None:
         """Build the model on `self.device`; `state_dict=None` means the pretrained weights."""
 
-    def preprocess(self, images: list[np.ndarray]) -> Any:
+    def preprocess(self, images: list[Any]) -> Any:
         """uint8 HWC RGB images -> the model's input. Default: a list of float CHW tensors in [0, 1]."""
-        import torch
-
-        out = []
-        for img in images:
-            t = torch.from_numpy(np.ascontiguousarray(img)).to(self.device, non_blocking=True)
-            out.append(t.permute(2, 0, 1).float().div_(255.0))
-        return out
+        return [to_device(img, self.device).permute(2, 0, 1).float().div_(255.0) for img in images]
 
     @abc.abstractmethod
     def predict(self, batch: Any, settings: dict[str, Any]) -> Any:
@@ -195,12 +200,57 @@ class ModelAdapter(abc.ABC):
         t0 = time.perf_counter()
         with torch.inference_mode():
             batch = self.preprocess(images)
-            raw = self.predict(batch, s)
+            with self.autocast():
+                raw = self.predict(batch, s)
+            if self.spec.precision != "fp32":
+                raw = to_fp32(raw)
             sizes = [tuple(img.shape[:2]) for img in images]
             outputs = self.postprocess(raw, sizes, list(orig_sizes), s)
         if not self.outputs_in_original_pixels:
             outputs = [rescale_output(o, size, tuple(orig)) for o, size, orig in zip(outputs, sizes, orig_sizes)]
         return outputs, time.perf_counter() - t0
+
+
+    def autocast(self) -> Any:
+        """Reduced precision for the forward pass (`spec.precision`, on a GPU only), else nothing."""
+        import contextlib
+
+        import torch
+
+        if self.spec.precision == "fp32" or not str(self.device).startswith("cuda"):
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.float16 if self.spec.precision == "fp16" else torch.bfloat16)
+
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def to_device(img: Any, device: str) -> Any:
+    """An HWC uint8 image (numpy, or a tensor already on a device) as a tensor on `device`; a numpy array bound for
+    a GPU goes through pinned memory so the copy does not block the host."""
+    import torch
+
+    if isinstance(img, torch.Tensor):
+        return img.to(device, non_blocking=True)
+    t = torch.from_numpy(np.ascontiguousarray(img))
+    if str(device).startswith("cuda"):
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
+def to_fp32(raw: Any) -> Any:
+    """Every floating tensor of a model's raw output (nested lists, tuples, dicts) in float32."""
+    import torch
+
+    if isinstance(raw, torch.Tensor):
+        return raw.float() if raw.is_floating_point() and raw.dtype != torch.float32 else raw
+    if isinstance(raw, dict):
+        return {k: to_fp32(v) for k, v in raw.items()}
+    if isinstance(raw, tuple) and hasattr(raw, "_fields"):  # a named tuple
+        return type(raw)(*(to_fp32(v) for v in raw))
+    if isinstance(raw, list | tuple):
+        return type(raw)(to_fp32(v) for v in raw)
+    return raw
 
 
 def rescale_output(out: ModelOutput, size: tuple[int, int], orig: tuple[int, int]) -> ModelOutput:

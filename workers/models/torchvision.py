@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.exceptions import ModelLoadError
 from workers.messages import ModelOutput
-from workers.models.base import ModelAdapter, ModelSpec, register_adapter
+from workers.models.base import ModelAdapter, ModelSpec, register_adapter, to_device
 
 __all__ = ["TorchvisionAdapter", "builtin_architectures", "task_type_of", "weights_cache_path"]
 
@@ -106,6 +106,23 @@ class TorchvisionAdapter(ModelAdapter):
 
     # masks are interpolated as probabilities at the original size, finer than resizing the thresholded masks
     outputs_in_original_pixels = True
+    accepts_device_tensors = True
+
+    @classmethod
+    def decode_hint(cls, spec: ModelSpec, img_size: int | tuple[int, int] | None) -> tuple | None:
+        if isinstance(img_size, tuple):
+            return ("cover", *img_size)
+        if spec.task_type == "semantic_segmentation":
+            return ("fit", img_size, float("inf")) if isinstance(img_size, int) else None
+        sizes = _transform_sizes(spec)
+        if sizes is None:
+            return None
+        min_size, max_size, fixed = sizes
+        if fixed is not None:  # SSD: a fixed square, its own rule
+            return ("cover", img_size, img_size) if isinstance(img_size, int) else ("cover", *fixed)
+        if isinstance(img_size, int):
+            return ("fit", img_size, img_size)
+        return ("fit", min_size, max_size)
 
     # -- driver side ---------------------------------------------------------------------------------------
     @classmethod
@@ -218,6 +235,8 @@ class TorchvisionAdapter(ModelAdapter):
         model = self._build(state_dict)
         model.eval()
         self.model = model.to(torch.device(self.device))
+        if self.device.startswith("cuda"):  # convolutions run faster on NHWC tensors on GPUs (cuDNN)
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.task_type = self.spec.task_type
         self._transform = getattr(model, "transform", None)
         self._original_resize = self._transform.resize if self._transform is not None else None
@@ -264,7 +283,7 @@ class TorchvisionAdapter(ModelAdapter):
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         out = []
         for img in images:
-            t = torch.from_numpy(np.ascontiguousarray(img)).to(self.device, non_blocking=True).permute(2, 0, 1)
+            t = to_device(img, self.device).permute(2, 0, 1)
             t = _shorter_side(t, self.call_settings.get("img_size")).unsqueeze(0).float().div_(255.0)
             out.append((t - mean) / std)
         return out
@@ -376,3 +395,35 @@ def _shorter_side(image: Any, img_size: int | tuple[int, int] | None) -> Any:
     from torchvision.transforms.functional import InterpolationMode, resize
 
     return resize(image, [img_size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
+_sizes_cache: dict[str, tuple | None] = {}
+
+
+def _transform_sizes(spec: ModelSpec) -> tuple | None:
+    """(min_size, max_size, fixed_size) of a detector's own transform, read off the model built on PyTorch's meta
+    device (no weights, no memory); None when it has no such transform."""
+    import json
+    import warnings
+
+    import torch
+    from torchvision.models import get_model
+
+    key = json.dumps([spec.architecture, spec.arch_kwargs, len(spec.classes)], sort_keys=True, default=str)
+    if key not in _sizes_cache:
+        try:
+            with warnings.catch_warnings(), torch.device("meta"):
+                warnings.simplefilter("ignore")
+                small = _small_architectures()
+                kwargs = _num_classes_kwargs(spec)
+                if spec.architecture in small:
+                    model = small[spec.architecture](num_classes=len(spec.classes) + 1, **kwargs)
+                else:
+                    model = get_model(spec.architecture, num_classes=len(spec.classes) + 1, weights=None,
+                                      weights_backbone=None, **kwargs)
+            t = getattr(model, "transform", None)
+            _sizes_cache[key] = None if t is None else (int(t.min_size[0]), int(t.max_size),
+                                                        getattr(t, "fixed_size", None))
+        except Exception:  # a model that cannot be built here: decode whole
+            _sizes_cache[key] = None
+    return _sizes_cache[key]

@@ -12,8 +12,8 @@ from typing import Any
 
 from pipeline.prediction import Item
 from pipeline.stages.loading.batch import Batch
-from workers.decode import DEFAULT_MAX_PIXELS, DEFAULT_URL_TIMEOUT_S, load_batch
-from workers.messages import LoadRequest
+from workers.decode import load_batch
+from workers.messages import DecodeOptions, LoadRequest
 
 __all__ = ["LOAD_TASK_OPTIONS", "ImageLoader", "load_request", "submit_load"]
 
@@ -37,34 +37,27 @@ def load_request(item: Item) -> LoadRequest:
     return LoadRequest(index=item.index, path=item.path, url=item.url, array=item.image, error=item.error)
 
 
-def submit_load(items: list[Item], img_size: tuple[int, int] | None, settings: dict[str, Any],
-                node_id: str | None = None) -> Any:
+def submit_load(items: list[Item], options: DecodeOptions, node_id: str | None = None) -> Any:
     """Start the loading task of one batch; returns the ObjectRef of its `LoadedBatch`."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    options = {}
+    placement = {}
     if node_id:
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)
-    return _remote().options(**options).remote(
-        [load_request(it) for it in items],
-        img_size,
-        int(settings.get("max_pixels", DEFAULT_MAX_PIXELS)),
-        float(settings.get("url_timeout", DEFAULT_URL_TIMEOUT_S)),
-    )
+        placement["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)
+    return _remote().options(**placement).remote([load_request(it) for it in items], options)
 
 
 class ImageLoader:
     """Consecutive runs of `batch_size` image items, each batch decoded by one loading task."""
 
-    def __init__(self, img_size: tuple[int, int] | None, settings: dict[str, Any]):
-        self.img_size = img_size
-        self.settings = settings
+    def __init__(self, options: DecodeOptions):
+        self.options = options
 
     def items(self, stream: Iterator[Any]) -> Iterator[Item]:
         return iter(stream)
 
     def batch(self, items: list[Item]) -> Batch:
-        return Batch(items, lambda node_id: submit_load(items, self.img_size, self.settings, node_id))
+        return Batch(items, lambda node_id: submit_load(items, self.options, node_id))
 
     def batches(self, items: Iterator[Item], batch_size: int) -> Iterator[Batch]:
         chunk: list[Item] = []

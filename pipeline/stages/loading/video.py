@@ -18,16 +18,22 @@ made, and Ray ends an actor whose handles are gone once its queued calls have ru
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
 
 from pipeline.prediction import Item
 from pipeline.stages.loading.batch import Batch
 from pipeline.stages.loading.images import ImageLoader
+from pipeline.stages.reorder import rounds_in_step
 from pipeline.stages.source.video import VideoFrames
 from pipeline.stages.video_params import split_ranges
+from workers.messages import DecodeOptions
 
-__all__ = ["MAX_READERS", "READER_OPTIONS", "VideoLanes", "VideoLoader", "loader_cpus"]
+__all__ = ["MAX_READERS", "READER_OPTIONS", "TRACKED_RANGE_MAX", "TRACKED_RANGE_MIN", "Tracking", "VideoLanes",
+           "VideoLoader", "loader_cpus", "tracked_range_frames"]
 
 # Ranges per reader: progress moves front to back through the video (what a stopped or crashed run leaves done is
 # close to a prefix) while each reader pays a seek into a new range only this many times.
@@ -35,6 +41,10 @@ RANGES_PER_READER = 4
 # A range holds at least this many selected frames (several batches), so the seek and the partial GOP at its start
 # cost little next to the frames it decodes.
 MIN_RANGE_FRAMES = 48
+# A tracked video's ranges: about one GOP, within these bounds (selected frames). The upper one is 10 s at 30 fps,
+# the longest GOP common encoders make by default; a longer GOP is cut inside (its head decoded by two ranges).
+TRACKED_RANGE_MIN = 32
+TRACKED_RANGE_MAX = 300
 # At most this many readers for one video, whatever the cluster has: beyond it, a video's frames are spread so thin
 # that each reader's ranges are mostly seeks.
 MAX_READERS = 64
@@ -65,20 +75,46 @@ def _remote_reader() -> Any:
     return _reader_class
 
 
-class VideoLanes:
-    """One video's frames dealt to reader lanes: its ranges, its readers, the order its items are read in."""
+def tracked_range_frames(video: VideoFrames) -> int:
+    """The length of a tracked video's ranges, in selected frames: the fewest whole groups of pictures (the median
+    distance between keyframes, over the stride) that make at least TRACKED_RANGE_MIN frames, so that ranges start
+    at keyframes and no GOP is decoded twice; at most TRACKED_RANGE_MAX: short ranges keep the frames waiting in
+    the reorder buffer few (see `VideoLanes`)."""
+    keyframes = np.asarray(video.index.keyframes)
+    gop = float(np.median(np.diff(keyframes))) if len(keyframes) > 1 else float(video.index.frames_count)
+    gop = max(1, round(gop / video.selection.step))
+    return int(min(TRACKED_RANGE_MAX, gop * math.ceil(TRACKED_RANGE_MIN / gop)))  # whole GOPs, if they fit
 
-    def __init__(self, video: VideoFrames, readers: int):
+
+class VideoLanes:
+    """One video's frames dealt to reader lanes: its ranges, its readers, the order its items are read in.
+
+    `tracked`: the video's frames feed a tracker, which takes them in order through a reorder buffer
+    (pipeline.stages.reorder). Its ranges are short (`tracked_range_frames`) and its items come one round of
+    `lanes` ranges at a time (`rounds_in_step`), so the frames that can finish ahead of the first one still missing
+    are at most `lanes x range_len` plus those in flight: the buffer's bound. Untracked, a lane runs through its
+    few long ranges on its own (fewer seeks), and lanes drift apart freely."""
+
+    def __init__(self, video: VideoFrames, readers: int, tracked: bool = False):
         self.video = video
+        self.tracked = tracked
         n = len(video.selection)
-        wanted = max(1, min(readers * RANGES_PER_READER, n // MIN_RANGE_FRAMES))
+        if tracked:
+            wanted = max(1, math.ceil(n / tracked_range_frames(video)))
+        else:
+            wanted = max(1, min(readers * RANGES_PER_READER, n // MIN_RANGE_FRAMES))
         self.ranges = split_ranges(video.selection, video.index.keyframes.tolist(), wanted)
         self.lanes = max(1, min(readers, len(self.ranges)))
+        self.range_len = max((len(r) for r in self.ranges), default=0)  # the longest, for the reorder bound
         self._starts = [r.start for r in self.ranges]
         self._readers: dict[int, Any] = {}
 
     def items(self) -> Iterator[Item]:
-        """Items lane by lane, one each in turn; within a lane, its ranges in order."""
+        """Items lane by lane, one each in turn; within a lane, its ranges in order (tracked: round by round)."""
+        if self.tracked:
+            for _, pos in rounds_in_step(self.ranges, self.lanes):
+                yield self.video.item(pos)
+            return
         lanes = [_chain(self.ranges[j::self.lanes]) for j in range(self.lanes)]
         while lanes:
             alive = []
@@ -125,20 +161,29 @@ def _chain(ranges: list[range]) -> Iterator[int]:
         yield from r
 
 
+class Tracking(Protocol):
+    def open(self, video: VideoFrames, lanes: int, range_len: int) -> None:
+        """A tracked video's items start: `lanes` readers, ranges of at most `range_len` selected frames."""
+
+
 class VideoLoader:
     """Loads a plan whose stream holds videos (`VideoFrames`), and image items as `ImageLoader` does. Videos
-    register when their items start and leave once their last batch is made."""
+    register when their items start and leave once their last batch is made. With `tracking` (the run's tracking
+    stage) every video is laid out for tracking (`VideoLanes(tracked=True)`) and announced to it."""
 
-    def __init__(self, img_size: tuple[int, int] | None, settings: dict[str, Any], readers: int | None = None):
-        self.img_size = img_size
-        self.images = ImageLoader(img_size, settings)
+    def __init__(self, options: DecodeOptions, readers: int | None = None, tracking: Tracking | None = None):
+        self.img_size = options.resize  # frames are decoded whole by PyAV; only an exact size is applied
+        self.images = ImageLoader(options)
         self.readers = readers
+        self.tracking = tracking
         self.videos: dict[str, VideoLanes] = {}
 
     def items(self, stream: Iterator[Any]) -> Iterator[Item]:
         for entry in stream:
             if isinstance(entry, VideoFrames):
-                lanes = VideoLanes(entry, self.readers or loader_cpus())
+                lanes = VideoLanes(entry, self.readers or loader_cpus(), tracked=self.tracking is not None)
+                if self.tracking is not None:
+                    self.tracking.open(entry, lanes.lanes, lanes.range_len)
                 self.videos[entry.path] = lanes
                 yield from lanes.items()
             else:

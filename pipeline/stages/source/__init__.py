@@ -5,6 +5,7 @@ rows) at a time, so a 100,000-image input is never listed into memory as images 
 predicted while the walk goes on. `SourcePlan.count()` gives the total for progress bars with a names-only pass.
 
     files.py     directories, local Supervisely project folders, paths / URLs / arrays / lists
+    objects.py   object-store prefixes and objects (s3://, gs://, hdfs://: any pyarrow.fs URI)
     platform.py  platform images, datasets and projects
     video.py     video files, platform videos, the videos of a directory
 """
@@ -18,10 +19,12 @@ import numpy as np
 from pipeline.exceptions import InvalidArgumentError
 from pipeline.stages.args import PredictArgs
 from pipeline.stages.source.files import directory_plan, loose_plan, sly_project_plan
+from pipeline.stages.source.objects import object_plan
 from pipeline.stages.source.plan import SourcePlan, abs_path
 from pipeline.stages.source.platform import platform_plan
 from pipeline.stages.source.video import VideoFrames, platform_video_plan, video_file_plan
 from workers.formats import is_url, is_video_file
+from workers.objects import is_object_uri
 
 __all__ = ["SourcePlan", "VideoFrames", "resolve_source"]
 
@@ -37,7 +40,9 @@ def resolve_source(args: PredictArgs, platform: object) -> SourcePlan:
         text = os.fspath(value)
         if is_url(text):
             return loose_plan([text], "a URL")
-        path = abs_path(text)
+        if is_object_uri(text):
+            return object_plan(text, args.recursive)
+        path = abs_path(text[len("file://"):] if text.startswith("file://") else text)
         if not os.path.exists(path):
             raise InvalidArgumentError(f"input path does not exist: {text}")
         if os.path.isdir(path):

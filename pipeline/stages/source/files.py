@@ -12,10 +12,12 @@ import numpy as np
 
 from pipeline.exceptions import InvalidArgumentError
 from pipeline.prediction import Item
+from pipeline.stages.source.objects import VIDEO_REFUSAL, check_store, object_item
 from pipeline.stages.source.plan import SourcePlan, abs_path, file_item
 from pipeline.stages.source.video import directory_plan_with_videos
 from workers.decode import to_rgb_array
 from workers.formats import is_image_file, is_url, is_video_file
+from workers.objects import is_object_uri
 
 __all__ = ["directory_plan", "loose_plan", "sly_project_plan", "walk"]
 
@@ -139,6 +141,8 @@ def _loose_item(value: Any, index: int) -> Item:
         if is_url(text):
             return Item(index=index, key=f"url:{index}:{text}", name=_url_name(text, index), source=text, url=text,
                         image_url=text)
+        if is_object_uri(text):
+            return object_item(index, text, source=value)
         path = abs_path(text)
         error = None
         if not os.path.exists(path):
@@ -158,8 +162,19 @@ def _loose_item(value: Any, index: int) -> Item:
 
 
 def loose_plan(values: list[Any], description: str) -> SourcePlan:
+    from urllib.parse import urlsplit
+
+    stores: set[tuple[str, str, str]] = set()
     for v in values:
-        if isinstance(v, str | os.PathLike) and not is_url(v):
+        if isinstance(v, str) and is_object_uri(v):
+            if is_video_file(v.split("?", 1)[0]):
+                raise InvalidArgumentError(f"input {v.split('?', 1)[0]}: {VIDEO_REFUSAL}")
+            parts = urlsplit(v)
+            store = (parts.scheme, parts.netloc, parts.query)
+            if store not in stores:  # each store and bucket checked once, before any work
+                stores.add(store)
+                check_store(v)
+        elif isinstance(v, str | os.PathLike) and not is_url(v):
             if is_video_file(os.fspath(v)):
                 raise InvalidArgumentError(f"a video inside a list is not supported; pass the video alone: {v}")
     items_list = [_loose_item(v, i) for i, v in enumerate(values)]  # arrays are converted once, here

@@ -2,9 +2,10 @@
 Parquet / COCO files, in their own thread so the replicas never wait for the database.
 
 Reading order: `target.py` (the job, the transaction loop that makes each item atomic), `images.py` and
-`videos.py` (what a unit is and how it is written), `merge.py` (the pure decisions of the modes), `export.py`
-(Parquet and COCO), `stage.py` (the thread). `make_uploader` checks everything and prepares the job before any
-prediction.
+`videos.py` (what a unit is and how it is written), `merge.py` (the pure decisions of the modes), `location.py`
+(local paths and object-store URIs), `export.py` (Parquet parts and their manifest), `coco.py` and `yolo.py`
+(assembled from the parts), `outputs.py` (the files of a run; a file job without upload), `stage.py` (the
+thread). `make_uploader` checks everything and prepares the job before any prediction.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 from pipeline.exceptions import InvalidArgumentError
 from pipeline.stages.args import PredictArgs
 from pipeline.stages.source.plan import SourcePlan
-from pipeline.stages.upload.export import CocoWriter, ParquetWriter, check_output
 from pipeline.stages.upload.images import ImageTarget
+from pipeline.stages.upload.outputs import make_outputs
 from pipeline.stages.upload.stage import UploadStage
 from pipeline.stages.upload.target import Target, new_job_id
 from pipeline.stages.upload.videos import VideoTarget
@@ -51,7 +52,9 @@ def make_uploader(args: PredictArgs, plan: SourcePlan, platform: Any, model: Any
     """Check the upload against the input and prepare it (job record, new project), before any prediction."""
     target = None
     if args.output:
-        check_output(args.output)
+        from pipeline.stages.upload.export import check_output
+
+        check_output(args.output)  # every output path, before a job or a project is created
     if args.upload is not None:
         if args.upload != "create" and not plan.platform_items:
             raise InvalidArgumentError(f"upload={args.upload!r} needs platform items; got {plan.description}")
@@ -66,20 +69,12 @@ def make_uploader(args: PredictArgs, plan: SourcePlan, platform: Any, model: Any
         target_cls = VideoTarget if plan.project_type == "videos" else ImageTarget
         target = target_cls(args, plan, platform, model)
         print(target.announce(), file=sys.stderr)
-    writers: list[Any] = []
+    outputs = None
     if args.output:
-        resumed = target is not None and target.resumed
-        if args.output.get("coco") and resumed:
-            raise InvalidArgumentError(
-                f"output.coco cannot resume: job {target.job_id!r} skips the items it has done, so the COCO file "
-                "would hold only the rest; export COCO in a run of its own (output.parquet resumes)"
-            )
-        if args.output.get("parquet"):
-            writer = ParquetWriter(args.output["parquet"], resume=resumed)
-            if writer.replaced:
-                print(f"output.parquet: replaced {writer.replaced} part file(s) of an earlier run in {writer.path}",
-                      file=sys.stderr)
-            writers.append(writer)
-        if args.output.get("coco"):
-            writers.append(CocoWriter(args.output["coco"], model.classes))
-    return UploadStage(target, writers)
+        outputs = make_outputs(args, plan, model, target)
+        if outputs.replaced:
+            print(f"output: replaced {outputs.replaced} part file(s) of an earlier job in "
+                  f"{outputs.writers[-1].path}", file=sys.stderr)
+        if outputs.file_job:
+            print(outputs.announce(), file=sys.stderr)
+    return UploadStage(target, outputs)

@@ -1,33 +1,45 @@
-"""Predictions exported without the platform: Parquet (one row per object) and COCO JSON.
+"""Predictions exported without the platform: Parquet parts, one row per object, each part carrying the manifest of
+the items it holds. COCO and YOLO files are assembled from these parts when the run ends (`coco.py`, `yolo.py`).
 
-Parquet is written as the run streams: `output.parquet` is a directory of part files, each closed (and so
-complete and readable) as soon as it is written, so a crash keeps every part written before it. Read it with
-`pyarrow.parquet.read_table(path)` or `pandas.read_parquet(path)`. COCO is one JSON document, written atomically
-(temporary file + rename) when the run ends.
+`output.parquet` is a directory of part files (`part-00000.parquet`, ...), each written atomically (see
+`location.py`) and so complete and readable as soon as it exists: a crash keeps every part written before it. Read
+it with `pyarrow.parquet.read_table(path)` or `pandas.read_parquet(path)` (a URI with `filesystem=`).
+
+**The manifest.** A part's Parquet key-value metadata (`pipeline.manifest`) holds the job id and one record per
+item whose result the part holds: its key, position in the run, name, dataset, size, error and how many rows it
+has (0 for an item where nothing was found). Rows and manifest are one file, written in one atomic step, so an
+item is either recorded as done together with all its rows, or neither: a job resumed after a crash (even
+SIGKILL) skips exactly the items of its parts and predicts the rest, and no row is lost or written twice. Nothing
+needs reconciling: a part that was not completely written does not exist under its name (a hidden `.part-*.tmp`
+is ignored by Parquet readers and deleted by the next run).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from pipeline.exceptions import InvalidArgumentError
-from pipeline.prediction import KEYPOINT_MIN_SCORE, Prediction
+from pipeline.prediction import Prediction
+from pipeline.stages.upload.location import Location
 
-__all__ = ["ParquetWriter", "CocoWriter", "check_output", "mask_to_rle", "rle_to_mask"]
+__all__ = ["MANIFEST_KEY", "OUTPUT_KEYS", "ParquetWriter", "check_output", "mask_from_row", "mask_to_rle",
+           "read_parts", "rle_to_mask"]
 
-# A part file is written once this many rows are buffered (big enough for efficient Parquet) or once the oldest
-# buffered row is this many seconds old, whichever comes first: a crash loses at most that much.
+# A part file is written once this many rows (or items) are buffered (big enough for efficient Parquet) or once
+# the oldest buffered item is this many seconds old, whichever comes first: a crash loses at most that much.
 PARQUET_ROWS_PER_PART = 20_000
 PARQUET_FLUSH_S = 10.0
+MANIFEST_KEY = b"pipeline.manifest"
+OUTPUT_KEYS = ("parquet", "coco", "yolo", "yolo_images")
 _PART = re.compile(r"part-(\d+)\.parquet")
+_TEMP = re.compile(r"\.part-\d+\.parquet\.[0-9a-f]+\.tmp")
 
 
 def _schema():
@@ -40,9 +52,10 @@ def _schema():
         ("target_project_id", pa.int64()), ("target_image_id", pa.int64()),
         ("image_height", pa.int32()), ("image_width", pa.int32()),
         ("object_idx", pa.int32()), ("class", pa.string()), ("class_id", pa.int32()), ("score", pa.float32()),
+        ("track_id", pa.int64()),  # the object's track in its video (-1: in none); null without tracking
         ("x1", pa.float32()), ("y1", pa.float32()), ("x2", pa.float32()), ("y2", pa.float32()),
         ("mask_png", pa.binary()), ("mask_x", pa.int32()), ("mask_y", pa.int32()),
-        ("keypoints", pa.list_(pa.float32())),
+        ("keypoints", pa.list_(pa.float32())),  # pose: x, y, score per keypoint, in pixels
         ("error", pa.string()),
     ])
 
@@ -64,110 +77,190 @@ def _mask_png(mask: np.ndarray) -> tuple[bytes, int, int]:
     return buf.getvalue(), int(x0), int(y0)
 
 
-def check_output(output: dict[str, Any]) -> None:
-    """Refuse output paths that cannot be written, before any work (and before an old Parquet output is
-    replaced)."""
-    if output.get("parquet"):
-        path = os.path.abspath(os.fspath(output["parquet"]))
-        if os.path.exists(path) and not os.path.isdir(path):
+def check_output(output: dict[str, Any]) -> dict[str, Location]:
+    """Refuse outputs that cannot be written, before any work (and before an old Parquet output is replaced):
+    {format: its `Location`}. Local paths and object-store URIs alike (see `location.py`)."""
+    unknown = set(output) - set(OUTPUT_KEYS)
+    if unknown:
+        raise InvalidArgumentError(f"output: unknown key(s) {sorted(unknown)}; use {', '.join(OUTPUT_KEYS)}")
+    found: dict[str, Location] = {}
+    for key, kind, wanted in (("parquet", "a directory of part files", "dir"), ("coco", "one JSON file", "file"),
+                              ("yolo", "a dataset folder", "dir")):
+        if not output.get(key):
+            continue
+        loc = Location(output[key], f"output {key}")
+        loc.check_writable()
+        there = loc.kind()
+        if there not in ("missing", wanted):
             raise InvalidArgumentError(
-                f"output parquet {path} is a file; the Parquet output is a directory of part files: give a new "
-                "path or a folder"
+                f"output {key} {loc} is a {'directory' if there == 'dir' else 'file'}; the {key.upper()} output is "
+                f"{kind}: give {'a file path' if wanted == 'file' else 'a new path or a folder'}"
             )
-    if output.get("coco"):
-        path = os.path.abspath(os.fspath(output["coco"]))
-        if os.path.isdir(path):
-            raise InvalidArgumentError(
-                f"output coco {path} is a directory; the COCO output is one JSON file: give a file path"
-            )
-        parent = os.path.dirname(path)
-        while parent and not os.path.exists(parent):
-            parent = os.path.dirname(parent)
-        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-            raise InvalidArgumentError(f"output coco {path}: cannot write there ({parent} is not a writable folder)")
+        found[key] = loc
+    images = output.get("yolo_images", "copy")
+    if images not in ("copy", "link"):
+        raise InvalidArgumentError(f"output yolo_images must be 'copy' or 'link'; got {images!r}")
+    if images == "link" and "yolo" in found and found["yolo"].is_uri:
+        raise InvalidArgumentError("output yolo_images='link' needs a local yolo folder (an object store has no "
+                                   "links); use 'copy'")
+    return found
+
+def _manifest_of(loc: Location, name: str) -> dict[str, Any] | None:
+    """The manifest of part `name` (None for a part written without one, by an older version)."""
+    import pyarrow.parquet as pq
+
+    try:
+        with loc.open_input(loc.join(name)) as f:
+            meta = pq.read_metadata(f).metadata or {}
+    except Exception as exc:  # parts are written atomically: an unreadable one was damaged by something else
+        raise InvalidArgumentError(f"{loc.what}: the part {loc.join(name)} cannot be read ({exc}); move it "
+                                   "away, or write to a new folder") from None
+    raw = meta.get(MANIFEST_KEY)
+    return json.loads(raw) if raw else None
+
+
+def _item_record(p: Prediction, rows: int) -> dict[str, Any]:
+    """What the manifest keeps of an item: enough to resume (key) and to assemble COCO / YOLO (the rest)."""
+    return {"key": p.key, "index": p.index, "name": p.name, "dataset": list(p.dataset),
+            "size": list(p.orig_size) if p.orig_size else None, "frame_idx": p.frame_idx, "error": p.error,
+            "rows": rows, "masks": p.masks is not None, "keypoints": p.keypoints is not None,
+            "path": p.item.path or p.image_path, "url": p.image_url, "array": p.image is not None}
 
 
 class ParquetWriter:
-    """Appends one row per object (and one per failed item, with `error`) to a directory of Parquet parts.
+    """Appends one row per object (and one per failed item, with `error`) to a directory of Parquet parts, each
+    carrying its manifest (module docstring).
 
-    A new run replaces the parts an earlier run left in the folder (as the COCO file is replaced); `resume=True`
-    (a resumed upload job) keeps them and adds its own after them.
+    Parts of job `job_id` already in the folder are kept and their items are `done_keys` (a resumed job); parts of
+    any other job are deleted (replaced, as a new COCO file replaces the old), and so are parts without a manifest
+    unless `keep_unmarked` (an upload job resuming output written before manifests existed).
     """
 
-    def __init__(self, path: str | os.PathLike, resume: bool = False):
-        self.path = os.path.abspath(os.fspath(path))
-        check_output({"parquet": self.path})
-        os.makedirs(self.path, exist_ok=True)
-        existing = sorted(f for f in os.listdir(self.path) if _PART.fullmatch(f))
+    def __init__(self, target: str | Location, job_id: str, keep_unmarked: bool = False):
+        self.loc = target if isinstance(target, Location) else Location(target, "output parquet")
+        self.path = self.loc.shown
+        self.job_id = job_id
+        if self.loc.kind() == "file":
+            raise InvalidArgumentError(f"{self.loc.what} {self.loc} is a file; the Parquet output is a directory "
+                                       "of part files: give a new path or a folder")
+        self.loc.makedirs()
+        self.done_keys: set[str] = set()
         self.replaced = 0
-        if existing and not resume:
-            for f in existing:
-                os.unlink(os.path.join(self.path, f))
-            self.replaced, existing = len(existing), []
-        self._part = max((int(_PART.fullmatch(f).group(1)) for f in existing), default=-1) + 1
+        kept = []
+        for name in self.loc.list_names():
+            if _TEMP.fullmatch(name):
+                self.loc.delete(self.loc.join(name))  # a part whose writer died before it was complete
+            elif _PART.fullmatch(name):
+                manifest = _manifest_of(self.loc, name)
+                if (manifest is None and keep_unmarked) or (manifest is not None and manifest["job_id"] == job_id):
+                    kept.append(name)
+                    self.done_keys.update(r["key"] for r in (manifest or {"items": []})["items"])
+                else:
+                    self.loc.delete(self.loc.join(name))
+                    self.replaced += 1
+        self.resumed = bool(kept)
+        self._part = max((int(_PART.fullmatch(f).group(1)) for f in kept), default=-1) + 1
         self._rows: dict[str, list] = {f.name: [] for f in _schema()}
         self._n = 0
-        self._oldest: float | None = None  # monotonic time of the oldest buffered row
+        self._items: list[dict[str, Any]] = []
+        self._oldest: float | None = None  # monotonic time of the oldest buffered item
         self.rows_written = 0
 
     def add(self, preds: list[Prediction]) -> None:
         for p in preds:
-            target = p.target
-            common = {
-                "source": _source_text(p), "name": p.name, "dataset": "/".join(p.dataset),
-                "project_id": p.project_id, "dataset_id": p.dataset_id, "image_id": p.image_id,
-                "video_id": p.video_id, "frame_idx": p.frame_idx,
-                "target_project_id": target.project_id if target else None,
-                "target_image_id": (target.image_id if target else None),
-                "image_height": p.orig_size[0] if p.orig_size else None,
-                "image_width": p.orig_size[1] if p.orig_size else None,
-            }
-            if p.error is not None:
-                self._append({**common, "error": p.error})
-                continue
-            if p.top_class is not None:  # a classifier: one row, its top class, no box
-                self._append({**common, "class": p.top_class, "class_id": int(np.argmax(p.probs)),
-                              "score": p.top_score})
-            for i in range(len(p)):  # nothing found: no rows
-                x1, y1, x2, y2 = (float(v) for v in p.boxes[i])
-                row = {**common, "object_idx": i, "class": p.classes[i], "class_id": int(p.class_ids[i]),
-                       "score": float(p.scores[i]), "x1": x1, "y1": y1, "x2": x2, "y2": y2}
-                if p.masks is not None and p.masks[i].any():
-                    row["mask_png"], row["mask_x"], row["mask_y"] = _mask_png(p.masks[i])
-                if p.keypoints is not None:  # x, y, score of each keypoint, flattened (K * 3)
-                    row["keypoints"] = p.keypoints[i].reshape(-1).tolist()
-                self._append(row)
-        if self._n >= PARQUET_ROWS_PER_PART or (
+            self._items.append(_item_record(p, self._add_rows(p)))
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+        if max(self._n, len(self._items)) >= PARQUET_ROWS_PER_PART or (
                 self._oldest is not None and time.monotonic() - self._oldest >= PARQUET_FLUSH_S):
             self.flush()
+
+    def _add_rows(self, p: Prediction) -> int:
+        target = p.target
+        common = {
+            "source": _source_text(p), "name": p.name, "dataset": "/".join(p.dataset),
+            "project_id": p.project_id, "dataset_id": p.dataset_id, "image_id": p.image_id,
+            "video_id": p.video_id, "frame_idx": p.frame_idx,
+            "target_project_id": target.project_id if target else None,
+            "target_image_id": (target.image_id if target else None),
+            "image_height": p.orig_size[0] if p.orig_size else None,
+            "image_width": p.orig_size[1] if p.orig_size else None,
+        }
+        if p.error is not None:
+            self._append({**common, "error": p.error})
+            return 1
+        extra = 0
+        if p.top_class is not None:  # a classifier: one row, its top class and probability, no box
+            self._append({**common, "class": p.top_class, "class_id": int(np.argmax(p.probs)), "score": p.top_score})
+            extra = 1
+        for i in range(len(p)):
+            x1, y1, x2, y2 = (float(v) for v in p.boxes[i])
+            row = {**common, "object_idx": i, "class": p.classes[i], "class_id": int(p.class_ids[i]),
+                   "score": float(p.scores[i]), "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+                   "track_id": int(p.track_ids[i]) if p.track_ids is not None else None}
+            if p.masks is not None and p.masks[i].any():
+                row["mask_png"], row["mask_x"], row["mask_y"] = _mask_png(p.masks[i])
+            if p.keypoints is not None:
+                row["keypoints"] = p.keypoints[i].reshape(-1).tolist()
+            self._append(row)
+        return len(p) + extra
 
     def _append(self, row: dict[str, Any]) -> None:
         for k, col in self._rows.items():
             col.append(row.get(k))
-        if not self._n:
-            self._oldest = time.monotonic()
         self._n += 1
 
     def flush(self) -> None:
-        if not self._n:
+        """Write the buffered rows and their items' manifest as the next part (module docstring)."""
+        if not self._items:
             return
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.table(self._rows, schema=_schema())
-        final = os.path.join(self.path, f"part-{self._part:05d}.parquet")
-        tmp = final + ".tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)  # a part is either complete or absent
+        manifest = json.dumps({"job_id": self.job_id, "items": self._items}, separators=(",", ":"))
+        table = pa.table(self._rows, schema=_schema()).replace_schema_metadata({MANIFEST_KEY: manifest.encode()})
+        self.loc.write(self.loc.join(f"part-{self._part:05d}.parquet"), lambda stream: pq.write_table(table, stream))
         self._part += 1
         self.rows_written += self._n
         self._rows = {k: [] for k in self._rows}
         self._n = 0
+        self._items = []
         self._oldest = None
 
     def close(self) -> None:
         self.flush()
 
+
+def read_parts(loc: Location, with_rows: bool = True) -> Iterator[tuple[dict[str, Any], list[dict]]]:
+    """Every item recorded in the parts at `loc`, in part order, with its rows (`[]` without `with_rows`): what
+    COCO and YOLO are assembled from. One part is in memory at a time."""
+    import pyarrow.parquet as pq
+
+    for name in loc.list_names():
+        if not _PART.fullmatch(name):
+            continue
+        with loc.open_input(loc.join(name)) as f:
+            pf = pq.ParquetFile(f)
+            raw = (pf.metadata.metadata or {}).get(MANIFEST_KEY)
+            if raw is None:
+                continue  # written before manifests existed: its items cannot be told apart
+            rows = pf.read().to_pylist() if with_rows else []
+        at = 0
+        for record in json.loads(raw)["items"]:
+            yield record, rows[at:at + record["rows"]]
+            at += record["rows"]
+
+
+def mask_from_row(row: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
+    """The (H, W) bool mask of a Parquet row (its PNG crop placed at its origin); all False when it has none."""
+    from PIL import Image
+
+    mask = np.zeros(size, bool)
+    if row.get("mask_png"):
+        crop = np.asarray(Image.open(io.BytesIO(row["mask_png"])).convert("1"), dtype=bool)
+        y, x = row["mask_y"], row["mask_x"]
+        mask[y:y + crop.shape[0], x:x + crop.shape[1]] = crop
+    return mask
 
 def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     """COCO uncompressed RLE: column-major run lengths starting with a run of zeros. Computed from the mask's
@@ -196,63 +289,3 @@ def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
         pos += c
         val = not val
     return flat.reshape((w, h)).T
-
-
-class CocoWriter:
-    """Collects a COCO detection / instance-segmentation / keypoint document; writes it atomically on `close()`.
-    Classifiers' predictions have no COCO form: their images are listed, without annotations."""
-
-    def __init__(self, path: str | os.PathLike, class_names: list[str]):
-        self.path = os.path.abspath(os.fspath(path))
-        check_output({"coco": self.path})
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        seen: dict[str, int] = {}
-        self.categories = []
-        for i, name in enumerate(class_names):
-            self.categories.append({"id": i + 1, "name": name, "supercategory": ""})
-            seen.setdefault(name, i + 1)
-        self.images: list[dict] = []
-        self.annotations: list[dict] = []
-
-    def add(self, preds: list[Prediction]) -> None:
-        for p in preds:
-            if p.error is not None or p.orig_size is None:
-                continue
-            if p.keypoints is not None and self.categories and "keypoints" not in self.categories[0]:
-                self._keypoint_categories(p)
-            image_id = len(self.images) + 1
-            file_name = "/".join((*p.dataset, p.name or f"{image_id}"))
-            entry = {"id": image_id, "file_name": file_name, "height": p.orig_size[0], "width": p.orig_size[1]}
-            if p.frame_idx is not None:
-                entry["frame_idx"] = p.frame_idx
-            self.images.append(entry)
-            for i in range(len(p)):
-                x1, y1, x2, y2 = (float(v) for v in p.boxes[i])
-                ann = {
-                    "id": len(self.annotations) + 1, "image_id": image_id, "category_id": int(p.class_ids[i]) + 1,
-                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                    "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0, "score": round(float(p.scores[i]), 5),
-                }
-                if p.masks is not None:
-                    ann["segmentation"] = mask_to_rle(p.masks[i])
-                    ann["area"] = int(p.masks[i].sum())
-                if p.keypoints is not None:  # as COCO keypoint results (and Ultralytics' JSON): x, y, score
-                    ann["keypoints"] = [round(float(v), 3) for v in p.keypoints[i].reshape(-1)]
-                    ann["num_keypoints"] = int((p.keypoints[i][:, 2] >= KEYPOINT_MIN_SCORE).sum())
-                self.annotations.append(ann)
-
-    def _keypoint_categories(self, p: Prediction) -> None:
-        """COCO's keypoint fields on every category: the keypoint names and the skeleton (1-based indices)."""
-        names = p.keypoint_names or [str(i) for i in range(p.keypoints.shape[1])]
-        skeleton = [[a + 1, b + 1] for a, b in (p.skeleton or ())]
-        for cat in self.categories:
-            cat.update(keypoints=list(names), skeleton=skeleton)
-
-    def close(self) -> None:
-        doc = {"info": {"description": "predictions", "version": "1.0"}, "images": self.images,
-               "annotations": self.annotations, "categories": self.categories}
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path) or ".", prefix=".coco-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; others on a shared volume read results too
-        os.replace(tmp, self.path)

@@ -14,12 +14,12 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.exceptions import InvalidArgumentError, PipelineError
+from pipeline.exceptions import DiskFullError, InvalidArgumentError, PipelineError
 from pipeline.platform import media, ops
 from pipeline.prediction import Prediction, UploadTarget
 from pipeline.stages.upload.merge import merge_annotation, merge_tags
 from pipeline.stages.upload.target import Target, Written
-from workers.decode import ItemError, fetch_url
+from workers.decode import ItemError, fetch_bytes
 
 __all__ = ["ImageTarget"]
 
@@ -46,6 +46,8 @@ class ImageTarget(Target):
         for p in todo:
             try:
                 self._staged[id(p)] = self._stage_image(p)
+            except DiskFullError:  # no item's fault, and every next one would fail the same way: the run ends
+                raise
             except (OSError, PipelineError, ItemError) as exc:  # e.g. a URL that no longer answers
                 errors[id(p)] = f"upload failed: cannot store the image: {exc}"
         return errors
@@ -59,7 +61,7 @@ class ImageTarget(Target):
         elif p.image_path is not None:
             src = open(p.image_path, "rb")  # noqa: SIM115 - closed by the `with` below
         elif p.image_url is not None:
-            src = io.BytesIO(fetch_url(p.image_url))
+            src = io.BytesIO(fetch_bytes(p.image_url))
         else:
             raise InvalidArgumentError("the item has no image to store")
         with src:
@@ -75,6 +77,8 @@ class ImageTarget(Target):
         for path in dict.fromkeys(p.dataset for p in todo):
             try:
                 self.dataset_for(conn, path)
+            except DiskFullError:
+                raise
             except PipelineError as exc:  # e.g. a folder name the platform refuses
                 errors.update((id(p), f"upload failed: cannot create dataset {'/'.join(path)!r}: {exc}")
                               for p in todo if p.dataset == path)

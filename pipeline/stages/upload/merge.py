@@ -1,6 +1,7 @@
 """Pure decisions of the upload modes: which predicted labels survive `iou_merge`, how annotations combine, for
-images (`merge_annotation`) and video annotations (`merge_video_annotation` on a `VideoAnnotation`,
-`merge_video_json` on its stored JSON: the same rules).
+images (`merge_annotation`) and video annotations (`merge_video_annotation` on a whole `VideoAnnotation`: the
+rules; `kept_on_frames` on the stored figures of the predicted frames only: the same rules, what the upload uses,
+so that a write never reads the rest of the video's annotation).
 
 Table-tested in tests/pipeline/test_merge.py and tests/pipeline/test_video_upload.py; the upload targets call
 these inside their transactions.
@@ -8,14 +9,14 @@ these inside their transactions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pipeline.annotation import Annotation, Label, geometry_iou
 from pipeline.exceptions import FormatError
 
-__all__ = ["MODES", "base_class_name", "frame_labels", "iou_merge_keep", "labels_to_video", "merge_annotation",
-           "merge_tags", "merge_video_annotation", "merge_video_json"]
+__all__ = ["MODES", "base_class_name", "iou_merge_keep", "kept_on_frames", "labels_to_video", "merge_annotation",
+           "merge_tags", "merge_video_annotation", "stored_labels"]
 
 T = TypeVar("T")
 
@@ -149,24 +150,17 @@ def merge_video_annotation(mode: str, current: Any, predicted: Mapping[int, Sequ
     return ann.add_objects(new_objects).add_figures(new_figures)
 
 
-def frame_labels(data: Mapping[str, Any], frames: Iterable[int]) -> dict[int, list[Any]]:
-    """{frame: its figures as `Label`s (geometry and class name)} for the `frames` of the video annotation JSON
-    `data`: only those frames' figures are decoded (what `iou_merge` compares the predictions with)."""
+def stored_labels(rows: Mapping[int, Sequence[tuple[str | None, Mapping[str, Any]]]]) -> dict[int, list[Any]]:
+    """{frame: its stored figures as `Label`s (geometry and class name)} from {frame: [(classTitle, figure JSON)]}
+    (`pipeline.platform.video_rows.figures_on_frames`): only the figures given are decoded, which is what
+    `iou_merge` compares the predictions of those frames with."""
     from pipeline.annotation import Label, ObjClass, geometry_from_json
 
-    wanted = set(frames)
-    figures: dict[int, list[dict]] = {}
-    for fr in data.get("frames", ()):
-        if fr.get("index") in wanted:
-            figures.setdefault(fr["index"], []).extend(fr.get("figures", ()))
-    keys = {fig.get("objectKey") for figs in figures.values() for fig in figs}
-    titles = {o.get("key"): o.get("classTitle") for o in data.get("objects", ()) if o.get("key") in keys}
     classes: dict[str, Any] = {}
     out: dict[int, list[Any]] = {}
-    for index, figs in figures.items():
-        for j, fig in enumerate(figs):
+    for index, figs in rows.items():
+        for j, (title, fig) in enumerate(figs):
             where = f"video annotation: frame {index} figure {j}"
-            title = titles.get(fig.get("objectKey"))
             if title is None:
                 raise FormatError(f"{where}: objectKey {fig.get('objectKey')!r} is not one of the annotation's objects")
             geometry = geometry_from_json(str(fig.get("geometryType")), fig.get("geometry") or {}, where)
@@ -175,55 +169,19 @@ def frame_labels(data: Mapping[str, Any], frames: Iterable[int]) -> dict[int, li
     return out
 
 
-def merge_video_json(mode: str, data: dict[str, Any], predicted: Mapping[int, Sequence[Any]],
-                     threshold: float = 0.9) -> tuple[list[Any], list[Any], bool]:
-    """`merge_video_annotation` on the video annotation JSON `data`, which is changed in place: the same rules,
-    without decoding what is stored (objects and figures stay dicts; `iou_merge` decodes the figures of the
-    predicted frames only, `frame_labels`). Returns (the `VideoObject`s added, their `VideoFigure`s, whether
-    `data` changed), so that the caller can check the new ones against the project meta and the video."""
+def kept_on_frames(mode: str, existing: Mapping[int, Sequence[Any]], predicted: Mapping[int, Sequence[Any]],
+                   img_size: tuple[int, int], threshold: float = 0.9) -> dict[int, list[int]]:
+    """Per predicted frame, the indices of its predicted `Label`s that are written under `mode`: all of them
+    (create, append, replace: `replace` removes the frame's stored figures first), or those `iou_merge_keep`
+    keeps against the `existing` figures of the same frame ({frame: stored `Label`s}, iou_merge). The rules of
+    `merge_video_annotation`, decided per frame on what is stored there only."""
     if mode not in MODES:
         raise ValueError(f"unknown upload mode {mode!r}")
-    objects = data.setdefault("objects", [])
-    frames = data.setdefault("frames", [])
-    changed = False
-    if mode == "replace" and predicted:
-        drop = set(predicted)
-        gone = [fr for fr in frames if fr.get("index") in drop]
-        if gone:
-            frames[:] = [fr for fr in frames if fr.get("index") not in drop]
-            # the objects whose only figures were on the dropped frames go too (objects with no figure stay)
-            lost = {fig.get("objectKey") for fr in gone for fig in fr.get("figures", ())}
-            if lost:
-                lost -= {fig.get("objectKey") for fr in frames for fig in fr.get("figures", ())}
-                objects[:] = [o for o in objects if o.get("key") not in lost]
-            changed = True
-    size = data.get("size") or {}
-    h, w = int(size.get("height", 0)), int(size.get("width", 0))
-    existing = frame_labels(data, predicted) if mode == "iou_merge" else {}
-    new_objects: list[Any] = []
-    new_figures: list[Any] = []
+    out = {}
     for frame in sorted(predicted):
         labels = list(predicted[frame])
+        keep = [True] * len(labels)
         if mode == "iou_merge" and labels:
-            keep = iou_merge_keep(existing.get(frame, []), labels, threshold, h, w)
-            labels = [lab for lab, k in zip(labels, keep) if k]
-        objs, figs = labels_to_video(frame, labels)
-        new_objects += objs
-        new_figures += figs
-    if not new_figures:
-        return new_objects, new_figures, changed
-    objects.extend(o.to_json() for o in new_objects)
-    by_index: dict[int, dict] = {}
-    for fr in frames:
-        by_index.setdefault(fr.get("index"), fr)
-    added = False
-    for fig in new_figures:
-        fr = by_index.get(fig.frame_index)
-        if fr is None:
-            fr = by_index[fig.frame_index] = {"index": fig.frame_index, "figures": []}
-            frames.append(fr)
-            added = True
-        fr.setdefault("figures", []).append(fig.to_json())
-    if added:  # frames in index order, as `VideoAnnotation.add_figures` keeps them (stable: nearly sorted is cheap)
-        frames.sort(key=lambda fr: fr["index"])
-    return new_objects, new_figures, True
+            keep = iou_merge_keep(existing.get(frame, []), labels, threshold, *img_size)
+        out[frame] = [i for i, k in enumerate(keep) if k]
+    return out

@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from pipeline.exceptions import UploadError
+from pipeline.exceptions import DiskFullError, UploadError
 from pipeline.prediction import Item, Prediction
+from pipeline.stages.upload.outputs import Outputs
 from pipeline.stages.upload.target import Target
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,10 @@ MAX_GROUP = 256
 class UploadStage:
     """The upload thread: takes predictions from the collector, writes them, then hands them to the reader."""
 
-    def __init__(self, target: Target | None, writers: list[Any]):
+    def __init__(self, target: Target | None, outputs: Outputs | None = None):
         self.target = target
-        self.writers = writers
+        self.outputs = outputs
+        self.writers: list[Any] = outputs.writers if outputs is not None else []
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._emit: Callable[[list[Prediction]], None] | None = None
@@ -42,19 +44,28 @@ class UploadStage:
         self._run_lock = threading.Lock()
 
     # -- resume -----------------------------------------------------------------------------------------------
-    def filter_done(self, items: Iterator[Item]) -> Iterator[Item]:
-        done = self.target.done_keys if self.target is not None else set()
+    @property
+    def done_keys(self) -> set[str]:
+        """The items the job did before (an upload job: the platform's record; a file job: its parts')."""
+        if self.target is not None:
+            return self.target.done_keys
+        return self.outputs.done_keys if self.outputs is not None else set()
+
+    def filter_done(self, items: Iterator[Item], keep_frames: bool = False) -> Iterator[Item]:
+        """The items a resumed job has not written yet. `keep_frames`: video frames all pass (a tracked video is
+        tracked again from its start; the tracking stage drops the done frames' predictions after tracking)."""
+        done = self.done_keys
         for item in items:
-            if item.key not in done:
+            if item.key not in done or (keep_frames and item.frame_idx is not None):
                 yield item
 
     def skipped_count(self) -> int:
-        return len(self.target.done_keys) if self.target is not None else 0
+        return len(self.done_keys)
 
     def context(self) -> dict[str, Any]:
         ctx = self.target.context() if self.target is not None else {}
-        for w in self.writers:
-            ctx[f"output_{type(w).__name__.replace('Writer', '').lower()}"] = w.path
+        if self.outputs is not None:
+            ctx.update(self.outputs.context())
         return ctx
 
     def backlog(self) -> int:
@@ -95,9 +106,16 @@ class UploadStage:
         self._thread = threading.Thread(target=self._loop, name="pipeline-upload", daemon=True)
         self._thread.start()
 
+    def _failure(self) -> UploadError:
+        """The error that ends the run once the upload failed (a full disk stays a `DiskFullError`)."""
+        exc = self._error
+        if isinstance(exc, DiskFullError):
+            return DiskFullError(str(exc))
+        return UploadError(f"the upload failed: {type(exc).__name__}: {exc}")
+
     def put(self, preds: list[Prediction]) -> None:
         if self._error is not None:
-            raise UploadError(f"the upload failed: {type(self._error).__name__}: {self._error}") from self._error
+            raise self._failure() from self._error
         with self._lock:
             self._queued += len(preds)
         self._queue.put(preds)
@@ -134,8 +152,10 @@ class UploadStage:
                 self._queued -= len(group)
             self._emit(group)
 
-    def close(self, abort: bool = False) -> None:
-        """Write everything queued, close the files; raise if the upload failed."""
+    def close(self, abort: bool = False, complete: bool = True) -> None:
+        """Write everything queued, close the files (COCO and YOLO are assembled now); raise if the upload
+        failed. `complete`: every item of the run was processed (not stopped), so a file job's working folders
+        can go."""
         if self._closed:
             return
         self._closed = True
@@ -144,5 +164,7 @@ class UploadStage:
             self._thread.join()
         for w in self.writers:
             w.close()
+        if self.outputs is not None:
+            self.outputs.finish(complete and not abort and self._error is None)
         if self._error is not None and not abort:
-            raise UploadError(f"the upload failed: {type(self._error).__name__}: {self._error}") from self._error
+            raise self._failure() from self._error

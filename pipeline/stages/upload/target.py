@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-from pipeline.exceptions import InvalidArgumentError, NotFoundError, PipelineError
+from pipeline.exceptions import DiskFullError, InvalidArgumentError, NotFoundError, PipelineError
 from pipeline.platform import jobs, ops
 from pipeline.prediction import Prediction, UploadTarget
 from pipeline.stages.args import DEFAULT_IOU_MERGE_THRESHOLD, PredictArgs
@@ -226,6 +226,12 @@ class Target:
     def write(self, preds: list[Prediction]) -> list[Prediction]:
         """Upload a group of predictions; returns them as written (with `target`) or failed (with `error`), in
         the same order. An item that fails gets its error and the others go on."""
+        try:
+            return self._write(preds)
+        except DiskFullError as exc:  # the run ends here; the message says how to go on from what was committed
+            raise DiskFullError(f"upload job {self.job_id!r} stopped: {exc}") from None
+
+    def _write(self, preds: list[Prediction]) -> list[Prediction]:
         todo = [p for p in preds if p.error is None and self.accepts(p)]
         errors = self.stage(todo)
         todo = [p for p in todo if id(p) not in errors]
@@ -242,6 +248,8 @@ class Target:
                             done += jobs.record_done(conn, self.job_id, [(p.key, _target_id(t)) for p, t in written])
                         self.unit_written(written)
                         targets.update((id(p), t) for p, t in written)
+                    except DiskFullError:  # SQLite may have rolled the whole transaction back: no unit goes on
+                        raise
                     except PipelineError as exc:
                         errors.update((id(p), f"upload failed: {exc}") for p in unit)
                 jobs.count_done(conn, self.job_id, done)

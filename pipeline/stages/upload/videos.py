@@ -1,52 +1,45 @@
 """Video uploads: frame predictions written into platform video annotations (create / append / replace /
 iou_merge), with the same job records and resume as images (`Target`).
 
-A unit is one video's frames of a group: ONE read-modify-write of its annotation JSON, together with one
-`upload_job_items` row per frame (key `video:<id>:<frame>` or `frame:<path>:<frame>`). A crash at any moment
-leaves each frame either in the annotation and recorded, or in neither; re-running the job skips the recorded
-frames, so figures are never lost or duplicated.
+A unit is one video's frames of a group, written together with one `upload_job_items` row per frame (key
+`video:<id>:<frame>` or `frame:<path>:<frame>`) in one SAVEPOINT. A crash at any moment leaves each frame either
+in the annotation and recorded, or in neither; re-running the job skips the recorded frames, so figures are never
+lost or duplicated.
 
-The merge works on the stored JSON (`merge_video_json`): the objects and figures already there stay dicts, never
-decoded into geometries and encoded again (a bitmap is a PNG); only the new objects and figures are made, checked
-against the meta and the video's frame count, and serialised, and `iou_merge` decodes just the figures already on
-the predicted frames. A write still parses and serialises the whole JSON (one row per video), so its cost grows
-with the annotation, but by the JSON's size, not by decoding it (see docs/PERFORMANCE.md, "Video").
+The platform stores a video's objects and figures in rows of their own (`pipeline.platform.video_rows`), so a
+write inserts the group's objects and figures and reads nothing else: `replace` first deletes the figures of its
+frames (and the objects left without any), `iou_merge` decodes the figures already on its frames only
+(`merge.kept_on_frames`). Its cost is O(group), however long the video (docs/PERFORMANCE.md, "Video").
 
-Each predicted detection becomes its own `VideoObject` (no tracking: the same car on two frames is two objects)
-with one `VideoFigure` on its frame; its score is the object's `confidence` tag, with `frameRange [f, f]`.
+What becomes an object:
+* a tracked detection (`Prediction.track_ids[i] >= 0`): its track's object, one per track and video. The first
+  figure of a track makes the object (its class: that detection's); the job remembers it (`upload_job_tracks`),
+  so later frames, in later groups or in a resumed run, add their figures to the same object. The object's
+  `confidence` tag is the mean score of its figures, `frameRange` [first, last] frame it was seen on;
+* an untracked detection (no tracking, or -1: it joined no track, e.g. a track's first frame): an object of its
+  own with one figure, its score as the `confidence` tag with `frameRange [f, f]`. It is kept rather than
+  dropped: it is a detection like any other, and an annotator merges or deletes it as they would a stray box.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import json
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from pipeline.exceptions import FormatError, InvalidArgumentError, PipelineError
-from pipeline.platform import jobs, media, ops
+import numpy as np
+
+from pipeline.exceptions import DiskFullError, FormatError, InvalidArgumentError, PipelineError
+from pipeline.platform import jobs, media, ops, video_rows
 from pipeline.prediction import Prediction, UploadTarget
-from pipeline.stages.upload.merge import merge_video_json
+from pipeline.stages.upload.merge import kept_on_frames, stored_labels
 from pipeline.stages.upload.target import Target, Written
 
-__all__ = ["VideoTarget"]
+__all__ = ["PredictedLabel", "VideoTarget", "write_frames"]
 
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector paused. Parsing a long video's annotation makes about ten containers per figure,
-    and each collection they trigger walks all of them (and every other object of the process) while they are
-    young: more than the parse itself costs. The JSON holds no cycles and is freed by reference counting, so the
-    merge runs with the collector paused and drops the parsed JSON before it resumes."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+# (label in the project's classes, track id or -1, score) of one predicted object
+PredictedLabel = tuple[Any, int, float]
 
 
 class VideoTarget(Target):
@@ -75,6 +68,8 @@ class VideoTarget(Target):
             return {}
         try:
             self._staged = self._stage_video(todo[0])
+        except DiskFullError:  # the run ends: see ImageTarget.stage
+            raise
         except (OSError, PipelineError) as exc:
             return {id(p): f"upload failed: cannot store the video: {exc}" for p in todo}
         return {}
@@ -110,40 +105,27 @@ class VideoTarget(Target):
         return iter(groups.values())
 
     def write_unit(self, conn: Any, unit: list[Prediction], metas: dict[int, Any]) -> Written:
-        """This video's predicted frames into its annotation: one read-modify-write of the stored JSON."""
+        """This video's predicted frames into its annotation (`write_frames`)."""
         created_before = self._created
         try:
             video_id = self._video_id(conn, unit[0])
             row = ops.get_video_row(conn, video_id)
             meta = self.resolve_meta(conn, row["project_id"], unit, metas)
-            predicted = {p.frame_idx: self.predicted_annotation(p, meta).labels for p in unit}
-            with _gc_paused():
-                self._merge_json(conn, row, predicted, meta)  # its locals (the parsed JSON) are freed on return
+            predicted = {p.frame_idx: self._labels(p, meta) for p in unit}
+            write_frames(conn, row, self.mode, predicted, meta, self.threshold, self.job_id)
         except PipelineError:
             self._created = created_before  # rolled back with the savepoint
             raise
         return [(p, UploadTarget(row["project_id"], row["dataset_id"], video_id=video_id, frame_idx=p.frame_idx))
                 for p in unit]
 
-    def _merge_json(self, conn: Any, row: Any, predicted: dict[int, Any], meta: Any) -> None:
-        """The stored objects and figures were checked when they were written and stay JSON; the new ones are
-        checked here (classes and tags against `meta`, frames within the video) before anything is written."""
-        from pipeline.annotation import VideoAnnotation
-
-        video_id = row["id"]
-        where = f"video {video_id} ({row['name']!r})"
-        cur = ops.get_video_annotation_text(conn, video_id)
-        size = (row["height"], row["width"])
-        data = json.loads(cur) if cur is not None else VideoAnnotation(size, row["frames_count"]).to_json()
-        objects, figures, changed = merge_video_json(self.mode, data, predicted, self.threshold)
-        if figures:
-            last = max(f.frame_index for f in figures)
-            if last >= row["frames_count"]:
-                raise FormatError(f"{where}: a prediction for frame {last}; the video has {row['frames_count']}")
-            added = VideoAnnotation(size, row["frames_count"], tuple(objects)).add_figures(figures)
-            ops.check_video_annotation(added, meta, where)
-        if changed or cur is None:
-            ops.put_video_annotation_json(conn, video_id, data, len(data["objects"]))
+    def _labels(self, p: Prediction, meta: Any) -> list[PredictedLabel]:
+        """`p`'s objects as (label, track id, score), aligned (an empty mask makes no label)."""
+        labels = self.predicted_annotation(p, meta).labels
+        n = len(p)
+        idx = np.flatnonzero(p.masks.reshape(n, -1).any(1)) if p.masks is not None else np.arange(n)
+        tracks = p.track_ids[idx] if p.track_ids is not None else np.full(len(idx), -1)
+        return [(lab, int(t), round(float(s), 4)) for lab, t, s in zip(labels, tracks, p.scores[idx], strict=True)]
 
     def committed(self) -> None:
         if self._created is not None:
@@ -159,3 +141,109 @@ class VideoTarget(Target):
         if self.video_id is not None:
             ctx["target_video_id"] = self.video_id
         return ctx
+
+
+# --- one video's frames of a group -----------------------------------------------------------------------------
+
+
+def write_frames(conn: Any, row: Any, mode: str, predicted: Mapping[int, Sequence[PredictedLabel]], meta: Any,
+                 threshold: float = 0.9, job_id: str | None = None) -> None:
+    """Write `predicted` = {frame: [(label, track id, score), ...]} into video `row`'s annotation under `mode`, in
+    the caller's transaction. The new objects and figures are checked (classes and tags against `meta`, frames
+    within the video) before anything is written; tracked labels need the `job_id` that keeps their objects."""
+    video_id = row["id"]
+    where = f"video {video_id} ({row['name']!r})"
+    size = (row["height"], row["width"])
+    last = max((f for f, labs in predicted.items() if labs), default=-1)
+    if last >= row["frames_count"]:
+        raise FormatError(f"{where}: a prediction for frame {last}; the video has {row['frames_count']}")
+    video_rows.ensure_head(conn, video_id, *size, row["frames_count"])
+    if mode == "replace" and predicted:
+        video_rows.delete_frames(conn, video_id, predicted)
+    existing: dict[int, list[Any]] = {}
+    if mode == "iou_merge":
+        existing = stored_labels(video_rows.figures_on_frames(conn, video_id, [f for f, v in predicted.items() if v]))
+    keep = kept_on_frames(mode, existing, {f: [lab for lab, _, _ in v] for f, v in predicted.items()}, size,
+                          threshold)
+    kept = {f: [predicted[f][i] for i in idx] for f, idx in keep.items() if idx}
+    if not kept:
+        return
+    _ObjectsOfGroup(conn, video_id, job_id).write(kept, size, row["frames_count"], meta, where)
+
+
+class _ObjectsOfGroup:
+    """The objects and figures a group's kept labels make (module doc), checked, then written."""
+
+    def __init__(self, conn: Any, video_id: int, job_id: str | None):
+        self.conn, self.video_id, self.job_id = conn, video_id, job_id
+
+    def _tracks(self, kept: Mapping[int, Sequence[PredictedLabel]]) -> dict[int, tuple[jobs.TrackRow, dict]]:
+        """{track: (its job row, its object's stored JSON)} for the group's tracks the job has written before and
+        whose objects still exist (an object deleted meanwhile: the track starts a new one)."""
+        ids = {t for labs in kept.values() for _, t, _ in labs if t >= 0}
+        if not ids:
+            return {}
+        if self.job_id is None:
+            raise InvalidArgumentError("tracked predictions are uploaded by a job (it keeps each track's object)")
+        rows = jobs.get_tracks(self.conn, self.job_id, self.video_id, ids)
+        stored = video_rows.get_objects(self.conn, self.video_id, [r.object_key for r in rows.values()])
+        return {t: (r, stored[r.object_key]) for t, r in rows.items() if r.object_key in stored}
+
+    def write(self, kept: Mapping[int, Sequence[PredictedLabel]], size: tuple[int, int], frames_count: int,
+              meta: Any, where: str) -> None:
+        from pipeline.annotation import CONFIDENCE_TAG, VideoAnnotation, VideoFigure, VideoObject, VideoTag
+
+        before = self._tracks(kept)
+        tracks: dict[int, jobs.TrackRow] = {}
+        holders: dict[int, Any] = {}  # a track's object as its figures refer to it (by key); tagged below
+        single: list[Any] = []  # the objects of untracked labels
+        figures: list[Any] = []
+        for frame in sorted(kept):
+            for lab, t, score in kept[frame]:
+                if t < 0:
+                    obj = VideoObject(lab.obj_class, (VideoTag(CONFIDENCE_TAG, score, (frame, frame)),))
+                    single.append(obj)
+                else:
+                    if t not in tracks:
+                        row, stored = before.get(t, (None, None))
+                        tracks[t] = row or jobs.TrackRow(uuid.uuid4().hex, 0.0, 0, frame, frame)
+                        # a track keeps the class its object has (class_aware=False lets a track's class vary)
+                        cls = meta.get_obj_class(stored["classTitle"]) if stored else None
+                        holders[t] = VideoObject(cls or lab.obj_class, key=tracks[t].object_key)
+                    _add(tracks[t], frame, score)
+                    obj = holders[t]
+                figures.append(VideoFigure(obj, lab.geometry, frame))
+        objects = {t: _track_object(holders[t].obj_class, r) for t, r in tracks.items()}
+        ann = VideoAnnotation(size, frames_count, (*single, *objects.values()))
+        ops.check_video_annotation(ann.add_figures(figures), meta, where)
+        new = [o.to_json() for t, o in objects.items() if t not in before]
+        video_rows.add_objects(self.conn, self.video_id, [*(o.to_json() for o in single), *new])
+        video_rows.update_objects(self.conn, self.video_id, [_retagged(before[t][1], o.to_json()["tags"][0])
+                                                             for t, o in objects.items() if t in before])
+        video_rows.add_figures(self.conn, self.video_id, [(f.frame_index, f.to_json()) for f in figures])
+        if tracks:
+            jobs.put_tracks(self.conn, self.job_id, self.video_id, tracks)
+
+
+def _retagged(stored: dict[str, Any], tag: dict[str, Any]) -> dict[str, Any]:
+    """The stored object JSON with its track confidence tag (same key) replaced by `tag`; whatever else the object
+    holds (its class, other tags, keys of other tools) stays as it is."""
+    tags = [t for t in stored.get("tags") or () if t.get("key") != tag["key"]]
+    return {**stored, "tags": [*tags, tag]}
+
+
+def _add(row: jobs.TrackRow, frame: int, score: float) -> None:
+    row.score_sum += score
+    row.figures += 1
+    row.first_frame, row.last_frame = min(row.first_frame, frame), max(row.last_frame, frame)
+
+
+def _track_object(obj_class: Any, row: jobs.TrackRow) -> Any:
+    """A track's video object: its key, class, and a `confidence` tag of its figures' mean score over the frames
+    it was seen on (the tag's key derives from the object's, so rewriting the object keeps it)."""
+    from pipeline.annotation import CONFIDENCE_TAG, VideoObject, VideoTag
+
+    mean = round(row.score_sum / max(row.figures, 1), 4)
+    tag = VideoTag(CONFIDENCE_TAG, mean, (row.first_frame, row.last_frame),
+                   key=uuid.uuid5(uuid.NAMESPACE_OID, row.object_key).hex)
+    return VideoObject(obj_class, (tag,), key=row.object_key)

@@ -1,0 +1,172 @@
+"""YOLO datasets read back by Ultralytics' own loader (`check_det_dataset` + `YOLODataset`): a run's
+`output={"yolo": dir}` (detect from a run; segment and pose from Parquet parts), and `pipeline platform export
+--format yolo` of a relabeled demo project; the boxes round-trip. And `--format coco` of a project."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import write_images
+
+from pipeline.prediction import Item, Prediction
+from pipeline.stages.upload.export import ParquetWriter
+from pipeline.stages.upload.location import Location
+from pipeline.stages.upload.yolo import YoloWriter
+
+S = {"conf": 0.0, "max_det": 4}
+
+
+@pytest.fixture(scope="module")
+def ultralytics_loader(tmp_path_factory):
+    """Ultralytics' dataset loader: {image path relative to images/: label dict}, offline, settings in a temp dir."""
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(tmp_path_factory.mktemp("yolo-config")))
+    pytest.importorskip("ultralytics")
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    def load(root: Path, task: str) -> dict[str, dict]:
+        data = check_det_dataset(str(root / "data.yaml"))
+        dataset = YOLODataset(img_path=data["train"], data=data, task=task, augment=False, imgsz=64)
+        return {str(Path(lb["im_file"]).relative_to(root / "images")): lb for lb in dataset.labels}
+
+    return load
+
+
+def _xyxy(label: dict) -> np.ndarray:
+    """Ultralytics' normalised xywh boxes of a label -> xyxy pixels."""
+    h, w = label["shape"]
+    cx, cy, bw, bh = (label["bboxes"] * [w, h, w, h]).T
+    return np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+
+
+@pytest.mark.slow
+def test_a_runs_yolo_dataset_is_read_by_ultralytics_with_the_same_boxes(tiny_model, tmp_path, ultralytics_loader):
+    imgs = tmp_path / "imgs"
+    write_images(imgs, 2, size=(40, 56))
+    write_images(imgs / "sub", 2, size=(48, 40), seed=1)
+    write_images(imgs / "sub", 1, size=(30, 30), seed=2, fmt="png")  # img_0000.png: its stem is taken
+    (imgs / "bad.jpg").write_bytes(b"no image")
+    preds = tiny_model.predict(input=imgs, recursive=True, settings=S, progress=False,
+                               output={"yolo": str(tmp_path / "yolo"), "yolo_images": "link"})
+    labels = ultralytics_loader(tmp_path / "yolo", "detect")
+    names = {p.index: os.path.join(*p.dataset, p.name) for p in preds if p.error is None}
+    names = {i: n.replace("img_0000.", f"img_0000_{i:06d}.") if n.startswith("sub/img_0000") else n
+             for i, n in names.items()}
+    assert sorted(labels) == sorted(names.values())  # the failed item has no image; both stems kept apart
+    for p in preds:
+        if p.error is None:
+            label = labels[names[p.index]]
+            assert tuple(label["shape"]) == p.orig_size
+            np.testing.assert_array_equal(label["cls"].ravel(), p.class_ids)
+            np.testing.assert_allclose(_xyxy(label), p.boxes, atol=1e-3)
+            assert os.path.islink(tmp_path / "yolo" / "images" / names[p.index])
+    assert (tmp_path / "yolo" / "data.yaml").read_text().count("names:") == 1
+    assert not (tmp_path / "yolo" / ".staging").exists()
+
+
+def _preds(task: str) -> list[Prediction]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i, (h, w) in enumerate([(40, 60), (50, 30)]):
+        masks = np.zeros((2, h, w), bool)
+        masks[0, 5:20, 4:25] = True
+        masks[1, 22:38, 2:12] = True
+        boxes = np.array([[4, 5, 25, 20], [2, 22, 12, 38]], np.float32)
+        kpts = np.concatenate([rng.uniform(2, 28, (2, 5, 2)), rng.uniform(0, 1, (2, 5, 1))], axis=2)
+        out.append(Prediction(boxes=boxes, scores=[0.9, 0.5], class_ids=[1, 0], classes=["b", "a"],
+                              masks=masks if task == "instance_segmentation" else None,
+                              keypoints=kpts if task == "pose" else None, orig_size=(h, w),
+                              item=Item(index=i, key=f"k{i}", name=f"im{i}.png", dataset=("d",),
+                                        image=rng.integers(0, 255, (h, w, 3), dtype=np.uint8))))
+    return out
+
+
+@pytest.mark.parametrize("task", ["instance_segmentation", "pose"])
+def test_segment_and_pose_labels_from_parquet_parts(task, tmp_path, ultralytics_loader):
+    preds = _preds(task)
+    parts = ParquetWriter(tmp_path / "parts", job_id="j")
+    yolo = YoloWriter(Location(tmp_path / "yolo", "output yolo"), ["a", "b"], task, parts)
+    yolo.add(preds)  # arrays are staged as they come
+    parts.add(preds)
+    yolo.close()
+    labels = ultralytics_loader(tmp_path / "yolo", "segment" if task != "pose" else "pose")
+    for p in preds:
+        label = labels[f"d/{p.name}"]
+        np.testing.assert_array_equal(label["cls"].ravel(), p.class_ids)
+        if task == "pose":
+            np.testing.assert_allclose(_xyxy(label), p.boxes, atol=1e-3)
+            kpts = label["keypoints"] * [p.orig_size[1], p.orig_size[0], 1]
+            np.testing.assert_allclose(kpts, p.keypoints, atol=1e-3)
+        else:  # the outline runs through the boundary pixels' centres: the box's far edges come 1 px closer
+            np.testing.assert_allclose(_xyxy(label), p.boxes - [0, 0, 1, 1], atol=1e-3)
+            assert all(len(s) >= 4 for s in label["segments"])
+        image = np.asarray(__import__("PIL.Image").Image.open(tmp_path / "yolo" / "images" / f"d/{p.name}"))
+        np.testing.assert_array_equal(image, p.image)
+
+
+@pytest.mark.slow
+def test_platform_yolo_export_of_a_relabeled_demo_project(tiny_model, api, data_dir, tmp_path, ultralytics_loader):
+    from pipeline.app import cli
+    from pipeline.app.demo import build_shapes_project
+
+    build_shapes_project(tmp_path / "shapes", 6)
+    project_id = api.project.import_dir(tmp_path / "shapes")
+    tiny_model.predict(project_id=project_id, upload="iou_merge", settings=S, progress=False)
+    out = tmp_path / "yolo"
+    assert cli.main(["--data-dir", str(data_dir), "platform", "export", str(project_id), str(out),
+                     "--format", "yolo"]) == 0
+    labels = ultralytics_loader(out, "segment")
+    names = [c.name for c in api.project.get_meta(project_id).obj_classes]
+    kinds = set()
+    assert len(labels) == 6
+    folders = {d.id: (d.name if d.parent_id is None else f"train/{d.name}") for d in api.dataset.list(project_id)}
+    for info in api.image.iterate(project_id=project_id):
+        label = labels[f"{folders[info.dataset_id]}/{info.name}"]
+        ann = api.annotation.get(info.id)
+        assert [names[int(c)] for c in label["cls"].ravel()] == [lab.obj_class.name for lab in ann.labels]
+        for loaded, lab in zip(_xyxy(label), ann.labels):
+            expected = np.array(lab.geometry.to_bbox().to_xyxy())
+            kinds.add(lab.geometry.geometry_type)
+            if lab.geometry.geometry_type == "rectangle":  # its four corners: the same box, within rounding
+                np.testing.assert_allclose(loaded, expected, atol=1e-3)
+            else:  # a bitmap's outline: through its boundary pixels' centres
+                np.testing.assert_allclose(loaded, expected - [0, 0, 1, 1], atol=1e-3)
+    assert kinds == {"rectangle", "bitmap"}
+
+
+@pytest.mark.slow
+def test_platform_coco_export(tiny_model, api, data_dir, tmp_path):
+    import json
+
+    from pipeline.app import cli
+    from pipeline.app.demo import build_shapes_project
+    from pipeline.stages.upload.export import rle_to_mask
+
+    build_shapes_project(tmp_path / "shapes", 3)
+    project_id = api.project.import_dir(tmp_path / "shapes")
+    tiny_model.predict(project_id=project_id, upload="append", settings=S, progress=False)
+    out = tmp_path / "c.json"
+    assert cli.main(["--data-dir", str(data_dir), "platform", "export", str(project_id), str(out),
+                     "--format", "coco"]) == 0
+    doc = json.loads(out.read_text())
+    names = [c.name for c in api.project.get_meta(project_id).obj_classes]
+    assert [c["name"] for c in doc["categories"]] == names
+    infos = list(api.image.iterate(project_id=project_id))
+    assert sorted(i["file_name"].rsplit("/", 1)[1] for i in doc["images"]) == sorted(i.name for i in infos)
+    by_name = {i["file_name"].rsplit("/", 1)[1]: i["id"] for i in doc["images"]}
+    for info in infos:
+        anns = [a for a in doc["annotations"] if a["image_id"] == by_name[info.name]]
+        labels = api.annotation.get(info.id).labels
+        assert [names[a["category_id"] - 1] for a in anns] == [lab.obj_class.name for lab in labels]
+        for a, lab in zip(anns, labels):
+            x1, y1, x2, y2 = lab.geometry.to_bbox().to_xyxy()
+            np.testing.assert_allclose(a["bbox"], [x1, y1, x2 - x1, y2 - y1], atol=0.01)
+            if lab.geometry.geometry_type == "bitmap":
+                np.testing.assert_array_equal(rle_to_mask(a["segmentation"]),
+                                              lab.geometry.to_mask(info.height, info.width))
+            else:
+                assert a["score"] == pytest.approx(lab.confidence, abs=1e-4)
