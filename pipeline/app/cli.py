@@ -211,7 +211,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     info = model.info()
     print(f"task {model.task_id}: {info['model']} ({info['framework']}/{info['architecture']}, {info['task_type']}) "
           f"on {info['device']}, {info['replicas']} replica(s), status {info['status']}")
-    print(f"  classes ({len(info['classes'])}): {', '.join(info['classes'][:20])}"
+    print("  classes: open-vocabulary (predict's classes=[...] are what it finds)" if info.get("open_vocabulary")
+          else f"  classes ({len(info['classes'])}): {', '.join(info['classes'][:20])}"
           + (" ..." if len(info["classes"]) > 20 else ""))
     for r in info.get("replicas_info") or []:
         print(f"  replica on {r.get('hostname') or '?'} (node {str(r.get('node_id'))[:12]}) {r.get('gpu') or ''}".rstrip())
@@ -225,7 +226,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = [("TASK", "MODEL", "FRAMEWORK", "TASK_TYPE", "CLASSES", "DEVICE", "REPLICAS", "STATUS")]
     for d in api.nn.list():
         rows.append((str(d["task_id"]), str(d["model"]), str(d["framework"]), str(d["task_type"]),
-                     str(len(d["classes"])), str(d["device"]), str(d["replicas"]), str(d["status"])))
+                     "open" if d.get("open_vocabulary") else str(len(d["classes"])), str(d["device"]),
+                     str(d["replicas"]), str(d["status"])))
     if len(rows) == 1:
         print("no deployments running")
         return EXIT_OK

@@ -109,9 +109,10 @@ class ModelSection(_Section):
     @field_validator("pretrained")
     @classmethod
     def _pretrained(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", v):
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){1,2}(@[A-Za-z0-9_.-]+)?", v):
             raise ValueError(
-                f"expected '<framework>/<name>' (e.g. 'torchvision/fasterrcnn_mobilenet_v3_large_320_fpn'), got {v!r}"
+                f"expected '<framework>/<name>' (e.g. 'torchvision/fasterrcnn_mobilenet_v3_large_320_fpn', or "
+                f"'hf/<owner>/<repo>'), got {v!r}"
             )
         return v
 

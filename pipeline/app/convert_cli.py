@@ -19,6 +19,7 @@ __all__ = ["CONVERTERS", "add_parser", "cmd_convert"]
 CONVERTERS: dict[str, str] = {
     "ultralytics": "workers.models.convert:cli_convert_ultralytics",
     "onnx": "workers.models.convert:cli_convert_onnx",
+    "transformers": "workers.models.hf:convert",
 }
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

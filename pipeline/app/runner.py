@@ -114,7 +114,8 @@ def deploy_from_config(api: Api, cfg: PipelineConfig, out: IO[str] | None = None
     info = model.info()
     verb = "reusing" if reused else f"deployed in {time.time() - t0:.1f}s as"
     say(f"{verb} task {model.task_id}: {info['framework']}/{info['architecture']} ({info['task_type']}, "
-        f"{len(info['classes'])} classes) on {info['device']}, {_n(info['replicas'], 'replica')}\n")
+        f"{'open-vocabulary' if info.get('open_vocabulary') else str(len(info['classes'])) + ' classes'}) on "
+        f"{info['device']}, {_n(info['replicas'], 'replica')}\n")
     return model, not reused
 
 

@@ -1,7 +1,8 @@
 """What a `deploy(model=...)` argument names, resolved in the driver into the `ModelSpec` replicas are built from
 and the bytes they load, checked before any replica starts:
 
-* a pretrained model `"<framework>/<name>"` (`torchvision/fasterrcnn_resnet50_fpn_v2`);
+* a pretrained model `"<framework>/<name>"` (`torchvision/fasterrcnn_resnet50_fpn_v2`; `hf/<owner>/<repo>`: the
+  local Hugging Face cache, read here and shipped to the replicas);
 * a framework's own file or directory (a YOLO `.pt`, an `.onnx`, a saved transformers model), recognised by the
   adapters of `workers.models.base.FILE_FRAMEWORKS` (`ModelAdapter.sniff`, then `from_file`); a bare name like
   `yolo11n.pt` is looked up in the local weights folders (`workers.models.ultralytics.resolve_weights`), never
@@ -19,7 +20,7 @@ from pipeline.exceptions import ModelLoadError
 __all__ = ["PRETRAINED_PREFIXES", "resolve_model"]
 
 # "<prefix>/<name>" names a pretrained model of the framework the prefix stands for.
-PRETRAINED_PREFIXES: dict[str, str] = {}
+PRETRAINED_PREFIXES: dict[str, str] = {"hf": "transformers"}
 
 # How much of a file the adapters' `sniff` sees (a zip's first entry names, a protobuf's header, a safetensors header).
 SNIFF_BYTES = 1 << 16
@@ -30,7 +31,7 @@ def _looks_pretrained(text: str) -> bool:
             and not text.endswith((".pth", ".pt", ".ckpt", ".bin", ".onnx", ".safetensors")))
 
 
-def _pretrained(text: str) -> tuple[Any, None]:
+def _pretrained(text: str) -> tuple[Any, bytes | None]:
     from workers.models import get_adapter
 
     prefix, name = text.split("/", 1)
@@ -41,12 +42,15 @@ def _pretrained(text: str) -> tuple[Any, None]:
             f"{exc}. {text!r} was read as a pretrained model '<framework>/<name>'; if it is a file, it does not "
             "exist"
         ) from None
-    return adapter.resolve_pretrained(name), None
+    resolved = adapter.resolve_pretrained(name)
+    # (spec, bytes) from a framework whose pretrained models are files on this machine (transformers: the local
+    # Hugging Face cache), shipped to the replicas as a file's; a spec alone: the replicas fetch the weights
+    return _checked(adapter, *resolved) if isinstance(resolved, tuple) else (resolved, None)
 
 
 def resolve_model(model: str | os.PathLike, **options: Any) -> tuple[Any, bytes | None]:
-    """A model argument -> (ModelSpec, the bytes replicas load; None for a pretrained model). `options` are
-    deploy's (`runtime`, ...), for the frameworks whose files take them."""
+    """A model argument -> (ModelSpec, the bytes replicas load; None for a pretrained model its replicas fetch
+    themselves). `options` are deploy's (`runtime`, ...), for the frameworks whose files take them."""
     from workers.models import get_adapter
     from workers.models.base import FILE_FRAMEWORKS
     from workers.models.checkpoint import read_bytes

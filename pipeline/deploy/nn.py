@@ -176,6 +176,20 @@ class Model:
         return list(self.spec.classes)
 
     @property
+    def open_vocabulary(self) -> bool:
+        """True for a text-prompted model (OWLv2, Grounding DINO): `classes` is [] and predict's `classes=[...]`
+        are what it finds, not a filter."""
+        from workers.models import get_adapter
+
+        return get_adapter(self.spec.framework).is_open_vocabulary(self.spec)
+
+    def validate_settings(self, settings: dict[str, Any]) -> None:
+        """`InvalidArgumentError` for settings (a run's, `img_size` included) this model cannot take."""
+        from workers.models import get_adapter
+
+        get_adapter(self.spec.framework).validate_settings(self.spec, settings)
+
+    @property
     def settings_keys(self) -> list[str]:
         """The `settings` keys this model's adapter takes (besides the pipeline's own)."""
         from workers.models import get_adapter
@@ -218,6 +232,7 @@ class Model:
             "architecture": s.architecture,
             "task_type": s.task_type,
             "classes": list(s.classes),
+            "open_vocabulary": self.open_vocabulary,  # True: no classes of its own; predict(classes=[...]) names them
             "img_size": s.img_size,
             "device": self.device,
             "replicas": len(self._record["replica_names"]),

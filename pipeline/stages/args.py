@@ -62,6 +62,17 @@ class PredictArgs:
     tiling: dict[str, Any] | None = None
     # True / False as given; after `normalize` the `TrackingConfig` (tracker and settings) or None
     tracking: Any = None
+    prompts: list[str] | None = None  # an open-vocabulary model's `classes`: what it is told to find
+
+    def class_names(self, model_classes: list[str]) -> list[str]:
+        """The names the run's class ids index into: the prompts for an open-vocabulary model, else the model's
+        classes."""
+        return list(self.prompts) if self.prompts is not None else list(model_classes)
+
+    @property
+    def class_filter(self) -> list[str] | None:
+        """The classes to keep of what the model found (None: all); prompts are no filter, they are the classes."""
+        return None if self.prompts is not None else self.classes
 
     @property
     def source_name(self) -> str:
@@ -108,11 +119,12 @@ def parse_img_size(value: Any) -> int | tuple[int, int] | None:
 
 
 def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None,
-              model_settings: Iterable[str] | None = None) -> PredictArgs:
+              model_settings: Iterable[str] | None = None, open_vocabulary: bool = False) -> PredictArgs:
     """Check and normalise predict() keyword arguments. Raises `InvalidArgumentError` (a ValueError).
 
     `model_classes` and `model_settings` (the setting keys the model's adapter declares) make unknown class names
-    and unknown settings errors."""
+    and unknown settings errors. For an `open_vocabulary` model, `classes` are the prompts (what to find), not a
+    filter: they become `args.prompts` and `settings["prompts"]`, and are required."""
     kw, settings = _unalias(kwargs)
     args = PredictArgs(**kw)
     args.settings = settings
@@ -126,7 +138,9 @@ def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None,
                                        f"settings['img_size']={settings['img_size']!r}")
         args.img_size = settings.pop("img_size")
     args.img_size = parse_img_size(args.img_size)
-    args.classes = _check_classes(args.classes, model_classes)
+    args.classes = _check_classes(args.classes, None if open_vocabulary else model_classes)
+    if open_vocabulary:
+        _take_prompts(args, settings)
     _check_upload(args)
     if not isinstance(args.recursive, bool):
         raise InvalidArgumentError(f"recursive must be True or False; got {args.recursive!r}")
@@ -225,6 +239,9 @@ def _check_classes(classes: Any, model_classes: list[str] | None) -> list[str] |
     if not names:
         raise InvalidArgumentError("classes is empty: it would drop every object; leave it out (None) to keep "
                                    "all classes")
+    blank = [c for c in names if not c.strip()]
+    if blank:
+        raise InvalidArgumentError(f"classes must be non-empty names; got {blank!r} in {names!r}")
     if model_classes is not None:
         unknown = [c for c in names if c not in model_classes]
         if unknown:
@@ -232,6 +249,29 @@ def _check_classes(classes: Any, model_classes: list[str] | None) -> list[str] |
                 f"unknown class name(s) {unknown}; the model's classes are {sorted(set(model_classes))}"
             )
     return names
+
+
+def _take_prompts(args: PredictArgs, settings: dict[str, Any]) -> None:
+    """An open-vocabulary model's classes are its prompts: `classes=[...]` (or `settings["prompts"]`, the
+    adapter's own name), required, each once."""
+    given = settings.pop("prompts", None)
+    if given is not None:
+        given = _check_classes(given, None)
+        if args.classes is not None and args.classes != given:
+            raise InvalidArgumentError(f"prompts given twice: classes={args.classes!r} and "
+                                       f"settings['prompts']={given!r}; pass classes=[...] only")
+        args.classes = given
+    if args.classes is None:
+        raise InvalidArgumentError(
+            "this model is text-prompted (open-vocabulary): it finds the classes you name and has none of its own; "
+            "pass classes=[...], e.g. classes=['person', 'red car']"
+        )
+    repeated = sorted(c for c, n in collections.Counter(args.classes).items() if n > 1)
+    if repeated:
+        raise InvalidArgumentError(f"classes names {repeated} more than once; for a text-prompted model each class "
+                                   "is a prompt: name each once")
+    args.prompts = list(args.classes)
+    settings["prompts"] = list(args.classes)
 
 
 def _check_upload(args: PredictArgs) -> None:

@@ -136,7 +136,8 @@ class PredictionSession:
             self.scheduler = Scheduler(executor, len(pairs), args.max_in_flight or DEFAULT_MAX_IN_FLIGHT,
                                        stop_event=self._stop)
             self._message = "predicting"
-            collector = Collector(model.classes, args.classes, tracking or self._sink, keypoint_layout(model.spec))
+            collector = Collector(args.class_names(model.classes), args.class_filter, tracking or self._sink,
+                                  keypoint_layout(model.spec))
             gate = self._has_room if tracking is None else tracking.gate(
                 self._has_room, lambda: self.scheduler.pool.in_flight)
             self.scheduler.run(loader.batches(items, batch_size), collector, before_submit=gate)
@@ -286,7 +287,8 @@ def _spec_size(size: Any) -> int | tuple[int, int] | None:
 def start_session(model: Model, input: Any = None, **kwargs: Any) -> PredictionSession:  # noqa: A002
     """Validate everything, then start the run. Raises `ValueError`s before any work."""
     args = _args.normalize({"input": input, **kwargs}, model_classes=model.classes,
-                           model_settings=model.settings_keys)
+                           model_settings=model.settings_keys, open_vocabulary=model.open_vocabulary)
+    model.validate_settings({**args.settings, "img_size": args.img_size})
     check_tiling(args.tiling, model.spec.task_type)  # the model's task: tiles merge for detectors only
     platform = model.api.platform
     plan = resolve_source(args, platform)

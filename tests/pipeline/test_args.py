@@ -53,6 +53,7 @@ IMG = np.zeros((8, 8, 3), np.uint8)
         ({"input": IMG, "settings": {"max_pixels": "abc"}}, r"settings\['max_pixels'\] must be a positive int"),
         ({"input": IMG, "settings": {"url_timeout": -1}}, r"settings\['url_timeout'\] must be in"),
         ({"input": IMG, "classes": []}, "classes is empty"),
+        ({"input": IMG, "classes": ["a", ""]}, "classes must be non-empty names"),
         ({"input": ""}, "input is an empty path"),
         ({"image_ids": [1, 1, 2], "upload": "append"}, "image_ids lists 1 more than once"),
         ({"input": ["a.jpg", "./a.jpg"], "upload": "create"}, "a.jpg more than once"),
@@ -84,6 +85,35 @@ def test_job_id_goes_with_an_upload_or_an_output():
                         ["a"])
     assert b.output == {"yolo": "s3://bucket/ds", "yolo_images": "copy"}
     assert _args.describe_input("s3://bucket/imgs/") == "an object-store URI"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"input": IMG}, "text-prompted"),
+        ({"input": IMG, "classes": []}, "classes is empty"),
+        ({"input": IMG, "classes": ["red car", " "]}, "non-empty names"),
+        ({"input": IMG, "classes": ["a", "a"]}, "more than once"),
+        ({"input": IMG, "classes": [3]}, "list of class names"),
+        ({"input": IMG, "settings": {"prompts": [""]}}, "non-empty names"),
+        ({"input": IMG, "classes": ["a"], "settings": {"prompts": ["b"]}}, "given twice"),
+    ],
+)
+def test_prompt_errors(kwargs, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        _args.normalize(kwargs, model_classes=[], open_vocabulary=True)
+
+
+def test_classes_of_an_open_vocabulary_model_are_its_prompts_not_a_filter():
+    a = _args.normalize({"input": IMG, "classes": ["red car", "zebra"]}, model_classes=[], open_vocabulary=True)
+    assert a.prompts == ["red car", "zebra"] and a.settings["prompts"] == ["red car", "zebra"]
+    assert a.class_filter is None and a.class_names([]) == ["red car", "zebra"]
+    b = _args.normalize({"input": IMG, "settings": {"prompts": ["cat"]}}, model_classes=[], open_vocabulary=True)
+    assert b.prompts == ["cat"] and b.classes == ["cat"]
+    # a closed-vocabulary model: classes filter its own, which name the objects
+    c = _args.normalize({"input": IMG, "classes": ["b"]}, model_classes=["a", "b"])
+    assert c.prompts is None and c.class_filter == ["b"] and c.class_names(["a", "b"]) == ["a", "b"]
+    assert "prompts" not in c.settings
 
 
 def test_errors_come_before_any_work(tiny_model, api, tmp_path):

@@ -141,6 +141,12 @@ def test_pretrained_and_task_id(tmp_path):
     assert cfg.model.ref == "torchvision/fcos_resnet50_fpn"
     cfg = load_config(write(tmp_path, "model: {task_id: 3}\ninput: {path: x}\n"))
     assert cfg.model.task_id == 3 and cfg.model.ref is None
+    # a Hugging Face model: hf/<owner>/<repo>[@revision] (docs/models.md)
+    for name in ("hf/google/owlv2-base-patch16-ensemble", "hf/PekingU/rtdetr_r50vd@main"):
+        cfg = load_config(write(tmp_path, GOOD.replace("checkpoint: ckpt.pth", f"pretrained: {name}")))
+        assert cfg.model.ref == name
+    with pytest.raises(ConfigError, match="hf/<owner>/<repo>"):
+        load_config(write(tmp_path, GOOD.replace("checkpoint: ckpt.pth", "pretrained: hf/a/b/c")))
 
 
 # --- ${VAR} ------------------------------------------------------------------------------------------------

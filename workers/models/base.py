@@ -114,8 +114,9 @@ class ModelAdapter(abc.ABC):
         return None
 
     @classmethod
-    def resolve_pretrained(cls, name: str) -> ModelSpec:
-        """The spec of a pretrained model `"<framework>/<name>"`, without downloading weights."""
+    def resolve_pretrained(cls, name: str) -> ModelSpec | tuple[ModelSpec, bytes]:
+        """The spec of a pretrained model `"<framework>/<name>"`, without downloading weights; or (spec, payload
+        for `load_payload`) when its files are on this machine (transformers: the local Hugging Face cache)."""
         raise ModelLoadError(f"framework {cls.framework!r} has no pretrained models")
 
     @classmethod
@@ -140,6 +141,18 @@ class ModelAdapter(abc.ABC):
     def load_payload(self, payload: bytes) -> None:
         """Build the model on `self.device` from the bytes `from_file` returned."""
         raise ModelLoadError(f"framework {self.framework!r} does not deploy files of its own")
+
+    @classmethod
+    def is_open_vocabulary(cls, spec: ModelSpec) -> bool:
+        """Whether the model finds the classes it is told (`settings["prompts"]`, from predict's `classes`;
+        class_ids index into them) rather than a fixed list (`spec.classes`). Default: a fixed list."""
+        return False
+
+    @classmethod
+    def validate_settings(cls, spec: ModelSpec, settings: dict[str, Any]) -> None:
+        """Raise `InvalidArgumentError` for settings (the run's, `img_size` included) this model cannot take; the
+        driver calls it before any work (default: accept)."""
+        return None
 
     @classmethod
     def validate_spec(cls, spec: ModelSpec) -> None:
@@ -284,10 +297,11 @@ BUILTIN_ADAPTERS = {
     "torchvision": "workers.models.torchvision",
     "ultralytics": "workers.models.ultralytics",
     "onnx": "workers.models.onnx",
+    "transformers": "workers.models.hf",
 }
 # The frameworks whose own files `deploy(model=path)` recognises (`ModelAdapter.sniff`), in the order they are
 # asked; a file none of them claims is read as our checkpoint.
-FILE_FRAMEWORKS: tuple[str, ...] = ("ultralytics", "onnx")
+FILE_FRAMEWORKS: tuple[str, ...] = ("ultralytics", "onnx", "transformers")
 
 
 def register_adapter(framework: str):
