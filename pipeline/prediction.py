@@ -9,7 +9,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Item", "Prediction", "UploadTarget"]
+__all__ = ["KEYPOINT_MIN_SCORE", "Item", "Prediction", "UploadTarget"]
+
+# A keypoint scored under this is a disabled (hidden) node of its graph: Ultralytics draws keypoints from this score
+# on (`Annotator.kpts(conf_thres=0.25)`).
+KEYPOINT_MIN_SCORE = 0.25
 
 
 @dataclass
@@ -67,7 +71,12 @@ class Prediction:
         classes: N class names, `classes[i]` the name of object i.
         masks: (N, H, W) bool aligned with `boxes`, or None for box-only models.
         keypoints: (N, K, 3) float32 `x, y, score` per keypoint (pose models), else None.
-        probs: (C,) float32 class probabilities of the whole image (classification models), else None.
+        probs: (C,) float32 class probabilities of the whole image (classification models), else None; the
+            top class becomes an image tag (`image_tags`).
+        class_names: the model's class names, what `class_ids` and `probs` index (set by the run); `top_class` /
+            `top_score` read `probs` with them.
+        keypoint_names: the K keypoint names of a pose model (the graph nodes of its objects); None: "0".."K-1".
+        skeleton: the pose model's edges as pairs of keypoint indices (drawn between graph nodes).
         track_ids: (N,) int64 track of each object in its video, -1 where it joined none; None for images.
         item: the `Item` this prediction is of. Its fields read through: `source` (a path, a URL, the array, or
             the platform id), `image_path` / `image_url` / `image` (set by input kind), `project_id`,
@@ -85,6 +94,9 @@ class Prediction:
     masks: np.ndarray | None = None
     keypoints: np.ndarray | None = None
     probs: np.ndarray | None = None
+    class_names: list[str] | None = None
+    keypoint_names: list[str] | None = None
+    skeleton: list[tuple[int, int]] | None = None
     track_ids: np.ndarray | None = None
     item: Item = field(default_factory=lambda: Item(index=-1, key="", name=""), repr=False)
     error: str | None = None
@@ -117,6 +129,15 @@ class Prediction:
                 raise ValueError(f"keypoints must be (N, K, 3) with N={n}; got {self.keypoints.shape}")
         if self.probs is not None:
             self.probs = np.asarray(self.probs, dtype=np.float32).reshape(-1)
+            if self.class_names is not None and len(self.class_names) != len(self.probs):
+                raise ValueError(f"probs has {len(self.probs)} classes but class_names {len(self.class_names)}")
+        if self.keypoint_names is not None:
+            self.keypoint_names = [str(n) for n in self.keypoint_names]
+            if self.keypoints is not None and self.keypoints.shape[1] != len(self.keypoint_names) and n:
+                raise ValueError(f"keypoints has {self.keypoints.shape[1]} keypoints but keypoint_names "
+                                 f"{len(self.keypoint_names)}")
+        if self.skeleton is not None:
+            self.skeleton = [(int(a), int(b)) for a, b in self.skeleton]
         if self.track_ids is not None:
             self.track_ids = np.asarray(self.track_ids, dtype=np.int64).reshape(-1)
             if len(self.track_ids) != n:
@@ -154,7 +175,52 @@ class Prediction:
         err = f", error={self.error!r}" if self.error else ""
         return f"Prediction({where!s}{frame}, {len(self)} objects{err})"
 
+    # -- classification -------------------------------------------------------------------------------------
+    @property
+    def top_class(self) -> str | None:
+        """The most probable class of a classifier's prediction (None without `probs` or `class_names`)."""
+        if self.probs is None or not len(self.probs) or self.class_names is None:
+            return None
+        return self.class_names[int(np.argmax(self.probs))]
+
+    @property
+    def top_score(self) -> float | None:
+        """The probability of `top_class`."""
+        return None if self.probs is None or not len(self.probs) else float(np.max(self.probs))
+
     # -- annotation -----------------------------------------------------------------------------------------
+    @property
+    def object_shape(self) -> str:
+        """The Supervisely shape of this prediction's objects: "graph" (keypoints), "bitmap" (masks), "rectangle"."""
+        return "graph" if self.keypoints is not None else "bitmap" if self.masks is not None else "rectangle"
+
+    def obj_class(self, name: str):
+        """The `ObjClass` an object of class `name` is written in: of `object_shape`; a graph class carries the
+        keypoint template (its nodes and the skeleton's edges) in its `geometry_config`, as the Supervisely SDK
+        requires of keypoint classes."""
+        from pipeline.annotation import ObjClass
+        from pipeline.annotation.graph import keypoints_config
+
+        shape = self.object_shape
+        if shape != "graph":
+            return ObjClass(name, shape)
+        return ObjClass(name, shape, geometry_config=keypoints_config(self._keypoint_names(), self.skeleton))
+
+    def _keypoint_names(self) -> list[str]:
+        if self.keypoint_names is not None:
+            return list(self.keypoint_names)
+        return [str(i) for i in range(self.keypoints.shape[1] if self.keypoints is not None else 0)]
+
+    def image_tags(self) -> list:
+        """The image tags of the prediction: a classifier's top class, named after it, with its probability
+        (`{"name": "cat", "value": 0.93}`, an any_number tag); none for other models."""
+        from pipeline.annotation import Tag, TagMeta
+
+        top = self.top_class
+        if top is None:
+            return []
+        return [Tag(TagMeta(top, "any_number"), round(float(self.top_score), 4))]
+
     @property
     def annotation(self):
         """The Supervisely-format `Annotation` of the objects (computed once)."""
@@ -163,25 +229,30 @@ class Prediction:
         return self._annotation
 
     def to_annotation(self):
-        """A new `Annotation`: a `Bitmap` per object when there are masks, else a `Rectangle`; each label
-        carries a `confidence` tag with its score."""
-        from pipeline.annotation import CONFIDENCE_TAG, Annotation, Bitmap, Label, ObjClass, Rectangle, Tag
+        """A new `Annotation`: per object a `Graph` of its keypoints (pose models; a keypoint scored under
+        `KEYPOINT_MIN_SCORE` is a disabled node), else a `Bitmap` when there are masks, else a `Rectangle`; each
+        label carries a `confidence` tag with its score. A classifier's top class is an image tag (`image_tags`)."""
+        from pipeline.annotation import CONFIDENCE_TAG, Annotation, Bitmap, Graph, Label, Rectangle, Tag
 
         h, w = self.orig_size or (0, 0)
         labels = []
-        shape = "bitmap" if self.masks is not None else "rectangle"
         classes: dict[str, Any] = {}
+        names = self._keypoint_names() if self.keypoints is not None else None
         for i in range(len(self)):
             name = self.classes[i]
-            cls = classes.setdefault(name, ObjClass(name, shape))
-            if self.masks is not None:
+            if name not in classes:
+                classes[name] = self.obj_class(name)
+            cls = classes[name]
+            if self.keypoints is not None:
+                geometry = Graph.from_keypoints(self.keypoints[i], names, KEYPOINT_MIN_SCORE)
+            elif self.masks is not None:
                 if not self.masks[i].any():
                     continue
                 geometry = Bitmap.from_mask(self.masks[i])
             else:
                 geometry = Rectangle.from_xyxy(*[float(v) for v in self.boxes[i]])
             labels.append(Label(geometry, cls, tags=[Tag(CONFIDENCE_TAG, round(float(self.scores[i]), 4))]))
-        return Annotation(img_size=(h, w), labels=labels)
+        return Annotation(img_size=(h, w), labels=labels, img_tags=self.image_tags())
 
     # -- pixels ---------------------------------------------------------------------------------------------
     def load_image(self) -> np.ndarray:
@@ -238,6 +309,9 @@ class Prediction:
             "masks": masks,
             "keypoints": None if self.keypoints is None else self.keypoints.round(3).tolist(),
             "probs": None if self.probs is None else self.probs.round(5).tolist(),
+            "class_names": self.class_names,
+            "keypoint_names": self.keypoint_names,
+            "skeleton": None if self.skeleton is None else [list(e) for e in self.skeleton],
             "track_ids": None if self.track_ids is None else self.track_ids.tolist(),
             "source": source,
             "image_path": self.image_path,
@@ -287,6 +361,9 @@ class Prediction:
             masks=masks,
             keypoints=data.get("keypoints"),
             probs=data.get("probs"),
+            class_names=data.get("class_names"),
+            keypoint_names=data.get("keypoint_names"),
+            skeleton=data.get("skeleton"),
             track_ids=data.get("track_ids"),
             item=item,
             error=data.get("error"),

@@ -22,6 +22,7 @@ from pipeline.annotation.geometry import (
     geometry_iou,
     mask_iou,
 )
+from pipeline.annotation.graph import Graph  # registers the "graph" geometry type
 from pipeline.annotation.meta import CONFIDENCE_TAG, SHAPES, TAG_VALUE_TYPES, ObjClass, ProjectMeta, Tag, TagMeta
 from pipeline.annotation.video import VideoAnnotation, VideoFigure, VideoFrame, VideoObject, VideoTag
 
@@ -33,6 +34,7 @@ __all__ = [
     "Annotation",
     "Bitmap",
     "Geometry",
+    "Graph",
     "Label",
     "ObjClass",
     "Polygon",

@@ -22,7 +22,7 @@ from pipeline.exceptions import FormatError, InvalidArgumentError
 
 __all__ = ["Annotation", "Label"]
 
-_LABEL_KEYS = ("classTitle", "description", "tags", "geometryType", "points", "bitmap")
+_LABEL_KEYS = ("classTitle", "description", "tags", "geometryType", "points", "bitmap", "nodes")
 _ANN_KEYS = ("description", "tags", "size", "objects", "customBigData")
 
 

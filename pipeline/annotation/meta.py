@@ -20,10 +20,10 @@ from pipeline.exceptions import FormatError, InvalidArgumentError
 
 __all__ = ["CONFIDENCE_TAG", "SHAPES", "TAG_VALUE_TYPES", "ObjClass", "ProjectMeta", "Tag", "TagMeta"]
 
-SHAPES = ("rectangle", "bitmap", "polygon", "any_shape")
+SHAPES = ("rectangle", "bitmap", "polygon", "graph", "any_shape")
 """Class shapes: a geometry type, or "any_shape" for a class that takes any geometry."""
 
-OTHER_SDK_SHAPES = ("point", "line", "polyline", "graph", "cuboid", "cuboid_2d", "cuboid_3d", "alpha_mask",
+OTHER_SDK_SHAPES = ("point", "line", "polyline", "cuboid", "cuboid_2d", "cuboid_3d", "alpha_mask",
                     "multichannelBitmap", "oriented_bbox", "point_3d", "polyline_3d", "mask_3d", "pointcloud",
                     "point_cloud", "closed_surface_mesh", "multipolygon")
 """Other Supervisely shapes (`supervisely/annotation/json_geometries_map.py`): a class of such a shape is read from

@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, help="number of replicas (default: one per GPU, one on CPU)")
     p.add_argument("--gpus-per-replica", type=float, default=1.0, help="GPUs each replica holds (default 1)")
     p.add_argument("--reuse", action="store_true", help="return a running deployment of the same model instead")
+    p.add_argument("--runtime", choices=["pytorch", "onnx", "tensorrt"], help="how a model file runs (default: the "
+                                                                             "file's own; tensorrt for an .onnx)")
     _add_cluster_address(p)
     p.set_defaults(func=cmd_deploy)
 
@@ -201,10 +203,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     api = _cluster_api(args, "deploy")
     m = args.model
     looks_local = "://" not in m and (m.endswith((".pth", ".pt", ".ckpt", ".bin")) or m.startswith((".", "/", "~")))
-    if looks_local and not os.path.exists(os.path.expanduser(m)):
+    bare_weights = m.endswith(".pt") and os.path.basename(m) == m  # "yolo11n.pt": looked up in the weights folders
+    if looks_local and not bare_weights and not os.path.exists(os.path.expanduser(m)):
         raise InvalidArgumentError(f"model {m!r} does not exist (relative to {os.getcwd()})")
     model = api.nn.deploy(model=m, device=args.device, replicas=args.replicas, gpus_per_replica=args.gpus_per_replica,
-                          reuse=args.reuse)
+                          reuse=args.reuse, runtime=args.runtime)
     info = model.info()
     print(f"task {model.task_id}: {info['model']} ({info['framework']}/{info['architecture']}, {info['task_type']}) "
           f"on {info['device']}, {info['replicas']} replica(s), status {info['status']}")

@@ -93,6 +93,7 @@ class ModelSection(_Section):
     device: str | None = None  # None: cuda when the cluster has GPUs, else cpu
     replicas: PositiveInt | None = None  # None: one per GPU (one on CPU)
     gpus_per_replica: FinitePositiveFloat = 1.0
+    runtime: Literal["pytorch", "onnx", "tensorrt"] | None = None  # how a framework's own file runs (None: its own)
     reuse: bool = False  # use a running deployment of the same model and device instead of starting one
     # None: shut down what this run deployed (not a reused or connected deployment); true: shut down the model
     # the run used, whoever started it; false: leave it running (its task id is printed).

@@ -16,7 +16,11 @@ from pipeline.exceptions import PipelineError
 __all__ = ["CONVERTERS", "add_parser", "cmd_convert"]
 
 # framework -> "module:function(src, out, **options)"; a framework's adapter recognises its files (`sniff`).
-CONVERTERS: dict[str, str] = {"transformers": "workers.models.hf:convert"}
+CONVERTERS: dict[str, str] = {
+    "ultralytics": "workers.models.convert:cli_convert_ultralytics",
+    "onnx": "workers.models.convert:cli_convert_onnx",
+    "transformers": "workers.models.hf:convert",
+}
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

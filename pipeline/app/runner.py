@@ -109,7 +109,7 @@ def deploy_from_config(api: Api, cfg: PipelineConfig, out: IO[str] | None = None
     say(f"deploying {m.ref} ...\n")
     t0 = time.time()
     model = api.nn.deploy(model=m.ref, device=m.device, replicas=m.replicas, gpus_per_replica=m.gpus_per_replica,
-                          reuse=m.reuse)
+                          reuse=m.reuse, runtime=m.runtime)
     reused = model.task_id in before
     info = model.info()
     verb = "reusing" if reused else f"deployed in {time.time() - t0:.1f}s as"

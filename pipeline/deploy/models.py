@@ -4,7 +4,9 @@ and the bytes they load, checked before any replica starts:
 * a pretrained model `"<framework>/<name>"` (`torchvision/fasterrcnn_resnet50_fpn_v2`; `hf/<owner>/<repo>`: the
   local Hugging Face cache, read here and shipped to the replicas);
 * a framework's own file or directory (a YOLO `.pt`, an `.onnx`, a saved transformers model), recognised by the
-  adapters of `workers.models.base.FILE_FRAMEWORKS` (`ModelAdapter.sniff`, then `from_file`);
+  adapters of `workers.models.base.FILE_FRAMEWORKS` (`ModelAdapter.sniff`, then `from_file`); a bare name like
+  `yolo11n.pt` is looked up in the local weights folders (`workers.models.ultralytics.resolve_weights`), never
+  downloaded;
 * else our self-describing checkpoint (any `pyarrow.fs` URI).
 """
 
@@ -66,12 +68,22 @@ def resolve_model(model: str | os.PathLike, **options: Any) -> tuple[Any, bytes 
                              "transformers model has config.json and model.safetensors)")
     if _looks_pretrained(text):
         return _pretrained(text)
+    if _bare_weights_name(text):  # "yolo11n.pt": a local weights folder, never a download
+        from workers.models.ultralytics import resolve_weights
+
+        text = resolve_weights(text)
     data = read_bytes(text)
     for framework in FILE_FRAMEWORKS:
         adapter = get_adapter(framework)
         if adapter.sniff(text, data[:SNIFF_BYTES]):
             return _checked(adapter, *adapter.from_file(text, data, **options))
     return _checkpoint(text, data)
+
+
+def _bare_weights_name(text: str) -> bool:
+    """A file name like "yolo11n.pt" that is no path to an existing file (Ultralytics' way to name its models)."""
+    return (text.endswith(".pt") and os.path.basename(text) == text and "://" not in text
+            and not os.path.exists(text))
 
 
 def _known_frameworks() -> list[str]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.exceptions import InvalidArgumentError, PipelineError, RunError
 from pipeline.prediction import Prediction
 from pipeline.stages import args as _args
-from pipeline.stages.collect import Collector
+from pipeline.stages.collect import Collector, keypoint_layout
 from pipeline.stages.loading import decode_options, make_loader
 from pipeline.stages.scheduler import DEFAULT_MAX_IN_FLIGHT, RayExecutor, Scheduler
 from pipeline.stages.source import SourcePlan, resolve_source
@@ -136,7 +136,8 @@ class PredictionSession:
             self.scheduler = Scheduler(executor, len(pairs), args.max_in_flight or DEFAULT_MAX_IN_FLIGHT,
                                        stop_event=self._stop)
             self._message = "predicting"
-            collector = Collector(args.class_names(model.classes), args.class_filter, tracking or self._sink)
+            collector = Collector(args.class_names(model.classes), args.class_filter, tracking or self._sink,
+                                  keypoint_layout(model.spec))
             gate = self._has_room if tracking is None else tracking.gate(
                 self._has_room, lambda: self.scheduler.pool.in_flight)
             self.scheduler.run(loader.batches(items, batch_size), collector, before_submit=gate)

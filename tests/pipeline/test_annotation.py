@@ -548,7 +548,7 @@ def test_draw_boxes_with_masks_scores_and_colors():
 
 def test_public_names_are_pinned():
     assert sorted(A.__all__) == sorted([
-        "CONFIDENCE_TAG", "GEOMETRY_TYPES", "SHAPES", "TAG_VALUE_TYPES", "Annotation", "Bitmap", "Geometry", "Label",
+        "CONFIDENCE_TAG", "GEOMETRY_TYPES", "SHAPES", "TAG_VALUE_TYPES", "Annotation", "Bitmap", "Geometry", "Graph", "Label",
         "ObjClass", "Polygon", "ProjectMeta", "Rectangle", "Tag", "TagMeta", "VideoAnnotation", "VideoFigure",
         "VideoFrame", "VideoObject", "VideoTag", "box_iou", "box_iou_matrix", "draw_annotation", "draw_boxes",
         "geometry_from_json", "geometry_iou", "mask_iou",

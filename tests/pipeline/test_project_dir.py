@@ -55,6 +55,8 @@ def check_sly_project(root: Path) -> list[str]:
     for c in meta["classes"]:  # ProjectMeta.from_json: data["classes"]; ObjClass.from_json: title, shape, color
         if not re.fullmatch(r"#[0-9A-Fa-f]{6}", c["color"]) or c["shape"] not in SDK_SHAPES:
             problems.append(f"meta.json: class {c['title']!r}: bad color or shape")
+        if c["shape"] == "graph":
+            _check_graph_template(c.get("geometry_config"), f"meta.json: class {c['title']!r}", problems)
         classes[c["title"]] = c
     tags = {}
     for t in meta.get("tags", []):  # TagMeta.from_json: name, value_type; values for oneof_string
@@ -132,7 +134,7 @@ def _check_image_ann(ann: dict, classes: dict, tags: dict, where: str, problems:
             continue
         _check_tags(obj["tags"], tags, f"{where}: object {i}", problems)
         shape = cls["shape"] if cls["shape"] != "any_shape" else obj.get("geometryType", obj.get("shape"))
-        _check_geometry(shape, obj, f"{where}: object {i}", problems)
+        _check_geometry(shape, obj, f"{where}: object {i}", problems, cls.get("geometry_config"))
 
 
 def _check_video_ann(ann: dict, classes: dict, tags: dict, where: str, problems: list[str]) -> None:
@@ -167,7 +169,8 @@ def _check_video_ann(ann: dict, classes: dict, tags: dict, where: str, problems:
             shape = classes[obj["classTitle"]]["shape"]
             if shape != "any_shape" and fig["geometryType"] != shape:
                 problems.append(f"{where}: figure geometry {fig['geometryType']} in a {shape} class")
-            _check_geometry(fig["geometryType"], fig["geometry"], f"{where}: figure", problems)
+            _check_geometry(fig["geometryType"], fig["geometry"], f"{where}: figure", problems,
+                            classes[obj["classTitle"]].get("geometry_config"))
 
 
 def _check_tags(items: list, tags: dict, where: str, problems: list[str]) -> None:
@@ -184,8 +187,35 @@ def _check_tags(items: list, tags: dict, where: str, problems: list[str]) -> Non
             problems.append(f"{where}: tag {meta['name']!r}: value {v!r} is not a valid {vt}")
 
 
-def _check_geometry(shape: str, data: dict, where: str, problems: list[str]) -> None:
+def _check_graph_template(config, where: str, problems: list[str]) -> None:
+    # ObjClass.from_json of a graph class: GraphNodes.config_from_json -> _transform_config_colors(config, hex2rgb):
+    # config["nodes"] (a dict; its "color"s hex) and config.get("edges", []) (their "color"s hex); edges name nodes
+    # (KeypointsTemplate.add_edge)
     try:
+        nodes = config["nodes"]
+        assert isinstance(nodes, dict) and nodes
+        for node in nodes.values():
+            assert re.fullmatch(r"#[0-9A-Fa-f]{6}", node.get("color", "#000000")) and len(node["loc"]) == 2
+        for edge in config.get("edges", []):
+            assert re.fullmatch(r"#[0-9A-Fa-f]{6}", edge.get("color", "#000000"))
+            assert edge["src"] in nodes and edge["dst"] in nodes
+    except (AssertionError, KeyError, TypeError, AttributeError) as exc:
+        problems.append(f"{where}: graph template unreadable by the SDK ({type(exc).__name__} {exc})")
+
+
+def _check_geometry(shape: str, data: dict, where: str, problems: list[str], config=None) -> None:
+    try:
+        if shape == "graph":
+            # GraphNodes.from_json: data["nodes"] {key: Node.from_json: data["loc"] [col, row], "disabled"}; Label()
+            # validates the geometry against its class: GraphNodes.validate -> no node outside config["nodes"]
+            nodes = data["nodes"]
+            assert isinstance(nodes, dict) and nodes
+            for node in nodes.values():
+                col, row = node["loc"]
+                assert all(isinstance(v, int | float) and not isinstance(v, bool) for v in (col, row))
+                assert isinstance(node.get("disabled", False), bool)
+            assert set(nodes) <= set((config or {}).get("nodes", {})), "nodes not declared in the template"
+            return
         if shape == "rectangle":  # Rectangle.from_json: 2 exterior points; Rectangle(): top <= bottom, left <= right
             (left, top), (right, bottom) = data["points"]["exterior"]
             assert top <= bottom and left <= right

@@ -295,11 +295,13 @@ _ADAPTERS: dict[str, type[ModelAdapter]] = {}
 # one, and this one must not import it back.)
 BUILTIN_ADAPTERS = {
     "torchvision": "workers.models.torchvision",
+    "ultralytics": "workers.models.ultralytics",
+    "onnx": "workers.models.onnx",
     "transformers": "workers.models.hf",
 }
 # The frameworks whose own files `deploy(model=path)` recognises (`ModelAdapter.sniff`), in the order they are
 # asked; a file none of them claims is read as our checkpoint.
-FILE_FRAMEWORKS: tuple[str, ...] = ("transformers",)
+FILE_FRAMEWORKS: tuple[str, ...] = ("ultralytics", "onnx", "transformers")
 
 
 def register_adapter(framework: str):

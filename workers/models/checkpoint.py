@@ -27,7 +27,8 @@ from workers.models.base import TASK_ALIASES, TASK_TYPES, normalize_task_type
 FORMAT = "pipeline-checkpoint/1"
 REQUIRED_KEYS = ("format", "framework", "architecture", "task_type", "classes", "state_dict")
 
-__all__ = ["FORMAT", "TASK_TYPES", "Checkpoint", "read_bytes", "load_checkpoint", "parse_checkpoint", "save_checkpoint"]
+__all__ = ["FORMAT", "TASK_TYPES", "Checkpoint", "read_bytes", "load_checkpoint", "parse_checkpoint", "pickle_globals",
+           "save_checkpoint"]
 
 
 @dataclass
@@ -89,6 +90,36 @@ def _first_line(text: str) -> str:
     return (lines[0] if lines else text.strip())[:200]
 
 
+def pickle_globals(data: bytes) -> list[str]:
+    """The globals (`module.name`) a plain pickle of any protocol names, read with `pickletools` (a disassembler:
+    nothing is built or run); [] when `data` is no readable pickle."""
+    import pickletools
+
+    found: list[str] = []
+    strings: list[str] = []  # the strings pushed so far, for STACK_GLOBAL (protocol 4+: module and name pushed)
+    memo: dict[int, str] = {}
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+                strings.append(str(arg))
+            elif op.name == "MEMOIZE" and strings:
+                memo[len(memo)] = strings[-1]
+            elif op.name in ("BINGET", "LONG_BINGET", "GET") and arg in memo:
+                strings.append(memo[arg])
+    except Exception:  # truncated or not a pickle: what was found so far
+        pass
+    return sorted(set(found))
+
+
+def _globals_in_pickle(data: bytes) -> str:
+    """The globals a plain (not zipped) pickle names, for the refusal message; "" if none."""
+    return ", ".join(pickle_globals(data))
+
+
 def parse_checkpoint(data: bytes, uri: str = "<bytes>") -> Checkpoint:
     """Parse checkpoint bytes with `torch.load(weights_only=True)`; raise `CheckpointError` naming the problem."""
     import torch
@@ -100,10 +131,11 @@ def parse_checkpoint(data: bytes, uri: str = "<bytes>") -> Checkpoint:
         # torch names the global the pickle wanted: "Unsupported global: GLOBAL os.system was not an allowed
         # global ..." or "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."
         found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL)\s+([\w.]+)", text)
-        if found:
+        called = found.group(1) if found else _globals_in_pickle(data)
+        if called:
             raise CheckpointError(
                 f"{uri} was refused: it is not a plain-weights checkpoint; loading it would run code "
-                f"(it calls {found.group(1)}), which is never allowed"
+                f"(it calls {called}), which is never allowed. Nothing in it was run"
             ) from None
         marker = "WeightsUnpickler error:"
         detail = text.split(marker, 1)[1].strip().splitlines()[0] if marker in text else _first_line(text)

@@ -1,5 +1,7 @@
-"""COCO output: a detection / instance-segmentation document (RLE masks) assembled, when the run ends, from the
-run's Parquet parts (`export.py`), so it holds every item of the job, also across a crash and its resumed run.
+"""COCO output: a detection / instance-segmentation / keypoint document (RLE masks; keypoints as `x, y, score`
+triplets, as Ultralytics writes its COCO results) assembled, when the run ends, from the run's Parquet parts
+(`export.py`), so it holds every item of the job, also across a crash and its resumed run. A classifier's rows (no
+box) have no COCO form: its images are listed without annotations.
 
 Images are numbered in input order (`Item.index`), annotations in image order then object order: a job that was
 killed and resumed writes the same file as one clean run. The file is written atomically (`location.py`).
@@ -10,15 +12,24 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pipeline.prediction import KEYPOINT_MIN_SCORE
 from pipeline.stages.upload.export import ParquetWriter, mask_from_row, mask_to_rle, read_parts
 from pipeline.stages.upload.location import Location
 
 __all__ = ["CocoWriter", "coco_document"]
 
 
-def coco_document(class_names: list[str], images: list[dict[str, Any]], annotations: list[dict[str, Any]]
-                  ) -> dict[str, Any]:
+def coco_document(class_names: list[str], images: list[dict[str, Any]], annotations: list[dict[str, Any]],
+                  keypoints: Any = None) -> dict[str, Any]:
+    """The document; `keypoints` (a `KeypointLayout`: a pose model's) adds COCO's keypoint names and 1-based
+    skeleton to every category."""
     categories = [{"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(class_names)]
+    if keypoints is not None:
+        names = list(keypoints.names or [])
+        if not names and annotations and "keypoints" in annotations[0]:
+            names = [str(i) for i in range(len(annotations[0]["keypoints"]) // 3)]
+        for cat in categories:
+            cat.update(keypoints=names, skeleton=[[a + 1, b + 1] for a, b in keypoints.skeleton])
     return {"info": {"description": "predictions", "version": "1.0"}, "images": images,
             "annotations": annotations, "categories": categories}
 
@@ -34,17 +45,22 @@ def _annotation(row: dict[str, Any], image_id: int, size: tuple[int, int], masks
         mask = mask_from_row(row, size)
         ann["segmentation"] = mask_to_rle(mask)
         ann["area"] = int(mask.sum())
+    if row.get("keypoints") is not None:
+        kpts = [round(float(v), 3) for v in row["keypoints"]]
+        ann["keypoints"] = kpts
+        ann["num_keypoints"] = sum(1 for s in kpts[2::3] if s >= KEYPOINT_MIN_SCORE)
     return ann
 
 
 class CocoWriter:
     """Writes the COCO document of everything the parts of `parts` hold, on `close()`."""
 
-    def __init__(self, target: str | Location, class_names: list[str], parts: ParquetWriter):
+    def __init__(self, target: str | Location, class_names: list[str], parts: ParquetWriter, keypoints: Any = None):
         self.loc = target if isinstance(target, Location) else Location(target, "output coco")
         self.path = self.loc.shown
         self.class_names = list(class_names)
         self.parts = parts
+        self.keypoints = keypoints  # a pose model's `KeypointLayout` (pipeline.stages.collect)
 
     def add(self, preds: list[Any]) -> None:
         """Nothing: the parts writer records the predictions; the document is assembled at the end."""
@@ -65,8 +81,10 @@ class CocoWriter:
                 entry["frame_idx"] = record["frame_idx"]
             images.append(entry)
             for row in rows:
+                if row.get("x1") is None:  # a classifier's row: no object
+                    continue
                 annotations.append({"id": len(annotations) + 1,
                                      **_annotation(row, image_id, (h, w), record["masks"])})
-        doc = coco_document(self.class_names, images, annotations)
+        doc = coco_document(self.class_names, images, annotations, self.keypoints)
         self.loc.makedirs(self.loc.parent)
         self.loc.write_bytes(self.loc.path, json.dumps(doc).encode())

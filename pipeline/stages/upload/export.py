@@ -189,6 +189,10 @@ class ParquetWriter:
         if p.error is not None:
             self._append({**common, "error": p.error})
             return 1
+        extra = 0
+        if p.top_class is not None:  # a classifier: one row, its top class and probability, no box
+            self._append({**common, "class": p.top_class, "class_id": int(np.argmax(p.probs)), "score": p.top_score})
+            extra = 1
         for i in range(len(p)):
             x1, y1, x2, y2 = (float(v) for v in p.boxes[i])
             row = {**common, "object_idx": i, "class": p.classes[i], "class_id": int(p.class_ids[i]),
@@ -199,7 +203,7 @@ class ParquetWriter:
             if p.keypoints is not None:
                 row["keypoints"] = p.keypoints[i].reshape(-1).tolist()
             self._append(row)
-        return len(p)
+        return len(p) + extra
 
     def _append(self, row: dict[str, Any]) -> None:
         for k, col in self._rows.items():

@@ -17,7 +17,7 @@ from typing import Any
 from pipeline.exceptions import DiskFullError, InvalidArgumentError, PipelineError
 from pipeline.platform import media, ops
 from pipeline.prediction import Prediction, UploadTarget
-from pipeline.stages.upload.merge import merge_annotation
+from pipeline.stages.upload.merge import merge_annotation, merge_tags
 from pipeline.stages.upload.target import Target, Written
 from workers.decode import ItemError, fetch_bytes
 
@@ -146,6 +146,9 @@ class ImageTarget(Target):
         else:
             data = json.loads(cur)
             data["objects"] = (list(data.get("objects", [])) if self.mode == "append" else []) + new_objects
+            if predicted.img_tags:  # a classifier's tag, by `merge_tags`' rules
+                data["tags"] = merge_tags(self.mode, list(data.get("tags", [])),
+                                          [t.to_json() for t in predicted.img_tags], lambda t: t.get("name"))
         ops.put_annotation_json(conn, row["id"], data, len(data["objects"]))
 
     def unit_written(self, written: Written) -> None:

@@ -9,14 +9,16 @@ these inside their transactions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from pipeline.annotation import Annotation, Label, geometry_iou
 from pipeline.exceptions import FormatError
 
 __all__ = ["MODES", "base_class_name", "iou_merge_keep", "kept_on_frames", "labels_to_video", "merge_annotation",
-           "merge_video_annotation", "stored_labels"]
+           "merge_tags", "merge_video_annotation", "stored_labels"]
+
+T = TypeVar("T")
 
 
 def base_class_name(name: str) -> str:
@@ -52,22 +54,42 @@ def _boxes_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def merge_tags(mode: str, current: Sequence[T], predicted: Sequence[T], name: Callable[[T], str]) -> list[T]:
+    """The image tags an item gets under `mode` (an image holds a tag of a name once; `name` reads it).
+
+    create: the predicted. replace: the current ones, those of a predicted name replaced by the prediction's.
+    append / iou_merge: the current ones, plus the predicted ones of names the image does not have yet (an existing
+    tag of the same name is kept: a classifier's earlier or hand-made answer is not overwritten).
+    """
+    if mode == "create":
+        return list(predicted)
+    if mode == "replace":
+        new = {name(t) for t in predicted}
+        return [t for t in current if name(t) not in new] + list(predicted)
+    if mode in ("append", "iou_merge"):
+        have = {name(t) for t in current}
+        return list(current) + [t for t in predicted if name(t) not in have]
+    raise ValueError(f"unknown upload mode {mode!r}")
+
+
 def merge_annotation(mode: str, current: Annotation | None, predicted: Annotation, threshold: float) -> Annotation:
     """The annotation an item gets under `mode`.
 
     create: the prediction. append: current + predicted objects. replace: predicted objects, the current image
-    tags kept. iou_merge: current + the predicted objects that `iou_merge_keep` keeps.
+    tags kept. iou_merge: current + the predicted objects that `iou_merge_keep` keeps. Predicted image tags (a
+    classifier's class) combine with the current ones as `merge_tags` says.
     """
     if mode == "create" or current is None:
         return predicted
+    tags = tuple(merge_tags(mode, current.img_tags, predicted.img_tags, lambda t: t.name))
     if mode == "append":
-        return current.add_labels(predicted.labels)
+        return current.add_labels(predicted.labels).clone(img_tags=tags)
     if mode == "replace":
-        return current.clone(labels=tuple(predicted.labels))
+        return current.clone(labels=tuple(predicted.labels), img_tags=tags)
     if mode == "iou_merge":
         h, w = current.img_size
         keep = iou_merge_keep(current.labels, predicted.labels, threshold, h, w)
-        return current.add_labels([lab for lab, k in zip(predicted.labels, keep) if k])
+        return current.add_labels([lab for lab, k in zip(predicted.labels, keep) if k]).clone(img_tags=tags)
     raise ValueError(f"unknown upload mode {mode!r}")
 
 

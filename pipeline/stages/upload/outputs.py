@@ -18,6 +18,7 @@ from typing import Any
 
 from pipeline.exceptions import InvalidArgumentError
 from pipeline.stages.args import PredictArgs
+from pipeline.stages.collect import keypoint_layout
 from pipeline.stages.source.plan import SourcePlan
 from pipeline.stages.upload.coco import CocoWriter
 from pipeline.stages.upload.export import ParquetWriter, check_output
@@ -115,7 +116,8 @@ def make_outputs(args: PredictArgs, plan: SourcePlan, model: Any, target: Target
                                   images=args.output.get("yolo_images", "copy"),
                                   url_timeout=float(args.settings.get("url_timeout", 20.0))))
     if "coco" in locs:
-        writers.append(CocoWriter(locs["coco"], args.class_names(model.classes), parts))
+        writers.append(CocoWriter(locs["coco"], args.class_names(model.classes), parts,
+                                  keypoint_layout(model.spec)))
     writers.append(parts)  # last: an array a YOLO dataset needs is staged before its item is recorded done
     file_job = target is None
     done = parts.done_keys if file_job else target.done_keys

@@ -24,7 +24,7 @@ from pipeline.prediction import Prediction, UploadTarget
 from pipeline.stages.args import DEFAULT_IOU_MERGE_THRESHOLD, PredictArgs
 from pipeline.stages.source.plan import SourcePlan
 
-__all__ = ["DEFAULT_DATASET", "Target", "new_job_id"]
+__all__ = ["DEFAULT_DATASET", "Target", "new_job_id", "resolve_class", "resolve_tag_meta"]
 
 DEFAULT_DATASET = "ds0"  # where items without a dataset of their own go (Supervisely's default dataset name)
 
@@ -50,7 +50,6 @@ class Target:
         self.store = platform.store
         self.plan = plan
         self.threshold = float(args.settings.get("iou_merge_threshold", DEFAULT_IOU_MERGE_THRESHOLD))
-        self.shape = "bitmap" if model.spec.task_type != "detection" else "rectangle"
         self.project_id: int | None = None
         self.project_name: str | None = None
         self.renamed_from: str | None = None
@@ -160,8 +159,10 @@ class Target:
         return self._datasets[path]
 
     def resolve_meta(self, conn: Any, project_id: int, preds: list[Prediction], metas: dict[int, Any]) -> Any:
-        """The project's meta with every predicted class (renamed `<name>_nn` where the name is taken by another
-        shape) and the confidence tag merged in; cached in `metas` for the group."""
+        """The project's meta with every predicted class (of the predictions' shape: rectangle, bitmap or a graph
+        with its keypoint template; renamed `<name>_nn` where the name is taken by a class that cannot hold it),
+        the confidence tag and the predicted image tags (a classifier's class, any_number) merged in; cached in
+        `metas` for the group."""
         from pipeline.annotation import CONFIDENCE_TAG
 
         meta = metas.get(project_id)
@@ -169,10 +170,14 @@ class Target:
             meta = ops.get_meta(conn, project_id)
         before = meta
         for p in preds:
-            for name in set(p.classes):
-                cls = meta.resolve_class(name, self.shape)
+            for name in dict.fromkeys(p.classes):
+                cls = resolve_class(meta, p.obj_class(name))
                 if meta.get_obj_class(cls.name) is None:
                     meta = meta.add_obj_class(cls)
+            for tag in p.image_tags():
+                tag_meta = resolve_tag_meta(meta, tag.meta)
+                if meta.get_tag_meta(tag_meta.name) is None:
+                    meta = meta.add_tag_meta(tag_meta)
         if meta.get_tag_meta(CONFIDENCE_TAG.name) is None:
             meta = meta.add_tag_meta(CONFIDENCE_TAG)
         if meta is not before:
@@ -181,10 +186,13 @@ class Target:
         return meta
 
     def predicted_annotation(self, p: Prediction, meta: Any) -> Any:
-        """`p`'s objects as an `Annotation` whose classes are the target project's."""
+        """`p`'s objects and image tags as an `Annotation` whose classes and tags are the target project's."""
+        from pipeline.annotation import Tag
+
         ann = p.to_annotation()
-        labels = tuple(lab.clone(obj_class=meta.resolve_class(lab.obj_class.name, self.shape)) for lab in ann.labels)
-        return ann.clone(labels=labels)
+        labels = tuple(lab.clone(obj_class=resolve_class(meta, lab.obj_class)) for lab in ann.labels)
+        tags = tuple(Tag(resolve_tag_meta(meta, t.meta), t.value) for t in ann.img_tags)
+        return ann.clone(labels=labels, img_tags=tags)
 
     # -- the subclass's part ----------------------------------------------------------------------------------
     def accepts(self, p: Prediction) -> bool:
@@ -255,6 +263,41 @@ class Target:
         # only after the commit: a prediction says where it went once it is there
         return [replace(p, error=errors[id(p)]) if id(p) in errors
                 else replace(p, target=targets[id(p)]) if id(p) in targets else p for p in preds]
+
+
+def resolve_class(meta: Any, predicted: Any) -> Any:
+    """The class of `meta` a predicted object of class `predicted` goes in: the class of that name if it holds
+    such objects (its shape, or "any_shape"; a graph class only if its keypoint template has every node of
+    ours, which the Supervisely SDK checks), else `<name>_nn` (and `_nn_nn` ...) on the same terms; a new class
+    (`predicted` renamed, not added: the caller merges it in) when none is there."""
+    name = predicted.name
+    while True:
+        existing = meta.get_obj_class(name)
+        if existing is None:
+            return predicted if name == predicted.name else replace(predicted, name=name)
+        if _holds(existing, predicted):
+            return existing
+        name = f"{name}_nn"
+
+
+def _holds(existing: Any, predicted: Any) -> bool:
+    if predicted.shape != "graph":
+        return existing.accepts(predicted.shape)
+    nodes = (existing.geometry_config or {}).get("nodes") or {}
+    return existing.shape == "graph" and set(predicted.geometry_config.get("nodes", {})) <= set(nodes)
+
+
+def resolve_tag_meta(meta: Any, predicted: Any) -> Any:
+    """The tag meta of `meta` a predicted tag goes in: the one of that name if its value type is the same, else
+    `<name>_nn` (...) on the same terms; `predicted` (renamed) when none is there."""
+    name = predicted.name
+    while True:
+        existing = meta.get_tag_meta(name)
+        if existing is None:
+            return predicted if name == predicted.name else replace(predicted, name=name)
+        if existing.value_type == predicted.value_type:
+            return existing
+        name = f"{name}_nn"
 
 
 def _failures(preds: list[Prediction], errors: dict[int, str]) -> list[tuple[str, str]]:
