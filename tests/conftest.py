@@ -148,3 +148,15 @@ def http_server():
     server = _Server()
     yield server
     server.httpd.shutdown()
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """A test that imports Ultralytics itself (to build or run a YOLO model directly) gets its process-wide patches of
+    `PIL.Image.open` and `torch.save` undone afterwards, as the adapter undoes them: the tests after it must see
+    Pillow's own errors for a file that is not an image."""
+    import sys
+
+    if "ultralytics.utils.patches" in sys.modules:
+        from workers.models._ultralytics_load import undo_patches
+
+        undo_patches()

@@ -32,6 +32,7 @@ from typing import Any
 from pipeline.exceptions import CheckpointError, ModelLoadError
 
 __all__ = [
+    "undo_patches",
     "ULTRALYTICS_EXTRA",
     "prepare_environment",
     "import_ultralytics",
@@ -86,11 +87,11 @@ def import_ultralytics(what: str = "this model"):
             f"{what} needs the Ultralytics package, which is not installed ({exc}). Install the extra: "
             f"{ULTRALYTICS_EXTRA} (Ultralytics is AGPL-3.0), or convert the model to ONNX on a machine that has it."
         ) from None
-    _undo_patches()
+    undo_patches()
     return tasks
 
 
-def _undo_patches() -> None:
+def undo_patches() -> None:
     """Put back what importing Ultralytics replaced process-wide: `PIL.Image.open` (its version installs a HEIF
     plugin on the first image Pillow cannot identify and raises other errors than Pillow's, which would change how
     the pipeline's loaders report a bad image) and `torch.save` (a retrying wrapper)."""
