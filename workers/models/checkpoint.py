@@ -28,7 +28,7 @@ FORMAT = "pipeline-checkpoint/1"
 REQUIRED_KEYS = ("format", "framework", "architecture", "task_type", "classes", "state_dict")
 
 __all__ = ["FORMAT", "TASK_TYPES", "Checkpoint", "read_bytes", "load_checkpoint", "parse_checkpoint", "pickle_globals",
-           "save_checkpoint"]
+           "save_checkpoint", "write_atomically"]
 
 
 @dataclass
@@ -235,17 +235,21 @@ def save_checkpoint(
     path = os.fspath(path)
     fs, fpath = _filesystem_and_path(path)
     if "://" not in path or path.startswith("file://"):
-        # a local file is written beside itself and renamed into place: never a half-written checkpoint
-        os.makedirs(os.path.dirname(fpath) or ".", exist_ok=True)
-        tmp = f"{fpath}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, fpath)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomically(fpath, data)
     else:  # object stores write an object whole on close
         with fs.open_output_stream(fpath) as f:
             f.write(data)
     return hashlib.sha256(data).hexdigest()
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write a local file beside itself and rename it into place: never a half-written model file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

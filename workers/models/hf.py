@@ -30,6 +30,7 @@ from pipeline.exceptions import CheckpointError, InvalidArgumentError, ModelLoad
 from workers.messages import ModelOutput
 from workers.models import hf_post
 from workers.models.base import DEFAULT_SETTINGS, ModelAdapter, ModelSpec, register_adapter
+from workers.models.checkpoint import write_atomically
 from workers.models.hf_pack import (
     build_config,
     check_files,
@@ -440,15 +441,7 @@ def convert(source: str | os.PathLike, dest: str | os.PathLike | None = None, ta
         dest = os.path.basename(base) + ".safetensors" if hub else base + ".safetensors"
     dest = os.path.abspath(os.fspath(dest))
     TransformersAdapter.from_file(dest, data)  # what deploy would refuse is refused now, before writing
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    tmp = f"{dest}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomically(dest, data)
     return dest
 
 
