@@ -119,6 +119,7 @@ class NnApi:
             raise ModelLoadError(f"could not start {spec.name}: {_creation_error(exc)}") from None
         ray.get(registry.set_status.remote(rec["task_id"], "running", infos))
         handle._record = ray.get(registry.get.remote(rec["task_id"]))
+        handle._handles = None  # read again with each replica's node (loading tasks are placed next to it)
         return handle
 
     def connect(self, task_id: int) -> Model:

@@ -15,6 +15,28 @@ import time
 from pathlib import Path
 
 
+def _wait_until_ray_places_by_affinity(ray, nodes: dict[str, str], timeout_s: float = 90.0) -> tuple[float, list]:
+    """Wait until Ray's own scheduler honours a soft node affinity to each worker node: the head's view of a new
+    node's resources can lag the node table `wait_for_nodes` reads, and meanwhile a soft affinity falls back to
+    the head. Returns (seconds waited, the nodes still missed at the timeout)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=1)
+    def where() -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    t0 = time.time()
+    missing = dict(nodes)
+    while missing and time.time() - t0 < timeout_s:
+        for node_id in list(missing):
+            strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)
+            if ray.get(where.options(scheduling_strategy=strategy).remote()) == node_id:
+                missing.pop(node_id)
+        if missing:
+            time.sleep(1.0)
+    return round(time.time() - t0, 1), sorted(missing.values())
+
+
 def main(checkpoint: str, workdir: str, n_images: int = 24) -> None:
     import numpy as np
     import ray
@@ -45,6 +67,9 @@ def main(checkpoint: str, workdir: str, n_images: int = 24) -> None:
         from pipeline.deploy.cluster import NAMESPACE
 
         ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
+        worker_nodes = {n["NodeID"]: k for n in ray.nodes() if n.get("Alive") for k in n["Resources"]
+                        if k in ("node_a", "node_b")}
+        timings["probe_s"], probe_misses = _wait_until_ray_places_by_affinity(ray, worker_nodes)
 
         # Record the node of every loading task: a file per task in a folder all three nodes share (one
         # machine). The product code is untouched; only the function the loading stage submits is wrapped.
@@ -63,6 +88,14 @@ def main(checkpoint: str, workdir: str, n_images: int = 24) -> None:
 
         loading.load_batch = load_batch_traced
         loading._remote_load = None  # rebuilt from load_batch on first use
+        requested: list[str | None] = []  # the node each loading task was asked to run on (the product's choice)
+        original_submit = loading.submit_load
+
+        def submit_load_traced(items, options, node_id=None):
+            requested.append(node_id)
+            return original_submit(items, options, node_id)
+
+        loading.submit_load = submit_load_traced
 
         import pipeline
 
@@ -82,6 +115,8 @@ def main(checkpoint: str, workdir: str, n_images: int = 24) -> None:
             "replica_nodes": [r.get("node_id") for r in info["replicas_info"]],
             "node_labels": {nid: (labels[0] if labels else "head") for nid, labels in nodes.items()},
             "load_nodes": sorted(f.name.split(".")[0] for f in trace.iterdir()),
+            "requested_nodes": requested,
+            "probe_misses": probe_misses,
             "indices": [p.index for p in preds],
             "sources": [str(p.image_path or p.source) for p in preds],
             "errors": [p.error for p in preds if p.error is not None],

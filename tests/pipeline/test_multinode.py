@@ -47,10 +47,21 @@ def test_replicas_are_placed_on_two_different_nodes(multinode):
 
 
 @pytest.mark.slow
+def test_each_loading_task_is_asked_to_run_on_its_replicas_node(multinode):
+    requested = multinode["requested_nodes"]
+    assert len(requested) >= N_IMAGES // 2  # one loading task per batch of 2 (more if resubmitted)
+    assert set(requested) == set(multinode["replica_nodes"]), requested
+
+
+@pytest.mark.slow
 def test_loading_tasks_ran_on_more_than_one_node(multinode):
+    if multinode["probe_misses"]:
+        # Ray's own scheduler never honoured a soft affinity to these nodes (a probe task, not ours, fell back to
+        # the head for 90 s): where our tasks ran says nothing about our placement then.
+        pytest.skip(f"Ray placed no task by node affinity on {multinode['probe_misses']}")
     per_node = Counter(multinode["node_labels"][n] for n in multinode["load_nodes"])
     assert len(multinode["load_nodes"]) >= N_IMAGES // 2  # one loading task per batch of 2 (more if retried)
-    assert len(per_node) >= 2, per_node
+    assert len(per_node) >= 2, (per_node, multinode["timings"])
 
 
 @pytest.mark.slow

@@ -27,6 +27,13 @@ def test_deploy_reads_everything_from_the_checkpoint(tiny_model, tiny_checkpoint
     assert isinstance(tiny_model.task_id, int)
 
 
+def test_the_deploying_handle_knows_each_replicas_node(ray_session, tiny_deployment):
+    # What a prediction run places each batch's loading task next to (a soft node affinity): read from the
+    # replicas once they answer, not from the record before they started.
+    nodes = [node for _, node in tiny_deployment.replicas_and_nodes()]
+    assert nodes == [ray_session.get_runtime_context().get_node_id()]
+
+
 def test_list_shows_running_deployments(api, tiny_deployment):
     rows = {r["task_id"]: r for r in api.nn.list()}
     row = rows[tiny_deployment.task_id]
