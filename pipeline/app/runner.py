@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from pipeline.app.config import PipelineConfig, load_config
+from pipeline.env import env_seconds
 from pipeline.exceptions import DeploymentError, PipelineError
 
 if TYPE_CHECKING:
@@ -31,7 +32,8 @@ __all__ = ["run_config", "attach", "call_with_timeout", "deploy_from_config", "s
 # How long attaching to a Ray cluster at an address may take before we call it unreachable. The TCP check in
 # pipeline/deploy/cluster.py catches a closed port or a dead host within 10 s; this catches a port that answers but is not
 # a Ray GCS (e.g. the dashboard's 8265), where ray.init would retry for minutes. A healthy cluster answers in ~1-5 s.
-ATTACH_TIMEOUT_S = float(os.environ.get("PIPELINE_ATTACH_TIMEOUT_S", "20"))
+# $PIPELINE_ATTACH_TIMEOUT_S overrides it.
+ATTACH_TIMEOUT_S = 20.0
 # Seconds between the plain progress lines written when stderr is not a terminal (job logs, CI): often enough to
 # see a run move, rare enough to keep a long job's log readable.
 LOG_PROGRESS_EVERY_S = 10.0
@@ -78,15 +80,17 @@ def call_with_timeout(fn: Callable[[], Any], timeout: float, on_timeout: Callabl
     return box.get("result")
 
 
-def attach(address: str | None, timeout: float = ATTACH_TIMEOUT_S) -> None:
-    """Attach this process to Ray (pipeline.deploy.cluster.ensure_ray), failing within `timeout` s for an address that
-    does not answer like a Ray cluster. A local Ray (no address) is started without a limit."""
+def attach(address: str | None, timeout: float | None = None) -> None:
+    """Attach this process to Ray (pipeline.deploy.cluster.ensure_ray), failing within `timeout` s
+    ($PIPELINE_ATTACH_TIMEOUT_S, default ATTACH_TIMEOUT_S) for an address that does not answer like a Ray cluster.
+    A local Ray (no address) is started without a limit."""
     from pipeline.deploy.cluster import ensure_ray
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         ensure_ray(None)
         return
+    timeout = timeout or env_seconds("PIPELINE_ATTACH_TIMEOUT_S", ATTACH_TIMEOUT_S)
     # ray.init stuck in its retry loop: the process must still be able to exit.
     call_with_timeout(
         lambda: ensure_ray(address), timeout, name="pipeline-attach", exit_on_hang=True,

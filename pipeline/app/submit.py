@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import shlex
 import socket
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from pipeline.env import env_seconds
 from pipeline.exceptions import DeploymentError, InvalidArgumentError, NotFoundError
 
 __all__ = ["SUBMIT_DIR", "cmd_cancel", "cmd_logs", "cmd_status", "cmd_submit", "project_root",
@@ -68,14 +68,7 @@ def _dashboard(address: str | None) -> str:
 def address_timeout() -> float:
     """The limit on connecting to the dashboard and on each quick request: $PIPELINE_ADDRESS_TIMEOUT_S seconds
     (default 20, so that an unresponsive address is reported well within 30 s of starting the command)."""
-    raw = os.environ.get(ADDRESS_TIMEOUT_ENV, "").strip()
-    try:
-        value = float(raw) if raw else DEFAULT_ADDRESS_TIMEOUT_S
-    except ValueError:
-        raise InvalidArgumentError(f"${ADDRESS_TIMEOUT_ENV} must be a number of seconds; got {raw!r}") from None
-    if not value > 0 or not math.isfinite(value):
-        raise InvalidArgumentError(f"${ADDRESS_TIMEOUT_ENV} must be a finite number of seconds > 0; got {raw!r}")
-    return value
+    return env_seconds(ADDRESS_TIMEOUT_ENV, DEFAULT_ADDRESS_TIMEOUT_S)
 
 
 def _no_answer(url: str, what: str, timeout: float) -> DeploymentError:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.deploy.models import resolve_model
 from pipeline.deploy.planning import check_deploy_args, plan_replicas, resolve_device, spread_nodes
+from pipeline.env import env_seconds
 from pipeline.exceptions import (
     DeploymentError,
     InvalidArgumentError,
@@ -22,7 +23,8 @@ __all__ = ["DEPLOY_TIMEOUT_S", "Model", "NnApi"]
 
 # How long deploy() waits for every replica to load its model. Generous: a cold node may first pull torch and
 # the weights; a replica that cannot be placed at all is caught before waiting (see plan_replicas).
-DEPLOY_TIMEOUT_S = float(os.environ.get("PIPELINE_DEPLOY_TIMEOUT_S", "600"))
+# $PIPELINE_DEPLOY_TIMEOUT_S overrides it (read at each deploy).
+DEPLOY_TIMEOUT_S = 600.0
 
 
 def _creation_error(exc: Exception) -> str:
@@ -74,6 +76,7 @@ class NnApi:
         import ray
 
         check_deploy_args(replicas, gpus_per_replica, timeout)  # before the model is read or Ray is started
+        timeout = timeout or env_seconds("PIPELINE_DEPLOY_TIMEOUT_S", DEPLOY_TIMEOUT_S)
         from workers.models.base import PRECISIONS
 
         if runtime not in (None, "pytorch", "onnx", "tensorrt"):
@@ -107,11 +110,11 @@ class NnApi:
                                              placement))
         handle = Model(self._api, rec)
         try:
-            infos = ray.get([h.ready.remote() for h in handle._replicas()], timeout=timeout or DEPLOY_TIMEOUT_S)
+            infos = ray.get([h.ready.remote() for h in handle._replicas()], timeout=timeout)
         except ray.exceptions.GetTimeoutError:
             ray.get(registry.remove.remote(rec["task_id"]))
             raise DeploymentError(
-                f"the replicas of {spec.name} did not start within {timeout or DEPLOY_TIMEOUT_S:g}s (resources "
+                f"the replicas of {spec.name} did not start within {timeout:g}s (resources "
                 f"{plan.options}); is the cluster able to place them?"
             ) from None
         except Exception as exc:

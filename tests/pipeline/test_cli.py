@@ -653,3 +653,13 @@ def test_duration(seconds, text):
     from pipeline.app.runner import _duration
 
     assert _duration(seconds) == text
+
+
+@pytest.mark.parametrize("value", ["nan", "0", "soon"])
+def test_a_bad_attach_timeout_is_a_usage_error(value, tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    monkeypatch.setenv("PIPELINE_ATTACH_TIMEOUT_S", value)
+    p = tmp_path / "c.yaml"
+    p.write_text(f"model: {{checkpoint: {tiny_checkpoint}}}\ninput: {{path: {tmp_path}}}\n"
+                 "ray: {address: '127.0.0.1:9'}\n")
+    assert cli.main(["--data-dir", str(tmp_path / "home"), "run", str(p)]) == 2
+    assert "$PIPELINE_ATTACH_TIMEOUT_S must be a" in capsys.readouterr().err

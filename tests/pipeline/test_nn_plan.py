@@ -87,3 +87,21 @@ def test_deploy_refuses_bad_numbers_before_reading_the_model_or_starting_ray(tmp
     api = pipeline.Api(data_dir=tmp_path)
     with pytest.raises(InvalidArgumentError, match=key):  # the checkpoint does not exist: it is never looked at
         api.nn.deploy(str(tmp_path / "missing.pth"), **kwargs)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-3", "soon"])
+def test_deploy_refuses_a_bad_deploy_timeout_in_the_environment_before_starting(tmp_path, monkeypatch, value):
+    import pipeline
+
+    monkeypatch.setenv("PIPELINE_DEPLOY_TIMEOUT_S", value)
+    api = pipeline.Api(data_dir=tmp_path)
+    with pytest.raises(InvalidArgumentError, match=r"\$PIPELINE_DEPLOY_TIMEOUT_S must be a .*number of seconds"):
+        api.nn.deploy(str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize("value, expected", [("", 7.0), ("  ", 7.0), ("2.5", 2.5), (" 30 ", 30.0)])
+def test_env_seconds_reads_a_positive_finite_number_or_the_default(monkeypatch, value, expected):
+    from pipeline.env import env_seconds
+
+    monkeypatch.setenv("PIPELINE_SOME_TIMEOUT_S", value)
+    assert env_seconds("PIPELINE_SOME_TIMEOUT_S", 7.0) == expected

@@ -8,7 +8,7 @@ def test_pipeline_all_is_pinned():
     assert sorted(pipeline.__all__) == sorted([
         "Api", "Prediction", "PredictionSession", "UploadTarget",
         "PipelineError", "InvalidArgumentError", "ConfigError", "NotFoundError", "FormatError", "CheckpointError",
-        "ModelLoadError", "DeploymentError", "UploadError", "RunError",
+        "ModelLoadError", "DeploymentError", "UploadError", "DiskFullError", "RunError",
     ])
     for name in pipeline.__all__:
         assert getattr(pipeline, name) is not None
