@@ -201,3 +201,36 @@ def test_a_blob_that_fills_the_disk_is_a_disk_full_error_not_a_bad_file(disk, tm
     _assert_says_the_disk_is_full(str(info.value), disk)
     assert [p.name for p in api.project.list()] == ["p"] and api.image.list(ds.id) == []
     _assert_intact(api, project.id)
+
+
+@pytest.mark.slow
+def test_output_files_on_a_full_disk_stop_the_file_job_then_it_resumes(tiny_model, disk, tmp_path, monkeypatch):
+    """A file job (no upload) whose Parquet parts and COCO file fill their disk: a `DiskFullError` naming the
+    output and the job id (before: a raw OSError as the upload's failure); the same job id then resumes and the
+    COCO file equals a clean run's."""
+    import json
+
+    import pipeline.stages.upload.export as export
+    from pipeline.stages.upload.export import read_parts
+    from pipeline.stages.upload.location import Location
+
+    monkeypatch.setattr(export, "PARQUET_FLUSH_S", 0.0)  # a part per group of predictions
+    imgs = tmp_path / "imgs"
+    write_images(imgs, 12, size=(64, 64), seed=3)
+    disk.mount("4m")
+    out = {"parquet": str(disk.path / "parts"), "coco": str(disk.path / "c.json")}
+    filler = disk.fill(leave=48 * 1024)
+    with pytest.raises(DiskFullError) as info:
+        tiny_model.predict(input=imgs, settings=S_MANY, batch_size=1, job_id="full-1", output=out, progress=False)
+    message = str(info.value)
+    assert "the disk holding the output" in message and "is full" in message, message
+    assert "job_id='full-1'" in message, message
+    done = sum(1 for _ in read_parts(Location(disk.path / "parts", "parts"), with_rows=False))
+    assert done < 12
+
+    filler.unlink()
+    rest = tiny_model.predict(input=imgs, settings=S_MANY, batch_size=1, job_id="full-1", output=out, progress=False)
+    assert len(rest) == 12 - done and all(p.error is None for p in rest)
+    clean = tmp_path / "clean.json"
+    tiny_model.predict(input=imgs, settings=S_MANY, batch_size=1, output={"coco": str(clean)}, progress=False)
+    assert json.loads((disk.path / "c.json").read_text()) == json.loads(clean.read_text())

@@ -3,6 +3,7 @@ then hands them to the reader. The replicas never wait for the database."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
 import threading
@@ -17,7 +18,22 @@ from pipeline.stages.upload.target import Target
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_GROUP", "UploadStage"]
+__all__ = ["MAX_GROUP", "UploadStage", "output_disk_full"]
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # no space left, or the user's disk quota is spent
+
+
+def output_disk_full(writer: Any, exc: BaseException, job_id: str | None) -> DiskFullError | None:
+    """A `DiskFullError` naming the output `writer` was writing when `exc` came (None: another failure)."""
+    if not (isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS):
+        return None
+    path = getattr(writer, "path", None) or type(writer).__name__
+    again = f" with job_id={job_id!r}" if job_id else ""
+    return DiskFullError(
+        f"the disk holding the output {path} is full ({exc.strerror or exc}): free space on it, or write the "
+        f"output elsewhere, then run again{again}: the items already written are skipped"
+    )
+
 
 # Items written per transaction at most: large enough that SQLite's per-commit cost (an fsync of the WAL) is
 # spread over many items, small enough that one transaction holds the write lock for well under a second.
@@ -139,11 +155,7 @@ class UploadStage:
                 if self.target is not None:
                     group = self.target.write(group)
                 for w in self.writers:
-                    w.add(group)
-                    if self.target is not None and hasattr(w, "flush"):
-                        # a job's done items are skipped on resume: their rows must be on disk once committed
-                        # (a crash between the two loses at most this group's rows)
-                        w.flush()
+                    self._write(w, group)
             except BaseException as exc:  # the database or a file is unusable: the run must end
                 log.exception("upload failed")
                 self._error = exc
@@ -151,6 +163,24 @@ class UploadStage:
             with self._lock:
                 self._queued -= len(group)
             self._emit(group)
+
+    def _job_id(self) -> str | None:
+        if self.outputs is not None:
+            return self.outputs.job_id
+        return getattr(self.target, "job_id", None)
+
+    def _write(self, w: Any, group: list[Prediction]) -> None:
+        try:
+            w.add(group)
+            if self.target is not None and hasattr(w, "flush"):
+                # a job's done items are skipped on resume: their rows must be on disk once committed
+                # (a crash between the two loses at most this group's rows)
+                w.flush()
+        except OSError as exc:
+            full = output_disk_full(w, exc, self._job_id())
+            if full is None:
+                raise
+            raise full from exc
 
     def close(self, abort: bool = False, complete: bool = True) -> None:
         """Write everything queued, close the files (COCO and YOLO are assembled now); raise if the upload
@@ -163,7 +193,13 @@ class UploadStage:
             self._queue.put(None)
             self._thread.join()
         for w in self.writers:
-            w.close()
+            try:
+                w.close()  # the last part is written; COCO and YOLO are assembled from the parts
+            except OSError as exc:
+                full = output_disk_full(w, exc, self._job_id())
+                if full is None:
+                    raise
+                self._error = self._error or full
         if self.outputs is not None:
             self.outputs.finish(complete and not abort and self._error is None)
         if self._error is not None and not abort:
