@@ -45,7 +45,8 @@ from pipeline.app.config_yaml import (
     parse_override,
     yaml_problem,
 )
-from pipeline.exceptions import ConfigError, InvalidArgumentError
+from pipeline.deploy.models import bare_weights_name
+from pipeline.exceptions import ConfigError, InvalidArgumentError, ModelLoadError
 from pipeline.stages import args as _args
 from pipeline.stages.video_params import DEFAULT_VIDEO_PARAMS
 
@@ -393,17 +394,29 @@ class PipelineConfig(_Section):
             found.append(("input.path", self.input.path))
         for i, p in enumerate(self.input.paths or []):
             found.append((f"input.paths[{i}]", p))
-        return [(k, p) for k, p in found if _is_local(p)]
+        return [(k, p) for k, p in found if _is_local(p) and not (k == "model.checkpoint" and bare_weights_name(p))]
 
     def check_paths(self) -> None:
-        """A local checkpoint or input path that does not exist is a `ConfigError` (before deploying anything)."""
+        """A local checkpoint or input path that does not exist is a `ConfigError` (before deploying anything);
+        so is an Ultralytics weights name (`yolo11n.pt`) found in no weights folder."""
+        if self.model.checkpoint is not None and bare_weights_name(self.model.checkpoint):
+            from workers.models.ultralytics import resolve_weights
+
+            try:
+                resolve_weights(self.model.checkpoint)
+            except ModelLoadError as exc:
+                raise ConfigError(f"{self._where('model.checkpoint')}{exc}") from None
         for key, p in self.local_paths():
             local = p[len("file://"):] if p.startswith("file://") else p
             if not os.path.exists(os.path.expanduser(local)):
-                line = line_of(self._path, key)
-                where = f"{self._path}, line {line}: " if line is not None else f"{self._path}: " if self._path else ""
+                where = self._where(key)
                 rel = "" if os.path.isabs(local) else f" (relative paths are relative to the current directory, {os.getcwd()})"
                 raise ConfigError(f"{where}{key}: {p!r} does not exist{rel}")
+
+    def _where(self, key: str) -> str:
+        """"FILE, line N: " of `key` (what an error about it starts with)."""
+        line = line_of(self._path, key)
+        return f"{self._path}, line {line}: " if line is not None else f"{self._path}: " if self._path else ""
 
     def to_yaml(self, drop_address: bool = False) -> str:
         """The resolved config (variables expanded, overrides applied) as YAML. `drop_address`: leave out

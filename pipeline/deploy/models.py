@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.exceptions import ModelLoadError
 
-__all__ = ["PRETRAINED_PREFIXES", "resolve_model"]
+__all__ = ["PRETRAINED_PREFIXES", "bare_weights_name", "resolve_model"]
 
 # "<prefix>/<name>" names a pretrained model of the framework the prefix stands for.
 PRETRAINED_PREFIXES: dict[str, str] = {"hf": "transformers"}
@@ -68,7 +68,7 @@ def resolve_model(model: str | os.PathLike, **options: Any) -> tuple[Any, bytes 
                              "transformers model has config.json and model.safetensors)")
     if _looks_pretrained(text):
         return _pretrained(text)
-    if _bare_weights_name(text):  # "yolo11n.pt": a local weights folder, never a download
+    if bare_weights_name(text):  # "yolo11n.pt": a local weights folder, never a download
         from workers.models.ultralytics import resolve_weights
 
         text = resolve_weights(text)
@@ -80,7 +80,7 @@ def resolve_model(model: str | os.PathLike, **options: Any) -> tuple[Any, bytes 
     return _checkpoint(text, data)
 
 
-def _bare_weights_name(text: str) -> bool:
+def bare_weights_name(text: str) -> bool:
     """A file name like "yolo11n.pt" that is no path to an existing file (Ultralytics' way to name its models)."""
     return (text.endswith(".pt") and os.path.basename(text) == text and "://" not in text
             and not os.path.exists(text))

@@ -423,3 +423,32 @@ def test_a_bare_weights_name_resolves_from_the_local_weights_folder(tmp_path, mo
     spec, payload = resolve_model("yolo11n.pt")
     assert (spec.framework, spec.source, spec.name) == ("ultralytics", "file", "yolo11n.pt")
     assert payload == (tmp_path / "yolo11n.pt").read_bytes()
+
+
+@pytest.mark.slow
+def test_a_yaml_run_names_its_yolo_weights_like_ultralytics_does(ray_session, image_dir, tmp_path, monkeypatch,
+                                                                 capsys):
+    # `model.checkpoint: yolo11n.pt` (Ultralytics' own way to name a model): looked up in the weights folders,
+    # never downloaded; missing there, the config's line says so before anything is deployed.
+    import json
+    import shutil
+
+    from pipeline.app import cli
+
+    config = tmp_path / "yolo.yaml"
+    out = tmp_path / "c.json"
+    config.write_text(f"model:\n  checkpoint: yolo11n.pt\n  device: cpu\ninput:\n  path: {image_dir}\n"
+                      f"output:\n  coco: {out}\n")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    monkeypatch.setenv("PIPELINE_WEIGHTS_DIR", str(weights))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--data-dir", str(tmp_path / "home"), "run", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}, line 2: 'yolo11n.pt' is not a local file and was not found in the weights folders" in err, err
+    assert not out.exists()
+
+    shutil.copy(ym.cached_pt("yolo11n"), weights / "yolo11n.pt")
+    assert cli.main(["--data-dir", str(tmp_path / "home"), "run", str(config)]) == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert len(doc["images"]) == len(list(image_dir.iterdir())) and doc["annotations"]
