@@ -98,7 +98,7 @@ def create_app(data_dir: str | os.PathLike, token: str | None = None) -> Any:
     app.include_router(routes_runs.router(viewer))
     app.include_router(pages.router(viewer))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.add_middleware(ViewerGate, token=token)
+    app.add_middleware(ViewerGate, token=token, on_error=_unexpected)
     return app
 
 
@@ -163,7 +163,13 @@ def _install_error_handlers(app: Any) -> None:
         log.warning("viewer: database error on %s: %s", request.url.path, exc)
         return error_response(request, 503, f"the platform database could not answer: {exc}")
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Any, exc: Exception) -> Any:
-        log.error("viewer: unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(request, 500, f"internal error ({type(exc).__name__}); the server log has the details")
+
+
+def _unexpected(scope: Any, exc: Exception) -> Any:
+    """The 500 of an exception no handler took: one line, no traceback (the log has it). Sent by the gate
+    (security.py), so it carries the security headers."""
+    from starlette.requests import Request
+
+    request = Request(scope)
+    log.error("viewer: unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(request, 500, f"internal error ({type(exc).__name__}); the server log has the details")

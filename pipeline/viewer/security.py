@@ -10,7 +10,8 @@ One ASGI middleware in front of everything (static files included):
 - Without a token (the default, bound to 127.0.0.1), the Host header must name the loopback interface: a web page
   elsewhere cannot read the viewer through DNS rebinding (a name of its own resolving to 127.0.0.1).
 - Every response gets `Server-Timing: app;dur=<ms>` (the benchmark reads it), and headers that keep pages from
-  being framed, sniffed, or leaking their address as a referrer.
+  being framed, sniffed, or leaking their address as a referrer: an error page or a 500 too (`on_error` makes
+  the answer to an exception the app let through).
 """
 
 from __future__ import annotations
@@ -63,18 +64,25 @@ def _host_name(value: str) -> str:
 class ViewerGate:
     """ASGI middleware: see the module docstring. `token` None: no token, loopback Host names only."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], token: str | None):
+    def __init__(self, app: Callable[..., Awaitable[None]], token: str | None,
+                 on_error: Callable[[Scope, Exception], Any] | None = None):
         self.app = app
         self.token = token.encode() if token is not None else None
+        # The response (an ASGI app) to an exception the app let through, sent from here so that it gets the
+        # headers too (Starlette answers those outside every user middleware). None: the exception goes on.
+        self.on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        started = False
 
         async def send_with_headers(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = list(message.get("headers", []))
                 headers.extend(_HEADERS)
                 ms = (time.perf_counter() - start) * 1000.0
@@ -90,7 +98,12 @@ class ViewerGate:
         if via_query is not None and self._is_page(scope):
             await self._redirect_without_token(scope, send_with_headers, via_query)
             return
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            if started or self.on_error is None:
+                raise
+            await self.on_error(scope, exc)(scope, receive, send_with_headers)
 
     # -- checks -----------------------------------------------------------------------------------------------
     def _refuse(self, scope: Scope) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:

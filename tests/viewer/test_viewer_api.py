@@ -369,4 +369,8 @@ def test_an_unexpected_error_is_a_500_with_one_line_and_no_traceback(viewer_data
         r = c.get("/api/projects")
         assert r.status_code == 500 and r.json() == {
             "detail": "internal error (RuntimeError); the server log has the details"}
+        # answered by the gate, so with the headers of every other response
+        assert r.headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in r.headers[
+            "content-security-policy"] and r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["server-timing"].startswith("app;dur=")
         assert c.get("/api/runs").status_code == 200  # and it goes on serving
