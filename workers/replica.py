@@ -142,5 +142,10 @@ class Replica:
                     images[i] = img if self.adapter.accepts_device_tensors else img.cpu().numpy()
         return images, errors
 
+    def check_settings(self, settings: dict[str, Any]) -> None:
+        """Raise `InvalidArgumentError` for a run's settings the loaded model cannot take (its adapter's
+        `check_loaded_settings`): asked once by the driver before a run starts."""
+        self.adapter.check_loaded_settings(settings)
+
     def info(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict(), **self.ready()}

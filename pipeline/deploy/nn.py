@@ -27,6 +27,10 @@ __all__ = ["DEPLOY_TIMEOUT_S", "Model", "NnApi"]
 DEPLOY_TIMEOUT_S = 600.0
 
 
+# How long predict() waits for a replica to judge an open-vocabulary run's prompts before it starts anyway.
+SETTINGS_CHECK_TIMEOUT_S = 30.0
+
+
 def _creation_error(exc: Exception) -> str:
     """The message of the exception a replica's __init__ raised, out of Ray's wrapping."""
     text = str(exc)
@@ -192,6 +196,21 @@ class Model:
         from workers.models import get_adapter
 
         get_adapter(self.spec.framework).validate_settings(self.spec, settings)
+        if self.open_vocabulary:  # its prompts are judged by its tokenizer, which only a replica has loaded
+            self._check_on_a_replica(settings)
+
+    def _check_on_a_replica(self, settings: dict[str, Any]) -> None:
+        import ray
+
+        handle = self._replicas()[0]
+        try:
+            ray.get(handle.check_settings.remote(settings), timeout=SETTINGS_CHECK_TIMEOUT_S)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, InvalidArgumentError):
+                raise InvalidArgumentError(str(exc.cause)) from None
+            raise
+        except ray.exceptions.GetTimeoutError:
+            return  # the replica is busy with another run: each batch is still checked where it runs
 
     @property
     def settings_keys(self) -> list[str]:

@@ -330,6 +330,8 @@ BAD_PREDICTS = {
     "a blank prompt": ("owlv2", {"classes": ["  "]}, "non-empty names"),
     "a prompt twice": ("owlv2", {"classes": ["a", "a"]}, "more than once"),
     "prompts twice, differently": ("owlv2", {"classes": ["a"], "settings": {"prompts": ["b"]}}, "given twice"),
+    "a prompt longer than its text encoder reads": ("owlv2", {"classes": ["a b c " * 12, "b"]},
+                                                    r"prompts too long for .* \(at most 16 tokens each\)"),
     "a class the model lacks": ("rt_detr", {"classes": ["red car"]}, r"unknown class name\(s\) \['red car'\]"),
     "prompts to a closed model": ("rt_detr", {"settings": {"prompts": ["a"]}}, "fixed classes"),
     "a size RT-DETR cannot take": ("rt_detr", {"img_size": 50}, "multiples of 32"),

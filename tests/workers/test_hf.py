@@ -194,6 +194,9 @@ def test_prompts_longer_than_the_text_encoder_reads_are_refused(adapters, kind):
     adapter = adapters(kind)
     with pytest.raises(InvalidArgumentError, match="prompts too long"):
         adapter.run([_image(0, SIZES[0])], [SIZES[0]], {"prompts": ["a b c " * 12, "b"]})
+    with pytest.raises(InvalidArgumentError, match="prompts too long"):  # what predict() asks a replica first
+        adapter.check_loaded_settings({"prompts": ["a b c " * 12, "b"]})
+    adapter.check_loaded_settings({"prompts": ["a b c", "b"]})
 
 
 def test_prompts_on_a_closed_vocabulary_model_are_refused(adapters):

@@ -154,6 +154,12 @@ class ModelAdapter(abc.ABC):
         driver calls it before any work (default: accept)."""
         return None
 
+    def check_loaded_settings(self, settings: dict[str, Any]) -> None:
+        """Raise `InvalidArgumentError` for settings only the loaded model can judge (a prompt model's prompts
+        against its tokenizer); the driver asks one replica before any work, for open-vocabulary models
+        (default: nothing more to check)."""
+        return None
+
     @classmethod
     def validate_spec(cls, spec: ModelSpec) -> None:
         """Raise `ModelLoadError` when the spec names something this adapter cannot build (default: accept)."""

@@ -332,6 +332,11 @@ class TransformersAdapter(ModelAdapter):
             self.check_prompts(s["prompts"])
         return super().run(images, orig_sizes, s)
 
+    def check_loaded_settings(self, settings: dict[str, Any]) -> None:
+        s = self.settings_with_defaults(settings)
+        if self.mode in ("owl", "grounding") and s.get("prompts"):
+            self.check_prompts(s["prompts"])
+
     def check_prompts(self, prompts: list[str]) -> None:
         """`InvalidArgumentError` for prompts longer than the text encoder reads: OWL reads each prompt alone, up
         to the tokenizer's model_max_length (16 tokens); Grounding DINO reads "p1. p2. ..." up to max_text_len."""
