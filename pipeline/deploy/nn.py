@@ -209,8 +209,8 @@ class Model:
             if isinstance(exc.cause, InvalidArgumentError):
                 raise InvalidArgumentError(str(exc.cause)) from None
             raise
-        except ray.exceptions.GetTimeoutError:
-            return  # the replica is busy with another run: each batch is still checked where it runs
+        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+            return  # busy with another run, or gone (the run deals with that): each batch is checked where it runs
 
     @property
     def settings_keys(self) -> list[str]:
