@@ -164,7 +164,6 @@ def _install_error_handlers(app: Any) -> None:
         return error_response(request, 503, f"the platform database could not answer: {exc}")
 
 
-
 def _unexpected(scope: Any, exc: Exception) -> Any:
     """The 500 of an exception no handler took: one line, no traceback (the log has it). Sent by the gate
     (security.py), so it carries the security headers."""
