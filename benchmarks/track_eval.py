@@ -64,18 +64,26 @@ def detect(adapter: Any, frames: list[np.ndarray], native: bool, settings: dict 
     outs = []
     for i in range(0, len(frames), batch_size):
         chunk = frames[i:i + batch_size]
-        res, _ = adapter.run(chunk, [f.shape[:2] for f in chunk], settings, input_resized=native)
+        # an exact (h, w) img_size: the adapter takes the frames as they are (the loader resized them already)
+        run_settings = {**(settings or {}), **({"img_size": tuple(chunk[0].shape[:2])} if native else {})}
+        res, _ = adapter.run(chunk, [f.shape[:2] for f in chunk], run_settings)
         outs += res
     return outs
 
 
 def track(outputs: list[Any], stride: int, fps: float, tracker: str = "bytetrack",
           settings: dict | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(boxes, track ids) for frames 0, stride, 2 stride, ... of `outputs`, through a fresh `VideoTracker`."""
+    """(boxes, track ids) for frames 0, stride, 2 stride, ... of `outputs`, through a fresh `VideoTracker`; a
+    track's first detection gets its id from the next update (`started_by_previous`), as in the pipeline."""
     from pipeline.stages.tracking import make_tracker
 
     vt = make_tracker(tracker, settings, fps=fps, stride=stride)
-    return [(o.boxes, vt.update(o.boxes, o.scores, o.class_ids)) for o in outputs[::stride]]
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    for o in outputs[::stride]:
+        out.append((o.boxes, vt.update(o.boxes, o.scores, o.class_ids)))
+        for index, tid in vt.started_by_previous.items():
+            out[-2][1][index] = tid
+    return out
 
 
 def run(strides: tuple[int, ...] = (1, 3), tracker: str = "bytetrack", settings: dict | None = None,

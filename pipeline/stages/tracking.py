@@ -31,8 +31,14 @@ What that costs: objects move k times further between two updates. Until a track
 (its first updates) a detection must still overlap its own previous box (IoU >= `minimum_iou_threshold`, 0.1 by
 default) to join it: roughly `k * speed < 0.8 * object size` (a 24 px object at 4 px/frame: fine at k = 3,
 never tracked at k = 5). Fast or small objects, and crossing ones (the Kalman prediction bridges less well over
-longer gaps), lose identity first. The library gives a track's id from its `minimum_consecutive_frames`-th (2)
-detection on, so the first frame of every track is -1; at stride k that first frame is k frames long.
+longer gaps), lose identity first.
+
+A track's first detection. The library gives a track's id from its `minimum_consecutive_frames`-th (2) detection
+on: the detection that started it comes back -1. `VideoTracker.started_by_previous` names, after each update, the
+detections of the previous update that started a track confirmed now, and `TrackedVideo` holds each frame for one
+more update to give them their track's id: a track's object starts on its first frame, and a detection seen once
+stays -1. A tracker whose `minimum_consecutive_frames` is above 2 (SORT's default is 3) confirms a track later
+than that: its frames before the confirmation stay -1.
 
 Masks are accepted by `update` for the interface's sake; none of the library's trackers associates by mask from
 detections alone (McByte's mask association needs the frames and a segmentation model), so they are not used.
@@ -247,6 +253,27 @@ def _resolve(name: str, key: Any, value: Any, accepted: Mapping[str, Any]) -> tu
                                + f"; its settings are {', '.join(sorted(set(names)))}")
 
 
+def _spawned_tracklets(lib: Any, before: set[int], key: int, boxes: np.ndarray, ids: np.ndarray,
+                       sel: np.ndarray) -> list[tuple[int, Any, int]]:
+    """(key, tracklet, detection index) of each track library tracker `lib` started in its last update: a
+    tracklet that was not there before, not confirmed yet, whose box is that of one of `sel`'s detections left
+    without an id (a new tracklet's state is its first box). Empty for a tracker that keeps no `tracks` list."""
+    found = []
+    free = [int(i) for i in sel if ids[int(i)] < 0]
+    for t in getattr(lib, "tracks", ()):
+        if id(t) in before or getattr(t, "tracker_id", 0) != -1 or not free:
+            continue
+        try:
+            box = np.asarray(t.get_state_bbox(), dtype=np.float64).reshape(4)
+        except Exception:  # a tracklet of another shape: no backfill for it
+            continue
+        dist = np.abs(boxes[free].astype(np.float64) - box).max(axis=1)
+        j = int(np.argmin(dist))
+        if dist[j] <= 1e-3 * max(1.0, float(np.abs(box).max())):
+            found.append((key, t, free.pop(j)))
+    return found
+
+
 def _best_of_overlaps(boxes: np.ndarray, scores: np.ndarray, usable: np.ndarray, thr: float) -> np.ndarray:
     """(N,) bool: greedy NMS over all classes among the `usable` detections (IoU > thr suppresses)."""
     keep = np.zeros(len(boxes), bool)
@@ -282,6 +309,12 @@ class VideoTracker:
         self._trackers: dict[int, Any] = {}  # class id (or -1 when class-agnostic) -> library tracker
         self._ids: dict[tuple[int, int], int] = {}  # (class key, the library's id) -> our track id
         self.frames = 0
+        # Tracks the library started in the last update (not confirmed yet): (class key, its tracklet, the index of
+        # the detection it started from). See `started_by_previous`.
+        self._spawned: list[tuple[int, Any, int]] = []
+        # {detection index of the previous update: our track id}: the detections that started a track the
+        # library confirmed in the last update (it gives an id from a track's second detection on).
+        self.started_by_previous: dict[int, int] = {}
 
     def _tracker(self, key: int) -> Any:
         if key not in self._trackers:
@@ -305,14 +338,23 @@ class VideoTracker:
         if self.dedupe_iou is not None:
             usable &= _best_of_overlaps(boxes, scores, usable, self.dedupe_iou)
         keys = np.where(usable, class_ids if self.class_aware else -1, -2)
+        spawned_before, self._spawned = self._spawned, []
         for key in sorted(set(self._trackers) | {int(k) for k in keys[usable]}):
             sel = np.flatnonzero(keys == key)
             det = sv.Detections(xyxy=boxes[sel], confidence=scores[sel], class_id=class_ids[sel],
                                 data={"index": sel})
-            res = self._tracker(key).update(det)
+            lib = self._tracker(key)
+            before = {id(t) for t in getattr(lib, "tracks", ())}
+            res = lib.update(det)
             for i, tid in zip(res.data.get("index", []), res.tracker_id):
                 if tid >= 0:
                     out[int(i)] = self._ids.setdefault((key, int(tid)), len(self._ids))
+            self._spawned += _spawned_tracklets(lib, before, key, boxes, out, sel)
+        self.started_by_previous = {}
+        for key, tracklet, index in spawned_before:
+            tid = getattr(tracklet, "tracker_id", -1)
+            if isinstance(tid, int | np.integer) and tid >= 0 and (key, int(tid)) in self._ids:
+                self.started_by_previous[index] = self._ids[(key, int(tid))]
         self.frames += 1
         return out
 
@@ -354,26 +396,48 @@ class TrackedVideo:
     """One video's frames through its `ReorderBuffer` into its `VideoTracker`: the collector's seam.
 
     `push(pos, item, detections)` with `detections` = (boxes (N, 4), scores (N,), class_ids (N,)) of a frame that
-    predicted, or None for a failed frame; returns `[(item, track_ids or None), ...]` for the frames now next in
-    order, track ids (N,) int64 aligned with that frame's detections. Whatever order the frames come in, the ids
-    are those of predicting the frames in order. A `TrackedVideo` pickles (the tracker state for a resume)."""
+    predicted, or None for a failed frame; returns `[(item, track_ids or None), ...]` for the frames now tracked,
+    in order, track ids (N,) int64 aligned with that frame's detections. A frame comes out one update after it was
+    tracked (its detections that started a track get that track's id: module doc), the last one with the video's
+    last. Whatever order the frames come in, the ids are those of tracking the frames in order. A `TrackedVideo`
+    pickles (the tracker state for a resume)."""
 
     def __init__(self, tracker: VideoTracker, buffer: ReorderBuffer) -> None:
         self.tracker = tracker
         self.buffer = buffer
+        self._last: tuple[Any, Any] | None = None  # the frame tracked last, held for one more update
 
     def push(self, pos: int, item: Any, detections: tuple[Any, Any, Any] | None) -> list[tuple[Any, Any]]:
         out = []
         for it, dets in self.buffer.push(pos, (item, detections)):
             if dets is None:
                 self.tracker.skip()
-                out.append((it, None))
+                ids = None
             else:
-                out.append((it, self.tracker.update(*dets)))
+                ids = self.tracker.update(*dets)
+            if self._last is not None:
+                out.append(self._with_starts(*self._last))
+            self._last = (it, ids)
+        if self.buffer.done and self._last is not None:
+            out.append(self._last)
+            self._last = None
         return out
 
-    def finish(self) -> None:
+    def _with_starts(self, item: Any, ids: Any) -> tuple[Any, Any]:
+        """The held frame with the tracks the last update confirmed given their first detection too."""
+        starts = self.tracker.started_by_previous
+        if ids is None or not starts:
+            return item, ids
+        ids = ids.copy()
+        for index, tid in starts.items():
+            ids[index] = tid
+        return item, ids
+
+    def finish(self) -> list[tuple[Any, Any]]:
+        """The video is over: the frame still held (when the buffer did not know the video's length)."""
         self.buffer.finish()
+        last, self._last = self._last, None
+        return [last] if last is not None else []
 
 
 @dataclass

@@ -96,24 +96,33 @@ class TrackingStage:
                 raise RunError(f"a frame of {p.item.video_path!r} arrived, but that video is not open for tracking")
             video, tracked = entry
             dets = None if p.error is not None else (p.boxes, p.scores, p.class_ids)
-            for q, ids in tracked.push(video.position(p.item), p, dets):
-                if q.key in self.done_keys:
-                    continue  # written by the run this one resumes: tracked again, not written again
-                out.append(replace(q, track_ids=ids if ids is not None else np.full(len(q), -1, np.int64)))
+            released = tracked.push(video.position(p.item), p, dets)
             self.peak = max(self.peak, tracked.buffer.peak)
             if tracked.buffer.done:
-                tracked.finish()
+                released += tracked.finish()
                 del self._videos[video.path]
+            out += self._passed_on(released)
         if out:
             self.sink(out)
+
+    def _passed_on(self, released: list[tuple[Prediction, Any]]) -> list[Prediction]:
+        out = []
+        for q, ids in released:
+            if q.key in self.done_keys:
+                continue  # written by the run this one resumes: tracked again, not written again
+            out.append(replace(q, track_ids=ids if ids is not None else np.full(len(q), -1, np.int64)))
+        return out
 
     def close(self, complete: bool = True) -> None:
         """The run is over. `complete`: every video must have come through whole (else a `RunError` names what
         is missing); a stopped or failed run drops the frames still waiting."""
         videos, self._videos = self._videos, {}
         if complete:
+            out = []
             for _, tracked in videos.values():
-                tracked.finish()
+                out += self._passed_on(tracked.finish())
+            if out:
+                self.sink(out)
 
     @classmethod
     def for_run(cls, args: Any, uploader: Any, sink: Callable[[list[Prediction]], None], batch_size: int,

@@ -158,11 +158,47 @@ def _moving_box(frame: int, speed: float = 4.0, size: float = 40.0, x0: float = 
     return np.array([[x, y0, x + size, y0 + size]], np.float32)
 
 
-def test_one_object_keeps_its_track_and_the_first_frame_is_untracked():
+def test_one_object_keeps_its_track_and_the_update_after_its_start_names_the_start():
     tracker = make_tracker("bytetrack", fps=30)
-    ids = [tracker.update(_moving_box(f), [0.9], [0])[0] for f in range(30)]
-    assert ids[0] == -1 and set(ids[1:]) == {0}
+    ids, starts = [], []
+    for f in range(30):
+        ids.append(tracker.update(_moving_box(f), [0.9], [0])[0])
+        starts.append(tracker.started_by_previous)
+    assert ids[0] == -1 and set(ids[1:]) == {0}  # the library confirms a track on its second detection
+    assert starts[1] == {0: 0} and all(s == {} for i, s in enumerate(starts) if i != 1)
     assert tracker.update(np.zeros((0, 4)), [], []).shape == (0,)
+
+
+@pytest.mark.parametrize("name", ["bytetrack", "ocsort", "botsort", "cbiou", "mcbyte"])
+def test_a_tracks_first_frame_gets_its_id_and_a_one_off_detection_stays_untracked(name):
+    video = TrackingConfig(name, {}).video(fps=30, stride=1, capacity=4, total=10)
+    got = []
+    for f in range(10):
+        boxes = _moving_box(f)
+        if f == 5:  # a false positive seen on one frame only
+            boxes = np.concatenate([boxes, np.array([[300, 300, 340, 340]], np.float32)])
+        got += video.push(f, f, (boxes, np.full(len(boxes), 0.9, np.float32), np.zeros(len(boxes), np.int64)))
+    assert video.finish() == []  # the last frame came out with the video's last push
+    assert [f for f, _ in got] == list(range(10))
+    assert [ids.tolist() for _, ids in got] == [[0]] * 5 + [[0, -1]] + [[0]] * 4
+
+
+def test_sort_confirms_on_its_third_detection_so_its_first_two_stay_untracked():
+    video = TrackingConfig("sort", {}).video(fps=30, stride=1, capacity=4, total=6)
+    got = []
+    for f in range(6):
+        got += video.push(f, f, (_moving_box(f), np.full(1, 0.9, np.float32), np.zeros(1, np.int64)))
+    assert [ids.tolist() for _, ids in got] == [[-1], [-1], [0], [0], [0], [0]]
+
+
+def test_a_video_of_unknown_length_gives_its_held_last_frame_at_finish():
+    video = TrackingConfig("bytetrack", {}).video(fps=30, stride=1, capacity=4, total=None)
+    got = []
+    for f in range(3):
+        got += video.push(f, f, (_moving_box(f), np.full(1, 0.9, np.float32), np.zeros(1, np.int64)))
+    assert [f for f, _ in got] == [0, 1]
+    last = video.finish()
+    assert [(f, ids.tolist()) for f, ids in last] == [(2, [0])] and video.finish() == []
 
 
 @pytest.mark.parametrize("stride", [1, 3, 5])
@@ -390,7 +426,12 @@ def _crossing_frames(n: int = 40):
 def test_tracks_are_the_same_whatever_order_frames_arrive_in(seed):
     frames = _crossing_frames()
     reference = make_tracker(fps=30)
-    expected = [reference.update(*d) if f != 17 else (reference.skip() or None) for f, d in enumerate(frames)]
+    expected = []
+    for f, d in enumerate(frames):
+        expected.append(reference.update(*d) if f != 17 else (reference.skip() or None))
+        if f and expected[-2] is not None:  # a track confirmed now started on the frame before
+            for index, tid in reference.started_by_previous.items():
+                expected[-2][index] = tid
     cfg = TrackingConfig("bytetrack", {})
     video = cfg.video(fps=30, stride=1, capacity=12, total=len(frames))
     order = list(range(len(frames)))

@@ -167,9 +167,13 @@ def test_readers_finishing_out_of_order_give_the_in_order_tracks_within_the_boun
         reference = make_tracker(fps=30, stride=video.selection.step)
         preds = [p for p in out if p.item.video_path == video.path]
         assert [p.frame_idx for p in preds] == list(video.selection)
+        expected = []  # the tracker over the frames in order; a track's start gets its id one update later
         for p in preds:
-            expected = reference.update(*(lambda o: (o.boxes, o.scores, o.class_ids))(_boxes_of(p.frame_idx)))
-            assert p.track_ids.tolist() == expected.tolist(), p.frame_idx
+            expected.append(reference.update(*(lambda o: (o.boxes, o.scores, o.class_ids))(_boxes_of(p.frame_idx))))
+            for index, tid in reference.started_by_previous.items():
+                expected[-2][index] = tid
+        for p, ids in zip(preds, expected, strict=True):
+            assert p.track_ids.tolist() == ids.tolist(), p.frame_idx
         assert len({t for p in preds for t in p.track_ids.tolist() if t >= 0}) == 3  # the crossing kept apart
         # the bound: lanes x range + in flight, and it was needed (frames did wait)
         assert tracking.capacities[video.path] == lanes.lanes * lanes.range_len + max_in_flight * batch_size

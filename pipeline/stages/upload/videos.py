@@ -16,7 +16,7 @@ What becomes an object:
   figure of a track makes the object (its class: that detection's); the job remembers it (`upload_job_tracks`),
   so later frames, in later groups or in a resumed run, add their figures to the same object. The object's
   `confidence` tag is the mean score of its figures, `frameRange` [first, last] frame it was seen on;
-* an untracked detection (no tracking, or -1: it joined no track, e.g. a track's first frame): an object of its
+* an untracked detection (no tracking, or -1: it joined no track, e.g. seen on one frame only): an object of its
   own with one figure, its score as the `confidence` tag with `frameRange [f, f]`. It is kept rather than
   dropped: it is a detection like any other, and an annotator merges or deletes it as they would a stray box.
 """
