@@ -453,10 +453,17 @@ def test_a_pickled_tracker_resumes_where_it_stopped():
     import pickle
 
     frames = _crossing_frames()
-    whole = make_tracker(fps=30)
-    expected = [whole.update(*d).tolist() for d in frames]
+    for f in range(19, len(frames)):  # an object appears on the last frame before the pickle: its start is pending
+        boxes, scores, classes = frames[f]
+        frames[f] = (np.concatenate([boxes, _moving_box(f, 2, y0=200)]), np.append(scores, 0.9), np.append(classes, 0))
+
+    def run(tracker, part):
+        return [(tracker.update(*d).tolist(), tracker.started_by_previous) for d in part]
+
+    expected = run(make_tracker(fps=30), frames)
     first = make_tracker(fps=30)
-    got = [first.update(*d).tolist() for d in frames[:20]]
+    got = run(first, frames[:20])
     resumed = pickle.loads(pickle.dumps(first))
-    got += [resumed.update(*d).tolist() for d in frames[20:]]
+    got += run(resumed, frames[20:])
     assert got == expected
+    assert expected[20][1] == {3: 3}  # the object that appeared on frame 19 started its track there
