@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["box_iou", "mask_iou", "average_precision", "mean_average_precision"]
+__all__ = ["box_iou", "mask_iou", "greedy_matches", "average_precision", "mean_average_precision"]
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -23,6 +23,20 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = np.clip(rb - lt, 0, None).prod(axis=2)
     area_a, area_b = (a[:, 2:] - a[:, :2]).prod(axis=1), (b[:, 2:] - b[:, :2]).prod(axis=1)
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def greedy_matches(iou: np.ndarray, threshold: float) -> int:
+    """How many pairs of an (N, M) IoU matrix match one to one, greedily by highest IoU, at IoU >= `threshold`.
+    `iou` is overwritten."""
+    found = 0
+    for _ in range(min(iou.shape)):
+        i, j = np.unravel_index(np.argmax(iou), iou.shape)
+        if iou[i, j] < threshold:
+            break
+        found += 1
+        iou[i, :] = -1
+        iou[:, j] = -1
+    return found
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

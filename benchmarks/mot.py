@@ -15,22 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._metrics import box_iou, greedy_matches
+
 __all__ = ["IOU_THRESHOLD", "box_iou", "detection_recall", "score_tracks"]
 
 IOU_THRESHOLD = 0.5
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) IoU of xyxy boxes."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def _drop_on_dont_care(truth: Any, boxes: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,12 +63,5 @@ def detection_recall(truth: Sequence[Any], boxes: Sequence[np.ndarray]) -> float
         total += len(care)
         if not len(care) or not len(b):
             continue
-        iou = box_iou(care, b)
-        for _ in range(min(iou.shape)):
-            i, j = np.unravel_index(np.argmax(iou), iou.shape)
-            if iou[i, j] < IOU_THRESHOLD:
-                break
-            found += 1
-            iou[i, :] = -1
-            iou[:, j] = -1
+        found += greedy_matches(box_iou(care, b), IOU_THRESHOLD)
     return found / max(total, 1)

@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from benchmarks._metrics import greedy_matches  # noqa: E402
 from benchmarks.mot import IOU_THRESHOLD, box_iou  # noqa: E402
 from benchmarks.scenes import large_shapes_image  # noqa: E402
 from benchmarks.track_eval import DEFAULT_CHECKPOINT, load_adapter  # noqa: E402
@@ -52,15 +53,7 @@ def match(gt_boxes: np.ndarray, gt_ids: np.ndarray, boxes: np.ndarray, ids: np.n
     iou = box_iou(gt_boxes, boxes)
     if by_class:
         iou[gt_ids[:, None] != ids[None, :]] = 0
-    found = 0
-    for _ in range(min(iou.shape)):
-        i, j = np.unravel_index(np.argmax(iou), iou.shape)
-        if iou[i, j] < IOU_THRESHOLD:
-            break
-        found += 1
-        iou[i, :] = -1
-        iou[:, j] = -1
-    return found
+    return greedy_matches(iou, IOU_THRESHOLD)
 
 
 def _scores(gt_boxes, gt_ids, boxes, ids, scores) -> dict[str, float]:
