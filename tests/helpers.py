@@ -56,3 +56,16 @@ def assert_same_objects(pred, out, atol: float = 1e-2) -> None:
     np.testing.assert_allclose(pred.boxes, out.boxes, atol=atol)
     np.testing.assert_allclose(pred.scores, out.scores, atol=1e-4)
     np.testing.assert_array_equal(pred.class_ids, out.class_ids)
+
+
+class RunsShell:
+    """A pickle that runs `touch marker` when unpickled: what a malicious checkpoint does. A loader that is safe
+    refuses it and the marker file never appears."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from helpers import write_images
+from helpers import RunsShell, write_images
 from hf_models import CLASSES, Direct, assert_same, save_tiny
 from test_merge import box_with_iou
 from test_project_dir import check_sly_project
@@ -258,14 +258,6 @@ def test_hub_names_and_converted_files_deploy(deployed, hf_dirs, image_files, ap
 # ---------------------------------------------------------------------------------------------------- bad input
 
 
-class _RunsCode:
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def _copy(src: str, dst, drop=(), **config):
     shutil.copytree(src, dst)
     for name in drop:
@@ -281,7 +273,7 @@ def _pickle_dir(hf_dirs, tmp_path):
     import torch
 
     d = _copy(hf_dirs["rt_detr"], tmp_path / "evil", drop=["model.safetensors"])
-    torch.save({"w": _RunsCode(str(tmp_path / "ran"))}, d / "pytorch_model.bin")
+    torch.save({"w": RunsShell(str(tmp_path / "ran"))}, d / "pytorch_model.bin")
     return d
 
 

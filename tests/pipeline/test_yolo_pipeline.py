@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yolo_models as ym
+from helpers import RunsShell
 
 pytest.importorskip("ultralytics")
 pytest.importorskip("onnxruntime")
@@ -293,16 +294,6 @@ def no_ray(api, monkeypatch):
     return api
 
 
-class _RunsShell:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
-
-
 class Smuggled:
     """On no allow-list."""
 
@@ -316,8 +307,8 @@ def test_a_malicious_pt_runs_nothing_and_names_the_global(no_ray, tmp_path):
 
     marker = tmp_path / "ran"
     zipped, raw = tmp_path / "best.pt", tmp_path / "raw.pt"
-    torch.save({"model": _RunsShell(marker)}, zipped)
-    raw.write_bytes(pickle.dumps({"model": _RunsShell(marker)}))
+    torch.save({"model": RunsShell(marker)}, zipped)
+    raw.write_bytes(pickle.dumps({"model": RunsShell(marker)}))
     for path in (zipped, raw):
         with pytest.raises(CheckpointError, match=r"\b(posix|nt|os)\.system\b") as err:
             no_ray.nn.deploy(str(path))

@@ -53,25 +53,28 @@ def browser():
         b.close()
 
 
-@pytest.fixture(scope="module")
-def base_url(viewer_data):
-    """The viewer served by uvicorn on an ephemeral port of 127.0.0.1, in a thread of this process."""
+def serve_viewer(data_dir):
+    """The viewer of `data_dir` served by uvicorn on an ephemeral port of 127.0.0.1, in a thread of this process:
+    yields its base URL, stops it after."""
     import uvicorn
 
     from pipeline.viewer import create_app
 
-    config = uvicorn.Config(create_app(viewer_data["data_dir"]), host="127.0.0.1", port=0, log_level="warning")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(create_app(data_dir), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def base_url(viewer_data):
+    yield from serve_viewer(viewer_data["data_dir"])
 
 
 @pytest.fixture

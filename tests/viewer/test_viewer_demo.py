@@ -5,11 +5,15 @@ slider, and hide a class its legend toggles off."""
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
-from test_viewer_browser import _shown, _wait, _wait_images_loaded, browser, page  # noqa: F401 - fixtures
+from test_viewer_browser import (  # noqa: F401 - fixtures
+    _shown,
+    _wait,
+    _wait_images_loaded,
+    browser,
+    page,
+    serve_viewer,
+)
 
 import pipeline
 from pipeline.app.cli import main
@@ -24,20 +28,7 @@ def demo_home(ray_session, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def demo_url(demo_home):
-    import uvicorn
-
-    from pipeline.viewer import create_app
-
-    server = uvicorn.Server(uvicorn.Config(create_app(demo_home), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    yield from serve_viewer(demo_home)
 
 
 def _an_image_with_both(api: pipeline.Api) -> tuple[int, list]:

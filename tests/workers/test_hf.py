@@ -11,6 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import RunsShell
 from hf_models import CLASSES, Direct, assert_same, save_tiny
 
 from pipeline.exceptions import CheckpointError, InvalidArgumentError, ModelLoadError
@@ -313,14 +314,6 @@ def test_a_pytorch_model_bin_is_read_weights_only(hf_dirs, tmp_path, adapters):
     np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-5)
 
 
-class _RunsCode:
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_a_pickle_that_would_run_code_runs_nothing(hf_dirs, tmp_path):
     import torch
 
@@ -329,7 +322,7 @@ def test_a_pickle_that_would_run_code_runs_nothing(hf_dirs, tmp_path):
     d, marker = tmp_path / "evil", tmp_path / "ran"
     d.mkdir()
     shutil.copy(os.path.join(hf_dirs["rt_detr"], "config.json"), d)
-    torch.save({"w": _RunsCode(str(marker))}, d / "pytorch_model.bin")
+    torch.save({"w": RunsShell(str(marker))}, d / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="would run code"):
         pack_directory(d)
     assert not marker.exists()

@@ -17,6 +17,7 @@ import sys
 import numpy as np
 import pytest
 import yolo_models as ym
+from helpers import RunsShell
 
 pytest.importorskip("ultralytics")
 
@@ -236,16 +237,6 @@ def test_older_checkpoint_layouts_load(yolo_dir, tmp_path):
 # ------------------------------------------------------------------------------------------------ safe loading
 
 
-class _RunsShell:
-    """A pickle that calls os.system when unpickled."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 class Smuggled:
     """A class that is on no allow-list."""
 
@@ -255,9 +246,9 @@ def test_pickle_calling_os_system_runs_nothing(tmp_path):
 
     marker = tmp_path / "ran"
     zipped = tmp_path / "evil.pt"
-    torch.save({"model": _RunsShell(marker)}, zipped)
+    torch.save({"model": RunsShell(marker)}, zipped)
     raw = tmp_path / "raw.pt"
-    raw.write_bytes(pickle.dumps({"model": _RunsShell(marker)}))
+    raw.write_bytes(pickle.dumps({"model": RunsShell(marker)}))
     for path in (zipped, raw):
         with pytest.raises(CheckpointError) as err:
             UltralyticsAdapter.from_file(str(path), path.read_bytes())
