@@ -39,6 +39,17 @@ def conditional_detr():
             T.ConditionalDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}))
 
 
+def detr():
+    """DETR with a timm backbone, as `facebook/detr-resnet-50` and the models fine-tuned from it are built
+    (`use_timm_backbone`); timm's own tiny test network stands in for ResNet-50."""
+    import transformers as T
+
+    cfg = T.DetrConfig(use_timm_backbone=True, backbone="test_resnet", use_pretrained_backbone=False, d_model=16,
+                       encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                       encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=12, **_labels())
+    return T.DetrForObjectDetection(cfg), T.DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+
+
 def rt_detr():
     import transformers as T
 
@@ -121,7 +132,7 @@ def grounding_dino():
     return T.GroundingDinoForObjectDetection(cfg), processor
 
 
-BUILDERS = {"conditional_detr": conditional_detr, "rt_detr": rt_detr, "mask2former": mask2former,
+BUILDERS = {"detr": detr, "conditional_detr": conditional_detr, "rt_detr": rt_detr, "mask2former": mask2former,
             "segformer": segformer, "owlv2": owlv2, "grounding_dino": grounding_dino}
 
 
@@ -224,8 +235,8 @@ class Direct:
         import transformers as T
 
         self.kind = kind
-        model_cls = {"conditional_detr": T.ConditionalDetrForObjectDetection, "rt_detr": T.RTDetrForObjectDetection,
-                     "mask2former": T.Mask2FormerForUniversalSegmentation,
+        model_cls = {"detr": T.DetrForObjectDetection, "conditional_detr": T.ConditionalDetrForObjectDetection,
+                     "rt_detr": T.RTDetrForObjectDetection, "mask2former": T.Mask2FormerForUniversalSegmentation,
                      "segformer": T.SegformerForSemanticSegmentation, "owlv2": T.Owlv2ForObjectDetection,
                      "grounding_dino": T.GroundingDinoForObjectDetection}[kind]
         self.model = model_cls.from_pretrained(path, local_files_only=True).eval()

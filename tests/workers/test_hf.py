@@ -16,7 +16,7 @@ from hf_models import CLASSES, Direct, assert_same, save_tiny
 
 from pipeline.exceptions import CheckpointError, InvalidArgumentError, ModelLoadError
 
-KINDS = ["conditional_detr", "rt_detr", "mask2former", "segformer", "owlv2", "grounding_dino"]
+KINDS = ["detr", "conditional_detr", "rt_detr", "mask2former", "segformer", "owlv2", "grounding_dino"]
 PROMPTED = ("owlv2", "grounding_dino")
 # square, landscape, portrait
 SIZES = [(64, 64), (50, 80), (80, 50)]
@@ -350,6 +350,48 @@ def test_a_backbone_from_the_hub_is_refused(hf_dirs, tmp_path):
 
     d = _edited(hf_dirs["conditional_detr"], tmp_path / "m", backbone="microsoft/resnet-50", backbone_config=None,
                 use_timm_backbone=False, use_pretrained_backbone=True)
+    with pytest.raises(CheckpointError, match="Hugging Face Hub"):
+        pack_directory(d)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"backbone_kwargs": {"out_indices": [1, 2, 3, 4], "in_chans": 3}},   # saved by transformers 4.38 to 4.x
+    {},                                                                   # saved before 4.38: no backbone_kwargs
+    {"backbone_kwargs": None},
+], ids=["4.38+", "older", "null-kwargs"])
+def test_a_timm_backbone_config_saved_by_transformers_4_loads_without_downloading(kwargs, hf_dirs, tmp_path,
+                                                                                  adapters, monkeypatch):
+    """`facebook/detr-resnet-50` and the DETRs fine-tuned from it carry the transformers 4 form of a timm backbone
+    (`backbone` by timm name, `use_timm_backbone` and `use_pretrained_backbone` true, no `backbone_config`). It
+    loads (transformers 5 alone would ask the Hub whether "test_resnet" is a repository, and an offline deployment
+    would refuse it), timm builds the backbone without pretrained weights (its weights are the file's), and the
+    outputs equal those of the same weights saved in the transformers 5 form."""
+    import timm
+
+    from workers.models.hf import TransformersAdapter as A
+
+    d = _edited(hf_dirs["detr"], tmp_path / "legacy", backbone="test_resnet", backbone_config=None,
+                use_timm_backbone=True, use_pretrained_backbone=True, **kwargs)
+    built = []
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: built.append(k.get("pretrained")) or real(*a, **k))
+    spec, payload = A.from_directory(str(d))
+    adapter = A(spec, "cpu")
+    adapter.load_payload(payload)
+    assert built == [False]
+    for i, size in enumerate(SIZES):
+        img = _image(i, size)
+        [out] = adapter.run([img], [size], _settings("detr"))[0]
+        [ref] = adapters("detr").run([img], [size], _settings("detr"))[0]
+        np.testing.assert_array_equal(out.boxes, ref.boxes)
+        np.testing.assert_array_equal(out.scores, ref.scores)
+
+
+def test_a_timm_backbone_from_the_hub_is_refused(hf_dirs, tmp_path):
+    from workers.models.hf_pack import pack_directory
+
+    d = _edited(hf_dirs["detr"], tmp_path / "m", backbone="hf-hub:timm/resnet50.a1_in1k", backbone_config=None,
+                use_timm_backbone=True)
     with pytest.raises(CheckpointError, match="Hugging Face Hub"):
         pack_directory(d)
 

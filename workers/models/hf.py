@@ -37,6 +37,7 @@ from workers.models.hf_pack import (
     import_transformers,
     is_model_dir,
     is_packed,
+    model_config,
     offline,
     pack_directory,
     packed_task,
@@ -450,22 +451,12 @@ def convert(source: str | os.PathLike, dest: str | os.PathLike | None = None, ta
     return dest
 
 
-def _no_pretrained_backbone(obj: Any) -> Any:
-    """The config with every `use_pretrained_backbone` off: the backbone's weights are in the file, and no
-    transformers version may fetch them at build time."""
-    if isinstance(obj, dict):
-        return {k: (False if k == "use_pretrained_backbone" else _no_pretrained_backbone(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_no_pretrained_backbone(v) for v in obj]
-    return obj
-
-
 def _write_dir(tmp: str, files: dict[str, str], parsed: dict[str, Any], payload: bytes) -> None:
     """The package as the directory `from_pretrained` reads: the text files, and the payload itself as
     model.safetensors (a packed file is a valid safetensors file)."""
     for name, text in files.items():
         if name == "config.json":
-            text = json.dumps(_no_pretrained_backbone(parsed[name]))
+            text = json.dumps(model_config(parsed[name]))
         with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
             f.write(text)
     with open(os.path.join(tmp, "model.safetensors"), "wb") as f:

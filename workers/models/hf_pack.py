@@ -43,6 +43,7 @@ __all__ = [
     "import_transformers",
     "offline",
     "build_config",
+    "model_config",
 ]
 
 FORMAT = "transformers/1"
@@ -394,6 +395,49 @@ def check_files(files: dict[str, str], where: str) -> dict[str, Any]:
     return parsed
 
 
+def _explicit_timm_backbone(node: dict[str, Any]) -> dict[str, Any]:
+    """A timm backbone in the form transformers 4.38 to 4.x saved it (DETR, Conditional / Deformable DETR, Table
+    Transformer: `backbone: "resnet50"`, `use_timm_backbone: true`, `backbone_kwargs: {"out_indices": [1, 2, 3, 4],
+    "in_chans": 3}`, no `backbone_config`), rewritten as the explicit `timm_backbone` sub-config transformers 5
+    saves. transformers 5 reads the old form only after asking the Hub whether the timm name is a repository (a
+    request, which an offline deployment refuses), so every DETR fine-tuned with those versions would be refused;
+    the timm model it then builds is the one this sub-config builds. A null `backbone_kwargs` (which transformers
+    5 cannot read) is dropped; an empty one is left to transformers' own conversion and its per-model defaults."""
+    if node.get("backbone_config") is not None or "backbone_kwargs" not in node:
+        return node
+    kwargs = node["backbone_kwargs"]
+    backbone = node.get("backbone")
+    if not kwargs:
+        return {k: v for k, v in node.items() if k != "backbone_kwargs"}
+    if (not node.get("use_timm_backbone") or not isinstance(backbone, str) or not isinstance(kwargs, dict)
+            or "out_indices" not in kwargs):
+        return node
+    sub = {"model_type": "timm_backbone", "backbone": backbone, "features_only": True,
+           "use_pretrained_backbone": False, "out_indices": list(kwargs["out_indices"]),
+           "num_channels": kwargs.get("in_chans", kwargs.get("num_channels", node.get("num_channels", 3)))}
+    if kwargs.get("output_stride") is not None:
+        sub["output_stride"] = kwargs["output_stride"]
+    out = {k: v for k, v in node.items() if k not in ("backbone", "backbone_kwargs", "use_timm_backbone")}
+    out["backbone_config"] = sub
+    return out
+
+
+def _no_pretrained_backbone(obj: Any) -> Any:
+    """Every `use_pretrained_backbone` off: the backbone's weights are in the file, and no transformers version may
+    fetch them at build time."""
+    if isinstance(obj, dict):
+        return {k: (False if k == "use_pretrained_backbone" else _no_pretrained_backbone(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_no_pretrained_backbone(v) for v in obj]
+    return obj
+
+
+def model_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config.json a model is built from: its backbone weights never fetched (they are in the file), and a
+    timm backbone saved by transformers 4 in the explicit form transformers 5 reads offline."""
+    return _no_pretrained_backbone(_explicit_timm_backbone(config))
+
+
 def build_config(config: dict[str, Any], where: str):
     """The `PretrainedConfig` of a parsed config.json, built offline by transformers' own config class.
 
@@ -411,7 +455,7 @@ def build_config(config: dict[str, Any], where: str):
         )
     try:
         with offline():
-            return CONFIG_MAPPING[model_type].from_dict(dict(config))
+            return CONFIG_MAPPING[model_type].from_dict(model_config(config))
     except (ConnectionError, OSError) as exc:
         raise CheckpointError(
             f"{where}/config.json: building the {model_type} config would fetch something from the Hugging Face "
