@@ -20,6 +20,7 @@ depend on what the weights learned) and saved as Ultralytics saves a model.
     .venv/bin/python benchmarks/yolo.py --replicas 2 --images 160         # a single-thread replica per core
     python benchmarks/yolo.py --device cuda --images 2000 --batch 32      # a GPU
     .venv/bin/python benchmarks/yolo.py --yaml yolo11n-seg.yaml --json yolo.json
+    .venv/bin/python benchmarks/yolo.py --size 3000x4000 --images 24 --decode full,reduced   # 12 MP photos
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import time
 os.environ.setdefault("YOLO_OFFLINE", "1")  # no DNS lookups, no settings in $HOME (set before Ultralytics loads)
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="bench-yolo-cfg-"))
 
-SIDES = ("theirs", "theirs_all_cores", "ours")
+THEIRS = ("theirs", "theirs_all_cores")
 
 
 def build_model(yaml_name: str, path: str) -> str:
@@ -50,11 +51,11 @@ def build_model(yaml_name: str, path: str) -> str:
     return path
 
 
-def ours(model, folder: str, batch: int, conf: float) -> float:
-    """Images/s of one `predict(input=folder)` on a deployment already warm."""
+def ours(model, folder: str, batch: int, conf: float, decode: str = "auto") -> float:
+    """Images/s of one `predict(input=folder)` on a deployment already warm (`decode`: settings["decode"])."""
     n = len(os.listdir(folder))
     t0 = time.perf_counter()
-    preds = model.predict(input=folder, batch_size=batch, conf=conf, progress=False)
+    preds = model.predict(input=folder, batch_size=batch, conf=conf, settings={"decode": decode}, progress=False)
     elapsed = time.perf_counter() - t0
     assert len(preds) == n and not any(p.error for p in preds)
     return n / elapsed
@@ -96,16 +97,24 @@ def _set_threads(n: int | None) -> int:
     return torch.get_num_threads()
 
 
+def _sides(args) -> list[str]:
+    """"ours" per decode mode asked for ("ours" alone for the default "auto"), then Ultralytics' two runs."""
+    modes = args.decode.split(",")
+    return (["ours"] if modes == ["auto"] else [f"ours_{m}" for m in modes]) + list(THEIRS)
+
+
 def _rounds(args, work: str, model, conn) -> dict[str, list[float]]:
-    rounds: dict[str, list[float]] = {side: [] for side in SIDES}
+    sides = _sides(args)
+    rounds: dict[str, list[float]] = {side: [] for side in sides}
     for i in range(args.rounds):
-        for side in SIDES[i % 3:] + SIDES[:i % 3]:  # the order rotates
-            if side == "ours":
-                rounds[side].append(ours(model, f"{work}/images", args.batch, args.conf))
+        for side in sides[i % len(sides):] + sides[:i % len(sides)]:  # the order rotates
+            if side.startswith("ours"):
+                decode = side.removeprefix("ours").removeprefix("_") or "auto"
+                rounds[side].append(ours(model, f"{work}/images", args.batch, args.conf, decode))
             else:
                 conn.send((f"{work}/images", os.cpu_count() if side == "theirs_all_cores" else None))
                 rounds[side].append(conn.recv())
-        print(f"round {i + 1}: " + ", ".join(f"{s} {rounds[s][-1]:.2f} img/s" for s in SIDES)
+        print(f"round {i + 1}: " + ", ".join(f"{s} {rounds[s][-1]:.2f} img/s" for s in sides)
               + f" (load {os.getloadavg()[0]:.1f})", flush=True)
     return rounds
 
@@ -121,6 +130,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--replicas", type=int, help="replicas of the deployment (default: the pipeline's, one; on "
                                                      "a CPU each gets cores / replicas torch threads)")
+    parser.add_argument("--decode", default="auto", help="settings['decode'] of ours, comma-separated for one run "
+                                                         "each (full, reduced, auto, gpu)")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     import multiprocessing as mp
@@ -166,11 +177,13 @@ def main() -> None:
         "rounds": {k: [round(v, 2) for v in vs] for k, vs in rounds.items()},
         "img_s": {k: round(v, 2) for k, v in med.items()},
     }
-    for side in ("theirs", "theirs_all_cores"):
-        result[f"ratio_vs_{side}"] = round(med["ours"] / med[side], 3)
-        # the runs of a round are back to back: their ratio is what other load on the machine disturbs least
-        result[f"ratio_vs_{side}_median_of_rounds"] = round(
-            statistics.median(o / t for o, t in zip(rounds["ours"], rounds[side])), 3)
+    for mine in (s for s in _sides(args) if s.startswith("ours")):
+        tag = mine.removeprefix("ours")
+        for side in THEIRS:
+            result[f"ratio{tag}_vs_{side}"] = round(med[mine] / med[side], 3)
+            # the runs of a round are back to back: their ratio is what other load on the machine disturbs least
+            result[f"ratio{tag}_vs_{side}_median_of_rounds"] = round(
+                statistics.median(o / t for o, t in zip(rounds[mine], rounds[side])), 3)
     print(json.dumps(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -269,6 +269,9 @@ def needed_scale(hint: tuple | None, h: int, w: int) -> float:
     if hint[0] == "cover":
         _, th, tw = hint
         return max(th / h, tw / w)
+    if hint[0] == "contain":
+        _, th, tw = hint
+        return min(th / h, tw / w)
     raise ValueError(f"unknown decode hint {hint!r}")
 
 

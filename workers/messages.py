@@ -23,8 +23,8 @@ class DecodeOptions:
     decoded), "reduced" (a JPEG much larger than the model needs is decoded at 1/2, 1/4 or 1/8 scale by the JPEG
     decoder itself, never below what the model's own resize would keep: `hint`), "gpu" (JPEGs are only read; the
     replica decodes them on its device). `hint`: what the model's resize keeps, ("fit", min_side, max_side) (the
-    image scaled by min(min_side / shorter side, max_side / longer side)) or ("cover", h, w) (scaled to h x w), or
-    None (unknown: decoded full).
+    image scaled by min(min_side / shorter side, max_side / longer side)), ("cover", h, w) (scaled to h x w),
+    ("contain", h, w) (scaled to fit inside h x w, aspect kept: a letterbox), or None (unknown: decoded full).
     """
 
     resize: tuple[int, int] | None = None

@@ -23,6 +23,9 @@ DEMO = "checkpoints/shapes.pth"
     (("fit", 256, 256), (3000, 4000), 256 / 4000),    # an int img_size: the longer side
     (("fit", 520, float("inf")), (3000, 4000), 520 / 3000),  # semantic segmentation: the shorter side
     (("cover", 300, 300), (3000, 4000), 300 / 3000),  # a fixed square (SSD)
+    (("contain", 640, 640), (3000, 4000), 640 / 4000),  # a letterbox (YOLO)
+    (("contain", 480, 640), (1000, 4000), 640 / 4000),
+    (("contain", 480, 640), (3000, 1000), 480 / 3000),
 ])
 def test_needed_scale(hint, hw, expected):
     assert needed_scale(hint, *hw) == pytest.approx(expected)

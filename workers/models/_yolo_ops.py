@@ -16,6 +16,7 @@ the images whose letterboxed shapes agree run as one forward pass: each image's 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,6 +71,21 @@ def yolo_imgsz(img_size: Any, default: Any, stride: int) -> list[int]:
     if isinstance(size, tuple):
         size = list(size)
     return check_imgsz(size, stride=stride, min_dim=2)
+
+
+def decode_hint(task: str, img_size: Any, own: Any, stride: int) -> tuple:
+    """What an Ultralytics model's own resize keeps of an image (`ModelAdapter.decode_hint`), computed without
+    Ultralytics: the letterbox into `imgsz` rounded up to the stride ("contain"); a classifier's resize of the
+    shorter side to the crop size (a square) or to exactly (h, w); an exact (h, w) `img_size` is resized to while
+    decoding ("cover")."""
+    if isinstance(img_size, tuple):
+        return ("cover", *img_size)
+    size = img_size if img_size is not None else (own if own is not None else 640)
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    h, w = (max(math.ceil(v / stride) * stride, stride) for v in (h, w))
+    if task == "classify":
+        return ("fit", h, float("inf")) if h == w else ("cover", h, w)
+    return ("contain", h, w)
 
 
 def letterbox(images: Sequence[np.ndarray], imgsz: list[int], stride: int, auto: bool) -> list[np.ndarray]:

@@ -123,7 +123,9 @@ class ModelAdapter(abc.ABC):
     def decode_hint(cls, spec: ModelSpec, img_size: int | tuple[int, int] | None) -> tuple | None:
         """What the model's own resize keeps of an image, so that the loading stage may decode a large JPEG
         reduced without losing anything the model would see: ("fit", min_side, max_side) (scaled by
-        min(min_side / shorter side, max_side / longer side)), ("cover", h, w), or None (unknown: decode whole)."""
+        min(min_side / shorter side, max_side / longer side)), ("cover", h, w) (scaled to h x w), ("contain", h, w)
+        (scaled to fit inside h x w, aspect kept: a letterbox), or None (unknown: decode whole). A hint may ask for
+        more pixels than the model keeps, never fewer."""
         return None
 
     @classmethod

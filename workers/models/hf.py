@@ -22,6 +22,7 @@ import inspect
 import json
 import os
 import tempfile
+import types
 from typing import Any, ClassVar
 
 import numpy as np
@@ -229,11 +230,32 @@ class TransformersAdapter(ModelAdapter):
             img_size=_img_size_of(proc_cfg),
             arch_kwargs={"model_type": config.model_type, "mode": mode, "open_vocabulary": prompt,
                          "processor_size": proc_cfg.get("size"),
+                         "processor_resizes": proc_cfg.get("do_resize", True) is not False,
                          "size_multiple": SIZE_MULTIPLE.get(config.model_type)},
             source="file",
             name=options.get("name") or uri.rstrip("/"),
             identity=hashlib.sha256(data).hexdigest(),
         ), data
+
+    @classmethod
+    def decode_hint(cls, spec: ModelSpec, img_size: int | tuple[int, int] | None) -> tuple | None:
+        """The image processor's resize: height/width ("cover": OWLv2's pad-then-resize keeps less, so this asks
+        for more than it needs), shortest/longest edge ("fit"); None when it does not resize or says neither."""
+        if isinstance(img_size, tuple):
+            return ("cover", *img_size)
+        size = spec.arch_kwargs.get("processor_size")
+        if not spec.arch_kwargs.get("processor_resizes", True) or not isinstance(size, dict):
+            return None
+        if img_size is not None and img_size != spec.img_size:
+            size = _size_override(img_size, types.SimpleNamespace(**size))
+        h, w = size.get("height"), size.get("width")
+        if isinstance(h, int) and isinstance(w, int):
+            return ("cover", h, w)
+        short, long = size.get("shortest_edge"), size.get("longest_edge")
+        if not isinstance(short, int) and not isinstance(long, int):
+            return None
+        inf = float("inf")
+        return ("fit", short if isinstance(short, int) else inf, long if isinstance(long, int) else inf)
 
     @classmethod
     def from_directory(cls, path: str, **options) -> tuple[ModelSpec, bytes]:

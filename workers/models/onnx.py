@@ -182,6 +182,20 @@ class OnnxAdapter(ModelAdapter):
         return path.lower().endswith(".onnx") and head[:1] == b"\x08"
 
     @classmethod
+    def decode_hint(cls, spec: ModelSpec, img_size: int | tuple[int, int] | None) -> tuple | None:
+        k = spec.arch_kwargs
+        requested = img_size if k.get("dynamic") else None  # a fixed input takes only its own size
+        if k.get("layout") != "boxes_labels_scores" and not isinstance(img_size, tuple):
+            return ops.decode_hint(k.get("task"), requested, k.get("imgsz"), int(k.get("stride") or 32))
+        if isinstance(img_size, tuple):
+            return ("cover", *img_size)
+        size = requested if requested is not None else k.get("imgsz")
+        if size is None:
+            return None
+        h, w = _pair(size)
+        return ("contain", h, w) if k.get("resize") == "letterbox" else ("cover", h, w)
+
+    @classmethod
     def from_file(cls, uri: str, data: bytes, **options: Any) -> tuple[ModelSpec, bytes]:
         """Options: runtime (None or "onnx": ONNX Runtime on the replica's device; "tensorrt": its TensorRT
         provider), trt_cache_dir (TensorRT's engine cache; default `$PIPELINE_TRT_CACHE_DIR`, else a temporary

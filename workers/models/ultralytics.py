@@ -233,6 +233,11 @@ class UltralyticsAdapter(ModelAdapter):
         return spec, data
 
     @classmethod
+    def decode_hint(cls, spec: ModelSpec, img_size: int | tuple[int, int] | None) -> tuple | None:
+        k = spec.arch_kwargs
+        return ops.decode_hint(k.get("task"), img_size, k.get("imgsz"), int(k.get("stride") or 32))
+
+    @classmethod
     def validate_spec(cls, spec: ModelSpec) -> None:
         task = spec.arch_kwargs.get("task")
         if task not in ops.YOLO_TASKS or ops.YOLO_TASKS[task] != spec.task_type:
