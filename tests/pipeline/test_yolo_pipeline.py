@@ -254,6 +254,26 @@ def test_pose_keypoints_and_a_classifiers_tags_upload_and_export_for_the_sdk(api
     _export_checked(api, pid, tmp_path / "pose-export")
 
 
+def test_a_classifier_on_a_video_is_not_uploaded_it_is_refused_before_any_work(api, deployments, tmp_path):
+    """A video upload writes objects and figures; a classifier's answer per frame would be a frame tag, which
+    it does not write: the run is refused up front (it used to upload nothing, every frame marked uploaded)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))  # the shared video writers
+    from test_video_decode import write_video
+
+    from pipeline.exceptions import InvalidArgumentError
+
+    clip = write_video(tmp_path / "clip.mp4", 12)
+    clf = deployments.get(api, ym.cached_pt("yolo11n-cls"))
+    projects = api.project.list()
+    with pytest.raises(InvalidArgumentError, match="classifier.*frame tag.*output="):
+        clf.predict(input=str(clip), upload="create", progress=False)
+    assert api.project.list() == projects
+    frames = clf.predict(input=str(clip), output={"parquet": str(tmp_path / "out")}, progress=False)
+    assert len(frames) == 12 and all(p.error is None and p.top_class for p in frames)
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_its_onnx_export_through_the_pipeline_equals_yolo_predict(api, deployments, image_dir, name):
     task_type, options = MODELS[name]
