@@ -395,6 +395,11 @@ def check_video_fits(ann: VideoAnnotation, img_size: tuple[int, int], frames_cou
         )
 
 
+def check_video_tags(tags: Iterable[Any], meta: ProjectMeta, where: str = "video annotation") -> None:
+    """`FormatError` unless every tag is in `meta` and its value fits."""
+    _check_tags(meta, tags, f"{where}: video tags")
+
+
 def check_video_annotation(ann: VideoAnnotation, meta: ProjectMeta, where: str = "video annotation") -> None:
     """`FormatError` unless every class and tag of `ann` is in `meta` and fits."""
     for obj in ann.objects:

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 __all__ = ["add_figures", "add_objects", "delete_frames", "ensure_head", "figures_on_frames", "get_objects",
-           "read_text", "update_objects", "write_json"]
+           "get_tags", "put_tags", "read_text", "update_objects", "write_json"]
 
 # The top-level keys that live in rows of their own, not in the head.
 _ROW_KEYS = ("objects", "frames")
@@ -134,6 +134,21 @@ def ensure_head(conn: sqlite3.Connection, video_id: int, height: int, width: int
     head = VideoAnnotation((height, width), frames_count).to_json()
     _put_head(conn, video_id, {k: v for k, v in head.items() if k not in _ROW_KEYS}, 0)
     return True
+
+
+def get_tags(conn: sqlite3.Connection, video_id: int) -> list[dict[str, Any]]:
+    """The video's tags (their JSON: on the whole video, or on a `frameRange`), from its head (which must exist)."""
+    row = conn.execute("SELECT ann FROM video_annotations WHERE video_id = ?", (video_id,)).fetchone()
+    return list(json.loads(row[0]).get("tags") or [])
+
+
+def put_tags(conn: sqlite3.Connection, video_id: int, tags: Iterable[Mapping[str, Any]]) -> None:
+    """Replace the video's tags (checked by the caller); the head's other keys stay as they are."""
+    row = conn.execute("SELECT ann FROM video_annotations WHERE video_id = ?", (video_id,)).fetchone()
+    head = json.loads(row[0])
+    head["tags"] = [dict(t) for t in tags]
+    conn.execute("UPDATE video_annotations SET ann = ?, updated_at = ? WHERE video_id = ?",
+                 (_dumps(head), _now(), video_id))
 
 
 def add_objects(conn: sqlite3.Connection, video_id: int, objects: Iterable[Mapping[str, Any]],

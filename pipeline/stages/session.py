@@ -295,11 +295,6 @@ def start_session(model: Model, input: Any = None, **kwargs: Any) -> PredictionS
     if args.tracking is not None and not plan.has_videos:
         raise InvalidArgumentError(f"tracking links detections across the frames of a video; {plan.description} "
                                    "holds no video")
-    if args.upload is not None and plan.has_videos and model.spec.task_type == "classification":
-        raise InvalidArgumentError(
-            f"{model.spec.name or 'the model'} is a classifier: its answer for a video frame would be a frame tag, "
-            "which video uploads do not write (they write objects and figures); predict the video without upload "
-            "and read each frame's top_class, or export with output={'parquet': ...} (a row per frame)")
     uploader = None
     if args.upload is not None or args.output:
         uploader = make_uploader(args, plan, platform, model)

@@ -505,3 +505,25 @@ def test_new_objects_are_checked_against_the_video_and_the_meta(stored):
     assert _row(platform, video_id) == before  # nothing written
     with platform.store.read() as conn:
         assert conn.execute("SELECT COUNT(*) FROM upload_job_items WHERE job_id = ?", (target.job_id,)).fetchone()[0] == 0
+
+
+def _tag(name: str, value, frames) -> dict:
+    return {"name": name, "value": value, "key": f"{name}{frames}", **({"frameRange": list(frames)} if frames else {})}
+
+
+@pytest.mark.parametrize("mode, expected", [
+    # replace: "cat" on frame 1 alone is replaced; the range tag and the whole-video tag stay, "dog" is added
+    ("replace", [_tag("cat", 0.5, (0, 9)), _tag("scene", None, None), _tag("cat", 0.9, (1, 1)), _tag("dog", 0.8, (2, 2)),
+                 _tag("cat", 0.7, (12, 12))]),
+    # append: "cat" already covers frames 1 and 2 (the range); frame 12's is new; "dog" is new on frame 2
+    ("append", [_tag("cat", 0.5, (0, 9)), _tag("cat", 0.1, (1, 1)), _tag("scene", None, None), _tag("dog", 0.8, (2, 2)),
+                _tag("cat", 0.7, (12, 12))]),
+])
+def test_frame_tags_combine_with_the_video_s_tags_per_frame(mode, expected):
+    from pipeline.stages.upload.videos import frame_tags
+
+    current = [_tag("cat", 0.5, (0, 9)), _tag("cat", 0.1, (1, 1)), _tag("scene", None, None)]
+    predicted = {1: [_tag("cat", 0.9, (1, 1))], 2: [_tag("dog", 0.8, (2, 2))], 12: [_tag("cat", 0.7, (12, 12))]}
+    assert sorted(map(json.dumps, frame_tags(mode, current, predicted))) == sorted(map(json.dumps, expected))
+    assert sorted(map(json.dumps, frame_tags("iou_merge", current, predicted))) == \
+        sorted(map(json.dumps, frame_tags("append", current, predicted)))

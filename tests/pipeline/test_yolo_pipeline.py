@@ -254,24 +254,48 @@ def test_pose_keypoints_and_a_classifiers_tags_upload_and_export_for_the_sdk(api
     _export_checked(api, pid, tmp_path / "pose-export")
 
 
-def test_a_classifier_on_a_video_is_not_uploaded_it_is_refused_before_any_work(api, deployments, tmp_path):
-    """A video upload writes objects and figures; a classifier's answer per frame would be a frame tag, which
-    it does not write: the run is refused up front (it used to upload nothing, every frame marked uploaded)."""
+def test_a_classifier_on_a_video_uploads_a_tag_per_frame(api, deployments, tmp_path):
+    """A classifier's answer for each frame is a video tag on that frame (its top class, valued with its
+    probability); append adds none a frame already has, replace replaces those of a predicted name on the frame
+    and keeps the others (a hand-made tag)."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workers"))  # the shared video writers
     from test_video_decode import write_video
 
-    from pipeline.exceptions import InvalidArgumentError
+    from pipeline.annotation import TagMeta, VideoTag
 
     clip = write_video(tmp_path / "clip.mp4", 12)
     clf = deployments.get(api, ym.cached_pt("yolo11n-cls"))
-    projects = api.project.list()
-    with pytest.raises(InvalidArgumentError, match="classifier.*frame tag.*output="):
-        clf.predict(input=str(clip), upload="create", progress=False)
-    assert api.project.list() == projects
-    frames = clf.predict(input=str(clip), output={"parquet": str(tmp_path / "out")}, progress=False)
-    assert len(frames) == 12 and all(p.error is None and p.top_class for p in frames)
+    created = clf.predict(input=str(clip), upload="create", progress=False)
+    video_id = created[0].target.video_id
+    want = {p.frame_idx: (p.top_class, round(p.top_score, 4)) for p in created}
+    assert len(want) == 12 and all(p.error is None for p in created)
+
+    def tags() -> dict[int, list[tuple[str, float]]]:
+        out: dict[int, list] = {}
+        for t in api.video.get_annotation(video_id).tags:
+            assert t.frame_range[0] == t.frame_range[1]
+            out.setdefault(t.frame_range[0], []).append((t.name, t.value))
+        return out
+
+    assert tags() == {f: [w] for f, w in want.items()}
+    pid = created[0].target.project_id
+    metas = {t.name: t.value_type for t in api.project.get_meta(pid).tag_metas}
+    assert all(metas[name] == "any_number" for name, _ in want.values())
+
+    clf.predict(video_id=video_id, upload="append", progress=False)  # every frame has its class tag already
+    assert tags() == {f: [w] for f, w in want.items()}
+
+    ann = api.video.get_annotation(video_id)
+    first = want[0][0]
+    hand = [VideoTag(TagMeta("checked", "none"), None, (0, 0)), VideoTag(TagMeta(first, "any_number"), 0.01, (0, 0))]
+    rest = [t for t in ann.tags if t.frame_range != (0, 0)]
+    api.video.set_annotation(video_id, ann.clone(tags=tuple(rest + hand)), add_to_meta=True)
+    clf.predict(video_id=video_id, upload="replace", progress=False)
+    after = tags()
+    assert sorted(after.pop(0)) == sorted([("checked", None), want[0]])  # the old value of that class replaced
+    assert after == {f: [w] for f, w in want.items() if f}
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -19,6 +19,10 @@ What becomes an object:
 * an untracked detection (no tracking, or -1: it joined no track, e.g. seen on one frame only): an object of its
   own with one figure, its score as the `confidence` tag with `frameRange [f, f]`. It is kept rather than
   dropped: it is a detection like any other, and an annotator merges or deletes it as they would a stray box.
+
+A classifier's answer for a frame is a video tag on that frame: named after its top class, valued with its
+probability, `frameRange [f, f]` (the tag meta any_number, as for images). Per frame they combine with the
+video's tags as image tags do (`frame_tags`).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from pipeline.prediction import Prediction, UploadTarget
 from pipeline.stages.upload.merge import kept_on_frames, stored_labels
 from pipeline.stages.upload.target import Target, Written
 
-__all__ = ["PredictedLabel", "VideoTarget", "write_frames"]
+__all__ = ["PredictedLabel", "VideoTarget", "frame_tags", "write_frames"]
 
 # (label in the project's classes, track id or -1, score) of one predicted object
 PredictedLabel = tuple[Any, int, float]
@@ -111,17 +115,20 @@ class VideoTarget(Target):
             video_id = self._video_id(conn, unit[0])
             row = ops.get_video_row(conn, video_id)
             meta = self.resolve_meta(conn, row["project_id"], unit, metas)
-            predicted = {p.frame_idx: self._labels(p, meta) for p in unit}
-            write_frames(conn, row, self.mode, predicted, meta, self.threshold, self.job_id)
+            anns = {p.frame_idx: (p, self.predicted_annotation(p, meta)) for p in unit}
+            predicted = {f: self._labels(p, ann) for f, (p, ann) in anns.items()}
+            tags = {f: ann.img_tags for f, (_, ann) in anns.items() if ann.img_tags}
+            write_frames(conn, row, self.mode, predicted, meta, self.threshold, self.job_id, tags)
         except PipelineError:
             self._created = created_before  # rolled back with the savepoint
             raise
         return [(p, UploadTarget(row["project_id"], row["dataset_id"], video_id=video_id, frame_idx=p.frame_idx))
                 for p in unit]
 
-    def _labels(self, p: Prediction, meta: Any) -> list[PredictedLabel]:
-        """`p`'s objects as (label, track id, score), aligned (an empty mask makes no label)."""
-        labels = self.predicted_annotation(p, meta).labels
+    def _labels(self, p: Prediction, ann: Any) -> list[PredictedLabel]:
+        """`p`'s objects (`ann`: its predicted annotation) as (label, track id, score), aligned (an empty mask makes
+        no label)."""
+        labels = ann.labels
         n = len(p)
         idx = np.flatnonzero(p.masks.reshape(n, -1).any(1)) if p.masks is not None else np.arange(n)
         tracks = p.track_ids[idx] if p.track_ids is not None else np.full(len(idx), -1)
@@ -147,17 +154,21 @@ class VideoTarget(Target):
 
 
 def write_frames(conn: Any, row: Any, mode: str, predicted: Mapping[int, Sequence[PredictedLabel]], meta: Any,
-                 threshold: float = 0.9, job_id: str | None = None) -> None:
-    """Write `predicted` = {frame: [(label, track id, score), ...]} into video `row`'s annotation under `mode`, in
-    the caller's transaction. The new objects and figures are checked (classes and tags against `meta`, frames
-    within the video) before anything is written; tracked labels need the `job_id` that keeps their objects."""
+                 threshold: float = 0.9, job_id: str | None = None,
+                 tags: Mapping[int, Sequence[Any]] | None = None) -> None:
+    """Write `predicted` = {frame: [(label, track id, score), ...]} and `tags` = {frame: [Tag, ...]} (a
+    classifier's) into video `row`'s annotation under `mode`, in the caller's transaction. The new objects, figures
+    and tags are checked (classes and tags against `meta`, frames within the video) before anything is written;
+    tracked labels need the `job_id` that keeps their objects."""
     video_id = row["id"]
     where = f"video {video_id} ({row['name']!r})"
     size = (row["height"], row["width"])
-    last = max((f for f, labs in predicted.items() if labs), default=-1)
+    last = max([f for f, labs in predicted.items() if labs] + list(tags or ()), default=-1)
     if last >= row["frames_count"]:
         raise FormatError(f"{where}: a prediction for frame {last}; the video has {row['frames_count']}")
     video_rows.ensure_head(conn, video_id, *size, row["frames_count"])
+    if tags:
+        _write_frame_tags(conn, video_id, mode, tags, meta, where)
     if mode == "replace" and predicted:
         video_rows.delete_frames(conn, video_id, predicted)
     existing: dict[int, list[Any]] = {}
@@ -169,6 +180,48 @@ def write_frames(conn: Any, row: Any, mode: str, predicted: Mapping[int, Sequenc
     if not kept:
         return
     _ObjectsOfGroup(conn, video_id, job_id).write(kept, size, row["frames_count"], meta, where)
+
+
+def frame_tags(mode: str, current: Sequence[Mapping[str, Any]],
+               predicted: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[Mapping[str, Any]]:
+    """The video's tags (JSON) once the `predicted` frame tags ({frame: [tag JSON with frameRange [f, f]]}) are
+    combined with the `current` ones, frame by frame as `merge.merge_tags` combines image tags:
+
+    replace: a current tag of a predicted name on exactly that frame is replaced by the prediction's (one on a
+    longer range, or on the whole video, is left as it is). append / iou_merge / create: a predicted tag is added
+    unless a tag of its name already covers the frame (an earlier or hand-made answer is not overwritten; create
+    builds the new video's tags group by group, so it adds like append).
+    """
+    predicted_on = {(t["name"], f) for f, ts in predicted.items() for t in ts}
+    if mode == "replace":
+        kept = [t for t in current if not (_range(t) is not None and _range(t)[0] == _range(t)[1]
+                                           and (t.get("name"), _range(t)[0]) in predicted_on)]
+        return kept + [t for ts in predicted.values() for t in ts]
+    if mode not in ("append", "iou_merge", "create"):
+        raise ValueError(f"unknown upload mode {mode!r}")
+    single = {(t.get("name"), _range(t)[0]) for t in current if _range(t) is not None and _range(t)[0] == _range(t)[1]}
+    wide = [(t.get("name"), _range(t)) for t in current if _range(t) is None or _range(t)[0] != _range(t)[1]]
+
+    def covered(name: str, f: int) -> bool:
+        return (name, f) in single or any(n == name and (r is None or r[0] <= f <= r[1]) for n, r in wide)
+
+    return list(current) + [t for f, ts in sorted(predicted.items()) for t in ts if not covered(t["name"], f)]
+
+
+def _range(tag: Mapping[str, Any]) -> tuple[int, int] | None:
+    r = tag.get("frameRange")
+    return (int(r[0]), int(r[1])) if isinstance(r, list | tuple) and len(r) == 2 else None
+
+
+def _write_frame_tags(conn: Any, video_id: int, mode: str, tags: Mapping[int, Sequence[Any]], meta: Any,
+                      where: str) -> None:
+    from pipeline.annotation import VideoTag
+
+    new = {f: [VideoTag(t.meta, t.value, (f, f)) for t in ts] for f, ts in tags.items()}
+    ops.check_video_tags([t for ts in new.values() for t in ts], meta, where)
+    current = video_rows.get_tags(conn, video_id)
+    video_rows.put_tags(conn, video_id, frame_tags(mode, current, {f: [t.to_json() for t in ts]
+                                                                   for f, ts in new.items()}))
 
 
 class _ObjectsOfGroup:
