@@ -193,14 +193,16 @@ def frame_tags(mode: str, current: Sequence[Mapping[str, Any]],
     builds the new video's tags group by group, so it adds like append).
     """
     predicted_on = {(t["name"], f) for f, ts in predicted.items() for t in ts}
+    ranges = [(t.get("name"), _range(t)) for t in current]
     if mode == "replace":
-        kept = [t for t in current if not (_range(t) is not None and _range(t)[0] == _range(t)[1]
-                                           and (t.get("name"), _range(t)[0]) in predicted_on)]
+        kept = [t for t, (name, r) in zip(current, ranges)
+                if not (r is not None and r[0] == r[1] and (name, r[0]) in predicted_on)]
         return kept + [t for ts in predicted.values() for t in ts]
     if mode not in ("append", "iou_merge", "create"):
         raise ValueError(f"unknown upload mode {mode!r}")
-    single = {(t.get("name"), _range(t)[0]) for t in current if _range(t) is not None and _range(t)[0] == _range(t)[1]}
-    wide = [(t.get("name"), _range(t)) for t in current if _range(t) is None or _range(t)[0] != _range(t)[1]]
+    names = {name for name, _ in predicted_on}
+    single = {(name, r[0]) for name, r in ranges if r is not None and r[0] == r[1] and name in names}
+    wide = [(name, r) for name, r in ranges if (r is None or r[0] != r[1]) and name in names]
 
     def covered(name: str, f: int) -> bool:
         return (name, f) in single or any(n == name and (r is None or r[0] <= f <= r[1]) for n, r in wide)
