@@ -162,3 +162,34 @@ def test_decode_options_choose_the_mode(decode, gpu_ok, cpus_per_gpu, expected):
 
     opts = decode_options({"decode": decode}, None, ("fit", 256, 256), gpu_ok, cpus_per_gpu)
     assert opts.mode == expected and opts.hint == ("fit", 256, 256)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_jpeg_decodes_to_pillow_s_pixels_upright(orientation, mode):
+    """JPEGs are decoded by simplejpeg (libjpeg-turbo into numpy) when whole: bit for bit what Pillow decodes, turned
+    upright by the EXIF orientation as `ImageOps.exif_transpose` turns it."""
+    from PIL import ImageOps
+
+    from workers.decode import decode_image_bytes
+
+    rng = np.random.default_rng(orientation)
+    img = Image.fromarray(rng.integers(0, 256, (6, 9, 3), dtype=np.uint8)).resize((90, 60), Image.BICUBIC)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.convert(mode).save(buf, format="JPEG", quality=90, exif=exif)
+    data = buf.getvalue()
+    want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    got = decode_image_bytes(data)
+    assert got.shape == want.shape == ((90, 60, 3) if orientation >= 5 else (60, 90, 3))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_truncated_jpeg_is_an_item_error():
+    from workers.decode import ItemError, decode_image_bytes
+
+    data = _jpeg(120, 160)
+    for cut in (data[: len(data) // 2], data[:-2]):
+        with pytest.raises(ItemError, match="corrupt or truncated"):
+            decode_image_bytes(cut)
