@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU figures docs/PERFORMANCE.md still lacks ("Large photos": 12 MP JPEGs at 4 and 16 CPUs per GPU, every
 # decode mode and precision) in ONE device call, sized for a session's 15 minutes of device time (the machine's
-# start counts too): Ray, pydantic and the other packages the GPU machine lacks come as wheels in .whl/
-# (../shared/device/prepare.sh), unpacked by .whl/install.py:
+# start counts too). The packages the GPU machine lacks come as Python 3.12 wheels in .whl/, unpacked by
+# .whl/install.py: Ray 2.60 and its dependencies, pydantic==2.14.4 pydantic-core==2.50.5 typing-inspection
+# annotated-types, simplejpeg==1.9.0 (without it whole JPEGs are decoded by Pillow, about 3x slower):
 #
 #   python3 .whl/install.py && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && bash benchmarks/gpu_run.sh
 #
