@@ -1,5 +1,5 @@
-"""`pipeline platform import DIR | export PROJECT_ID DIR [--format supervisely|yolo|coco] | ls [PROJECT_ID]`: the
-embedded platform from a shell."""
+"""`pipeline platform import DIR | export PROJECT_ID DIR [--format supervisely|yolo|coco] | ls [PROJECT_ID] |
+gc [--min-age S] [--dry-run]`: the embedded platform from a shell."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ __all__ = ["add_parser"]
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register the `platform` command and its `import`, `export` and `ls` subcommands on `subparsers`."""
+    """Register the `platform` command and its `import`, `export`, `ls` and `gc` subcommands on `subparsers`."""
     parser = subparsers.add_parser(
         "platform", help="import, export and list projects of the embedded platform",
         description="Import, export and list projects of the embedded platform (Supervisely project folders).",
     )
-    sub = parser.add_subparsers(dest="platform_command", required=True, metavar="{import,export,ls}")
+    sub = parser.add_subparsers(dest="platform_command", required=True, metavar="{import,export,ls,gc}")
 
     p = sub.add_parser("import", help="import a Supervisely project folder as a new project")
     p.add_argument("dir", help="the project folder (meta.json, <dataset>/img, <dataset>/ann)")
@@ -36,6 +36,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("ls", help="list projects, or one project's datasets and classes")
     p.add_argument("project_id", type=int, nargs="?", help="a project to show in detail")
     p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("gc", help="remove stored files and thumbnails no image or video uses any more")
+    p.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
+                   help="only files older than this (default 3600: an upload stores its file before it commits "
+                        "the record naming it)")
+    p.add_argument("--dry-run", action="store_true", help="only count what would be removed")
+    p.set_defaults(func=cmd_gc)
     return parser
 
 
@@ -133,3 +140,16 @@ def _table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    import math
+
+    from pipeline.exceptions import InvalidArgumentError
+
+    if not math.isfinite(args.min_age) or args.min_age < 0:
+        raise InvalidArgumentError(f"pipeline platform gc: --min-age must be a number of seconds >= 0; got "
+                                   f"{args.min_age}")
+    platform = _platform(args)
+    print(platform.collect_garbage(min_age_s=args.min_age, dry_run=args.dry_run))
+    return 0

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from pipeline.annotation import Annotation, ProjectMeta, VideoAnnotation
+    from pipeline.platform.gc import GcReport
 
 __all__ = ["AnnotationApi", "DatasetApi", "ImageApi", "Platform", "ProjectApi", "VideoApi"]
 
@@ -41,6 +42,14 @@ class Platform:
 
     def __repr__(self) -> str:
         return f"Platform({str(self.data_dir)!r})"
+
+    def collect_garbage(self, min_age_s: float = 3600.0, dry_run: bool = False) -> GcReport:
+        """Remove the stored files and thumbnails no image or video uses any more (deleted items keep their files,
+        which others may share) and the leftovers of interrupted writes, each older than `min_age_s`; `dry_run`
+        only counts them. Returns what was removed (`pipeline.platform.gc`)."""
+        from pipeline.platform.gc import collect_garbage
+
+        return collect_garbage(self.store, min_age_s, dry_run)
 
 
 class _SubApi:

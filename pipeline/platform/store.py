@@ -346,7 +346,7 @@ class Store:
 
     def commit_blob(self, tmp: Path, sha256: str, ext: str) -> Path:
         """Move a staged file to its content address (atomic `os.replace`; identical content may already be there,
-        which is fine: same hash, same bytes). Returns the blob path."""
+        which is fine: same hash, same bytes; that file's time is then refreshed). Returns the blob path."""
         final = self.blob_path(sha256, ext)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)  # a new directory needs a block too
@@ -354,9 +354,10 @@ class Store:
             if exc.errno in _FULL_ERRNOS:
                 raise self._full(exc) from None
             raise
-        if final.exists():
+        try:
+            os.utime(final)  # there already: refreshed, so that garbage collection leaves it (pipeline.platform.gc)
             os.unlink(tmp)
-        else:
+        except FileNotFoundError:
             os.chmod(tmp, 0o644)  # mkstemp creates 0600; workers of another user may read the blobs
             os.replace(tmp, final)
         return final
