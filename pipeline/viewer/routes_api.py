@@ -110,6 +110,17 @@ def frame_figures(ann: dict[str, Any] | None, frame: int, classes: dict[str, Any
     return out
 
 
+def frame_tags(ann: dict[str, Any] | None, frame: int) -> list[dict[str, Any]]:
+    """The video tags on `frame` ({"name", "value"}): those whose frameRange holds it (a classifier's answer for
+    the frame, a scene marked by hand); tags of the whole video are the video's (`GET /api/videos/{id}`)."""
+    out = []
+    for tag in (ann or {}).get("tags") or []:
+        r = tag.get("frameRange") if isinstance(tag, dict) else None
+        if isinstance(r, list) and len(r) == 2 and all(isinstance(v, int) for v in r) and r[0] <= frame <= r[1]:
+            out.append({"name": tag.get("name"), "value": tag.get("value")})
+    return out
+
+
 def router(viewer: Any) -> Any:
     """The routes, bound to `viewer` (app.Viewer)."""
     from fastapi import APIRouter
@@ -240,5 +251,7 @@ def _video_routes(api: Any, viewer: Any) -> None:
         n = int(rec["row"]["frames_count"])
         if frame >= n:
             raise NotFoundError(f"video {video_id} has frames 0..{n - 1}; there is no frame {frame}")
-        figures = frame_figures(viewer.video_annotation(video_id), frame, class_colors(ds["project"]["classes"]))
-        return {"frame": frame, "figures": figures, "image_url": f"/api/videos/{video_id}/frames/{frame}/image"}
+        ann = viewer.video_annotation(video_id)
+        figures = frame_figures(ann, frame, class_colors(ds["project"]["classes"]))
+        return {"frame": frame, "figures": figures, "tags": frame_tags(ann, frame),
+                "image_url": f"/api/videos/{video_id}/frames/{frame}/image"}

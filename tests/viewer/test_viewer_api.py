@@ -148,6 +148,10 @@ def test_video_page_data_tracks_and_frames(client, viewer_data):
     assert frame5[0]["track_color"] == frame3[0]["track_color"] == car["track_color"]  # one colour per track
     assert car["track_color"] != person["track_color"]
     assert _ok(client, f"/api/videos/{vid}/frames/9")["figures"] == []
+    # the tags on a frame: those whose frameRange holds it (the whole video's are the video's)
+    assert _ok(client, f"/api/videos/{vid}/frames/3")["tags"] == [{"name": "day", "value": 0.93}]
+    assert _ok(client, f"/api/videos/{vid}/frames/5")["tags"] == []
+    assert [t["name"] for t in data["tags"]] == ["day", "reviewed"]
     img = client.get(f"/api/videos/{vid}/frames/3/image")
     assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg"
     arr = np.asarray(Image.open(io.BytesIO(img.content)).convert("RGB"))

@@ -179,6 +179,7 @@ def test_video_page_steps_frames_with_their_figures(page, base_url, viewer_data)
     for _ in range(3):
         page.locator("#next-frame").click()
     _wait(page, "() => document.getElementById('status').textContent.startsWith('frame 3 ')")
+    assert page.locator("#status").inner_text().endswith("2 figures · day 0.93")  # the frame's tag
     _wait_images_loaded(page, "#frame-image")
     assert sorted(o["cls"] for o in _shown(page, "#canvas g.obj")) == ["car", "person"]
     car_on_3 = page.locator("#canvas g.obj[data-class='car'] rect").get_attribute("stroke")

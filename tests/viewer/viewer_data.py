@@ -135,6 +135,7 @@ def _video_project(api: Any, tmp: Path) -> dict[str, Any]:
         ObjClass,
         ProjectMeta,
         Rectangle,
+        TagMeta,
         VideoAnnotation,
         VideoFigure,
         VideoObject,
@@ -143,8 +144,9 @@ def _video_project(api: Any, tmp: Path) -> dict[str, Any]:
 
     project = api.project.create("clips", type="videos")
     car_cls, person_cls = ObjClass("car", "rectangle", "#F58231"), ObjClass("person", "rectangle", "#911EB4")
-    api.project.update_meta(project.id, ProjectMeta(obj_classes=(car_cls, person_cls), tag_metas=(CONFIDENCE_TAG,),
-                                                    project_type="videos"))
+    day, reviewed = TagMeta("day", "any_number"), TagMeta("reviewed", "none")
+    api.project.update_meta(project.id, ProjectMeta(obj_classes=(car_cls, person_cls),
+                                                    tag_metas=(CONFIDENCE_TAG, day, reviewed), project_type="videos"))
     cams = api.dataset.create(project.id, "cams")
     path = tmp / "clip.mp4"
     _write_video(path)
@@ -153,7 +155,9 @@ def _video_project(api: Any, tmp: Path) -> dict[str, Any]:
     person = VideoObject(person_cls, tags=(VideoTag(CONFIDENCE_TAG, 0.7, (3, 3)),))
     figures = [VideoFigure(car, Rectangle.from_xyxy(5 + 4 * i, 10, 25 + 4 * i, 30), i) for i in range(6)]
     figures.append(VideoFigure(person, Rectangle.from_xyxy(50, 30, 70, 60), 3))
-    ann = VideoAnnotation((64, 96), info.frames_count, (car, person)).add_figures(figures)
+    # a classifier's answer on frames 2..4, and a tag of the whole video
+    tags = (VideoTag(day, 0.93, (2, 4)), VideoTag(reviewed))
+    ann = VideoAnnotation((64, 96), info.frames_count, (car, person), tags=tags).add_figures(figures)
     api.video.set_annotation(info.id, ann)
     return {"video_project": project.id, "cams": cams.id, "video": info.id, "frames": info.frames_count,
             "car_key": car.key, "person_key": person.key}

@@ -44,7 +44,10 @@ async function show(n) {
     if (imageError) {
       playing = false;
       setStatus(`frame ${frame}: ${imageError.message}`, true);
-    } else setStatus(`frame ${frame} of ${v.frames_count - 1} · ${figures.length} figures`);
+    } else {
+      const tags = (info.tags || []).map((t) => (typeof t.value === "number" ? `${t.name} ${fmtConf(t.value)}` : t.value == null ? t.name : `${t.name}: ${t.value}`));
+      setStatus(`frame ${frame} of ${v.frames_count - 1} · ${figures.length} figures${tags.length ? " · " + tags.join(", ") : ""}`);
+    }
   } catch (error) {
     if (generation !== pending) return;
     playing = false;
