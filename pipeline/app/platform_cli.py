@@ -82,8 +82,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             done = platform_export.export_coco(platform, args.project_id, args.dir)
             what = "COCO"
+        skipped = done.get("skipped")
         print(f"exported project {info.id} ({info.name!r}) as {what} to {args.dir}: "
-              f"{_n(done['images'], 'image')}, {_n(done['objects'], 'object')}")
+              f"{_n(done['images'], 'image')}, {_n(done['objects'], 'object')}"
+              + (f" ({_n(skipped, 'object')} without a box skipped: a graph with no visible node, an empty "
+                 "mask)" if skipped else ""))
         return 0
     platform.project.export_dir(args.project_id, args.dir)
     stats = platform.project.stats(args.project_id)

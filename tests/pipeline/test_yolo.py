@@ -170,3 +170,89 @@ def test_platform_coco_export(tiny_model, api, data_dir, tmp_path):
                                               lab.geometry.to_mask(info.height, info.width))
             else:
                 assert a["score"] == pytest.approx(lab.confidence, abs=1e-4)
+
+
+def _project_with(platform, objects: list, classes: tuple, size=(40, 60)):
+    """A one-image project whose annotation holds `objects` (Labels) of `classes`."""
+    import io
+
+    from PIL import Image
+
+    from pipeline.annotation import Annotation, ProjectMeta
+
+    project = platform.project.create(f"p{len(platform.project.list())}")
+    platform.project.update_meta(project.id, ProjectMeta(obj_classes=classes))
+    ds = platform.dataset.create(project.id, "ds")
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((*size, 3), np.uint8)).save(buf, format="PNG")
+    image = platform.image.upload(ds.id, "a.png", buf.getvalue())
+    platform.annotation.set(image.id, Annotation(size, objects))
+    return project.id
+
+
+def test_platform_yolo_export_of_keypoints_is_a_pose_dataset(tmp_path, ultralytics_loader):
+    """A project of keypoint graphs (what a pose model's upload makes) exports as a YOLO pose dataset that
+    Ultralytics reads with the same keypoints; before, it was a segment dataset with no object in it."""
+    from pipeline.annotation import Graph, Label, ObjClass
+    from pipeline.annotation.graph import keypoints_config
+    from pipeline.app.platform_export import export_yolo
+    from pipeline.platform import Platform
+
+    platform = Platform(tmp_path / "data")
+    person = ObjClass("person", "graph", geometry_config=keypoints_config(["nose", "left_eye", "right_eye"],
+                                                                          [(0, 1), (0, 2)]))
+    a = Graph({"nose": (10, 10), "left_eye": (20, 12), "right_eye": (5, 14, True)})  # right eye hidden
+    b = Graph({"nose": (40, 30), "left_eye": (50, 28), "right_eye": (30, 26)})
+    nobody = Graph({"nose": (1, 1, True), "left_eye": (2, 2, True), "right_eye": (3, 3, True)})
+    pid = _project_with(platform, [Label(a, person), Label(b, person), Label(nobody, person)], (person,))
+    done = export_yolo(platform, pid, tmp_path / "yolo")
+    assert (done["task"], done["objects"], done["skipped"]) == ("pose", 2, 1)
+    import yaml
+
+    data = yaml.safe_load((tmp_path / "yolo" / "data.yaml").read_text())
+    assert data["kpt_shape"] == [3, 3] and data["flip_idx"] == [0, 2, 1]
+    label = ultralytics_loader(tmp_path / "yolo", "pose")["ds/a.png"]
+    np.testing.assert_allclose(_xyxy(label), [[10, 10, 20, 12], [30, 26, 50, 30]], atol=1e-3)
+    kpts = label["keypoints"] * [60, 40, 1]
+    np.testing.assert_allclose(kpts[0], [[10, 10, 2], [20, 12, 2], [0, 0, 0]], atol=1e-3)
+    np.testing.assert_allclose(kpts[1], [[40, 30, 2], [50, 28, 2], [30, 26, 2]], atol=1e-3)
+    # COCO: keypoints in the template's order (x, y, v), the category's names and 1-based skeleton
+    import json
+
+    from pipeline.app.platform_export import export_coco
+
+    export_coco(platform, pid, tmp_path / "coco.json")
+    doc = json.loads((tmp_path / "coco.json").read_text())
+    assert doc["categories"][0]["keypoints"] == ["nose", "left_eye", "right_eye"]
+    assert doc["categories"][0]["skeleton"] == [[1, 2], [1, 3]]
+    first, second = doc["annotations"][:2]
+    assert first["keypoints"] == [10, 10, 2, 20, 12, 2, 0, 0, 0] and first["num_keypoints"] == 2
+    assert first["bbox"] == [10, 10, 10, 2] and second["num_keypoints"] == 3
+
+
+def test_platform_yolo_export_writes_every_object_with_a_box(tmp_path, ultralytics_loader):
+    """Mixed shapes: with a bitmap the dataset is segment, and a graph is the 4 corners of its visible nodes' box
+    (it was dropped); without one, detect: every object's box. A graph with no visible node has no box: counted as
+    skipped."""
+    from pipeline.annotation import Bitmap, Graph, Label, ObjClass, Rectangle
+    from pipeline.annotation.graph import keypoints_config
+    from pipeline.app.platform_export import export_yolo
+    from pipeline.platform import Platform
+
+    platform = Platform(tmp_path / "data")
+    pose = ObjClass("pose", "graph", geometry_config=keypoints_config(["a", "b"]))
+    blob, car = ObjClass("blob", "bitmap"), ObjClass("car", "rectangle")
+    graph = Label(Graph({"a": (10, 10), "b": (30, 20)}), pose)
+    hidden = Label(Graph({"a": (1, 1, True), "b": (3, 3, True)}), pose)
+    mask = np.zeros((40, 60), bool)
+    mask[5:15, 40:50] = True
+    labels = [graph, Label(Bitmap.from_mask(mask), blob), hidden]
+    seg = export_yolo(platform, _project_with(platform, labels, (pose, blob)), tmp_path / "seg")
+    assert (seg["task"], seg["objects"], seg["skipped"]) == ("segment", 2, 1)
+    label = ultralytics_loader(tmp_path / "seg", "segment")["ds/a.png"]
+    np.testing.assert_allclose(_xyxy(label)[0], [10, 10, 30, 20], atol=1e-3)  # the graph's box
+    det = export_yolo(platform, _project_with(platform, [graph, Label(Rectangle.from_xyxy(1, 2, 9, 8), car)],
+                                              (pose, car)), tmp_path / "det")
+    assert (det["task"], det["objects"], det["skipped"]) == ("detect", 2, 0)
+    label = ultralytics_loader(tmp_path / "det", "detect")["ds/a.png"]
+    np.testing.assert_allclose(_xyxy(label), [[10, 10, 30, 20], [1, 2, 9, 8]], atol=1e-3)

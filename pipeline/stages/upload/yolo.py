@@ -120,6 +120,7 @@ class YoloDataset:
         self.task = task
         self.images = images
         self.kpt_shape: tuple[int, int] | None = None
+        self.flip_idx: list[int] | None = None  # pose: each keypoint's mirror image (Ultralytics' flip augmentation)
         self.count = 0
 
     def clear(self) -> None:
@@ -168,6 +169,8 @@ class YoloDataset:
                                 "names": dict(enumerate(self.class_names))}
         if self.kpt_shape is not None:
             data["kpt_shape"] = list(self.kpt_shape)
+        if self.flip_idx is not None:
+            data["flip_idx"] = list(self.flip_idx)
         text = ("# A YOLO dataset written by cv-pipeline; Ultralytics reads `path` as this file's folder.\n"
                 + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
         self.loc.makedirs()
