@@ -84,7 +84,8 @@ def _yolo_task(meta: Any) -> tuple[str, tuple[list[str], list[str], list[tuple[i
 
 def flip_idx(names: list[str]) -> list[int] | None:
     """Each keypoint's mirror image for Ultralytics' horizontal flips: the node whose name swaps "left" and
-    "right" (itself when the name has neither); None unless every such name has its mirror."""
+    "right" (itself when the name has neither); None unless some names pair left and right and every such name has
+    its mirror (names like "kp0".."kp16" say nothing about which points mirror which)."""
     def mirror(name: str) -> str:
         out = name
         for a, b in (("left", "right"), ("Left", "Right"), ("LEFT", "RIGHT")):
@@ -93,7 +94,9 @@ def flip_idx(names: list[str]) -> list[int] | None:
 
     index = {n: i for i, n in enumerate(names)}
     flips = [index.get(mirror(n)) for n in names]
-    return None if any(f is None for f in flips) else flips  # type: ignore[misc]
+    if any(f is None for f in flips) or flips == list(range(len(names))):
+        return None  # a name without its mirror, or no left / right at all: unknown (Ultralytics then never flips)
+    return flips  # type: ignore[return-value]
 
 
 def _yolo_lines(ann: Any, ids: dict[str, int], task: str, nodes: list[str] | None) -> tuple[list[str], int]:
