@@ -273,25 +273,31 @@ def main() -> None:
                  "cpus": args.cpus or os.cpu_count(), "machine": platform.processor() or platform.machine()}
     if device == "cuda":
         res["gpu"] = torch.cuda.get_device_name(0)
-    _measure(res, api, ckpt, work, paths, args, device, settings, skip)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+    def save() -> None:  # after every figure: a run stopped by a time limit keeps what it measured
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=2)
+
+    _measure(res, api, ckpt, work, paths, args, device, settings, skip, save)
+    save()
     ray.shutdown()
 
 
 def _measure(res: dict, api, ckpt: str, work: str, paths: list[str], args, device: str, settings: dict,
-             skip: set[str]) -> None:
+             skip: set[str], save) -> None:
     if "a" not in skip:
         res["a_model_limit"] = model_limit(ckpt, paths, args.batch, device, settings, warmup=2)
         print(f"(a) the model's limit (inputs at its size): {res['a_model_limit']:8.2f} images/s", flush=True)
+        save()
     if "d" not in skip:
         res["d_plain_loop"] = plain_loop(ckpt, paths, args.batch, device, settings)
         print(f"(d) plain loop, decode + model in one process: {res['d_plain_loop']:8.2f} images/s", flush=True)
+        save()
     if "c" not in skip:
         res["c_ray_data"], res["c_end_to_end"] = ray_data(ckpt, work, args.images, args.batch, device, settings)
         print(f"(c) plain Ray Data pipeline: {res['c_ray_data']:8.2f} images/s "
               f"({res['c_end_to_end']:.2f} images/s end to end)", flush=True)
+        save()
     if "b" in skip:
         return
     for precision in args.precision.split(","):
@@ -309,6 +315,7 @@ def _measure(res: dict, api, ckpt: str, work: str, paths: list[str], args, devic
                 res[key + "_over_c"] = rate / res["c_ray_data"]
                 line += f"  b/c = {res[key + '_over_c']:.3f}"
             print(line, flush=True)
+        save()
 
 
 if __name__ == "__main__":
