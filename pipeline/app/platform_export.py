@@ -30,7 +30,15 @@ from pipeline.exceptions import InvalidArgumentError
 from pipeline.stages.upload.coco import coco_document
 from pipeline.stages.upload.export import mask_to_rle
 from pipeline.stages.upload.location import Location
-from pipeline.stages.upload.yolo import YoloDataset, box_line, mask_polygon, polygon_line, pose_line, unique_names
+from pipeline.stages.upload.yolo import (
+    YoloDataset,
+    box_line,
+    flip_idx,
+    mask_polygon,
+    polygon_line,
+    pose_line,
+    unique_names,
+)
 
 __all__ = ["export_coco", "export_yolo"]
 
@@ -80,23 +88,6 @@ def _yolo_task(meta: Any) -> tuple[str, tuple[list[str], list[str], list[tuple[i
     if shapes & {"bitmap", "polygon"}:
         return "segment", None
     return "detect", None
-
-
-def flip_idx(names: list[str]) -> list[int] | None:
-    """Each keypoint's mirror image for Ultralytics' horizontal flips: the node whose name swaps "left" and
-    "right" (itself when the name has neither); None unless some names pair left and right and every such name has
-    its mirror (names like "kp0".."kp16" say nothing about which points mirror which)."""
-    def mirror(name: str) -> str:
-        out = name
-        for a, b in (("left", "right"), ("Left", "Right"), ("LEFT", "RIGHT")):
-            out = out.replace(a, "\0").replace(b, a).replace("\0", b)
-        return out
-
-    index = {n: i for i, n in enumerate(names)}
-    flips = [index.get(mirror(n)) for n in names]
-    if any(f is None for f in flips) or flips == list(range(len(names))):
-        return None  # a name without its mirror, or no left / right at all: unknown (Ultralytics then never flips)
-    return flips  # type: ignore[return-value]
 
 
 def _yolo_lines(ann: Any, ids: dict[str, int], task: str, nodes: list[str] | None) -> tuple[list[str], int]:

@@ -89,11 +89,16 @@ def _preds(task: str) -> list[Prediction]:
 def test_segment_and_pose_labels_from_parquet_parts(task, tmp_path, ultralytics_loader):
     preds = _preds(task)
     parts = ParquetWriter(tmp_path / "parts", job_id="j")
-    yolo = YoloWriter(Location(tmp_path / "yolo", "output yolo"), ["a", "b"], task, parts)
+    names = ["nose", "left_eye", "right_eye", "left_ear", "right_ear"]  # the pose model's keypoint names
+    yolo = YoloWriter(Location(tmp_path / "yolo", "output yolo"), ["a", "b"], task, parts, keypoint_names=names)
     yolo.add(preds)  # arrays are staged as they come
     parts.add(preds)
     yolo.close()
     labels = ultralytics_loader(tmp_path / "yolo", "segment" if task != "pose" else "pose")
+    import yaml
+
+    data = yaml.safe_load((tmp_path / "yolo" / "data.yaml").read_text())
+    assert data.get("flip_idx") == ([0, 2, 1, 4, 3] if task == "pose" else None)  # left and right swap
     for p in preds:
         label = labels[f"d/{p.name}"]
         np.testing.assert_array_equal(label["cls"].ravel(), p.class_ids)

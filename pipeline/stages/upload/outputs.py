@@ -111,13 +111,14 @@ def make_outputs(args: PredictArgs, plan: SourcePlan, model: Any, target: Target
             )
     parts = ParquetWriter(parts_loc, job_id, keep_unmarked=resumed_upload)
     writers: list[Any] = []
+    layout = keypoint_layout(model.spec)
     if "yolo" in locs:
         writers.append(YoloWriter(locs["yolo"], args.class_names(model.classes), model.spec.task_type, parts,
                                   images=args.output.get("yolo_images", "copy"),
-                                  url_timeout=float(args.settings.get("url_timeout", 20.0))))
+                                  url_timeout=float(args.settings.get("url_timeout", 20.0)),
+                                  keypoint_names=layout.names if layout is not None else None))
     if "coco" in locs:
-        writers.append(CocoWriter(locs["coco"], args.class_names(model.classes), parts,
-                                  keypoint_layout(model.spec)))
+        writers.append(CocoWriter(locs["coco"], args.class_names(model.classes), parts, layout))
     writers.append(parts)  # last: an array a YOLO dataset needs is staged before its item is recorded done
     file_job = target is None
     done = parts.done_keys if file_job else target.done_keys

@@ -32,7 +32,7 @@ from pipeline.stages.upload.export import ParquetWriter, mask_from_row, read_par
 from pipeline.stages.upload.location import Location
 
 __all__ = ["YOLO_TASKS", "YoloDataset", "YoloWriter", "box_line", "check_yolo_folder", "mask_polygon",
-           "polygon_line", "pose_line"]
+           "polygon_line", "pose_line", "flip_idx"]
 
 # The model task types a YOLO dataset is written for, and Ultralytics' task of each.
 YOLO_TASKS = {"detection": "detect", "instance_segmentation": "segment", "semantic_segmentation": "segment",
@@ -105,6 +105,24 @@ def check_yolo_folder(loc: Location) -> None:
     if names and "data.yaml" not in names:
         raise InvalidArgumentError(f"{loc.what} {loc} is a folder that holds other files ({', '.join(names[:3])}"
                                    "...); give a new or empty folder, or a YOLO dataset to replace")
+
+
+def flip_idx(names: list[str]) -> list[int] | None:
+    """Each keypoint's mirror image for Ultralytics' horizontal flips: the node whose name swaps "left" and
+    "right" (itself when the name has neither); None unless some names pair left and right and every such name has
+    its mirror (names like "kp0".."kp16" say nothing about which points mirror which)."""
+    def mirror(name: str) -> str:
+        out = name
+        for a, b in (("left", "right"), ("Left", "Right"), ("LEFT", "RIGHT")):
+            out = out.replace(a, "\0").replace(b, a).replace("\0", b)
+        return out
+
+    index = {n: i for i, n in enumerate(names)}
+    flips = [index.get(mirror(n)) for n in names]
+    if any(f is None for f in flips) or flips == list(range(len(names))):
+        return None  # a name without its mirror, or no left / right at all: unknown (Ultralytics then never flips)
+    return flips  # type: ignore[return-value]
+
 
 
 # --- the dataset -------------------------------------------------------------------------------------------
@@ -199,11 +217,13 @@ class YoloWriter:
     exist nowhere else: `add` writes them into the dataset's hidden `.staging/arrays/` as they come."""
 
     def __init__(self, loc: Location, class_names: list[str], task_type: str, parts: ParquetWriter,
-                 images: str = "copy", url_timeout: float = 20.0):
+                 images: str = "copy", url_timeout: float = 20.0, keypoint_names: list[str] | None = None):
         self.loc = loc
         self.path = loc.shown
         self.task = YOLO_TASKS[task_type]
         self.dataset = YoloDataset(loc, class_names, self.task, images)
+        if self.task == "pose" and keypoint_names:
+            self.dataset.flip_idx = flip_idx(list(keypoint_names))
         self.parts = parts
         self.url_timeout = url_timeout
         self.arrays = loc.join(".staging", "arrays")
