@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,11 @@ class GcReport:
     leftovers: int = 0
     leftover_bytes: int = 0
     dry_run: bool = False
+
+    def add(self, kind: str, size: int) -> None:
+        """Count one file of `kind` ("blob", "thumbnail" or "leftover") and its size."""
+        setattr(self, kind + "s", getattr(self, kind + "s") + 1)
+        setattr(self, kind + "_bytes", getattr(self, kind + "_bytes") + size)
 
     @property
     def bytes(self) -> int:
@@ -63,30 +69,31 @@ def collect_garbage(store: Any, min_age_s: float = 3600.0, dry_run: bool = False
     with store.read() as conn:
         named = {(str(h), str(e)) for h, e in conn.execute("SELECT hash, ext FROM images UNION "
                                                            "SELECT hash, ext FROM videos")}
-    hashes = {h for h, _ in named}
     report = GcReport(dry_run=dry_run)
+    for kind, path in _unused(store, named):
+        size = _remove(path, cutoff, dry_run, guarded=kind == "blob")
+        if size is not None:
+            report.add(kind, size)
+    return report
+
+
+def _unused(store: Any, named: set[tuple[str, str]]) -> Iterator[tuple[str, Path]]:
+    """("blob" | "thumbnail" | "leftover", path) of each file no record uses (module doc), whatever its age."""
+    hashes = {h for h, _ in named}
     for path in _files(store.blobs_dir):
+        name = path.name
         if path.parent == store.blobs_dir:  # only staged uploads live at the top
-            if path.name.startswith(".incoming-"):
-                report.leftovers, report.leftover_bytes = _count(report.leftovers, report.leftover_bytes,
-                                                                 _remove(path, cutoff, dry_run))
-            continue
-        if path.name.startswith(".gc-"):  # a collection that stopped between its rename and its delete
-            report.leftovers, report.leftover_bytes = _count(report.leftovers, report.leftover_bytes,
-                                                             _remove(path, cutoff, dry_run))
-            continue
-        sha, _, ext = path.name.partition(".")
-        if (sha, ext) not in named:
-            report.blobs, report.blob_bytes = _count(report.blobs, report.blob_bytes,
-                                                     _remove(path, cutoff, dry_run, guarded=True))
+            if name.startswith(".incoming-"):
+                yield "leftover", path
+        elif name.startswith(".gc-"):  # a collection that stopped between its rename and its delete
+            yield "leftover", path
+        elif (name.partition(".")[0], name.partition(".")[2]) not in named:
+            yield "blob", path
     for path in _files(store.data_dir / "thumbs"):
         if path.name.startswith(".thumb-"):
-            report.leftovers, report.leftover_bytes = _count(report.leftovers, report.leftover_bytes,
-                                                             _remove(path, cutoff, dry_run))
+            yield "leftover", path
         elif path.name.split("-", 1)[0] not in hashes:
-            report.thumbnails, report.thumbnail_bytes = _count(report.thumbnails, report.thumbnail_bytes,
-                                                               _remove(path, cutoff, dry_run))
-    return report
+            yield "thumbnail", path
 
 
 def _files(root: Path) -> list[Path]:
@@ -100,10 +107,6 @@ def _files(root: Path) -> list[Path]:
         elif entry.is_dir(follow_symlinks=False):
             out += [Path(e.path) for e in os.scandir(entry.path) if e.is_file(follow_symlinks=False)]
     return out
-
-
-def _count(n: int, size: int, removed: int | None) -> tuple[int, int]:
-    return (n, size) if removed is None else (n + 1, size + removed)
 
 
 def _remove(path: Path, cutoff: float, dry_run: bool, guarded: bool = False) -> int | None:
