@@ -76,8 +76,9 @@ def _images(folder: str, n: int, size: tuple[int, int], seed: int) -> list[str]:
 
     if os.path.isdir(folder):
         names = sorted(f for f in os.listdir(folder) if f.endswith(".jpg"))
-        if len(names) == n and all(Image.open(os.path.join(folder, f)).size == size[::-1] for f in names[:1]):
-            return [os.path.join(folder, f) for f in names]
+        paths = [os.path.join(folder, f) for f in names]
+        if len(paths) == n and (n == 0 or Image.open(paths[0]).size == size[::-1]):
+            return paths
         shutil.rmtree(folder)
     os.makedirs(folder)
     return make_images(folder, n, size, seed)

@@ -82,9 +82,9 @@ def _yolo_task(meta: Any) -> tuple[str, tuple[list[str], list[str], list[tuple[i
     """(task, the keypoint template for pose) of a project's classes (module doc)."""
     shapes = {c.shape for c in meta.obj_classes}
     if shapes == {"graph"}:
-        templates = {repr(_template(c)[:2]): _template(c) for c in meta.obj_classes}
-        if len(templates) == 1 and (template := next(iter(templates.values())))[0]:
-            return "pose", template
+        templates = [_template(c) for c in meta.obj_classes]
+        if templates[0][0] and all(t[:2] == templates[0][:2] for t in templates):
+            return "pose", templates[0]
     if shapes & {"bitmap", "polygon"}:
         return "segment", None
     return "detect", None

@@ -183,12 +183,12 @@ class OnnxAdapter(ModelAdapter):
 
     @classmethod
     def decode_hint(cls, spec: ModelSpec, img_size: int | tuple[int, int] | None) -> tuple | None:
+        if isinstance(img_size, tuple):  # resized exactly while decoding
+            return ("cover", *img_size)
         k = spec.arch_kwargs
         requested = img_size if k.get("dynamic") else None  # a fixed input takes only its own size
-        if k.get("layout") != "boxes_labels_scores" and not isinstance(img_size, tuple):
+        if k.get("layout") != "boxes_labels_scores":  # an Ultralytics export: its letterbox
             return ops.decode_hint(k.get("task"), requested, k.get("imgsz"), int(k.get("stride") or 32))
-        if isinstance(img_size, tuple):
-            return ("cover", *img_size)
         size = requested if requested is not None else k.get("imgsz")
         if size is None:
             return None
