@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KEYPOINT_MIN_SCORE", "Item", "Prediction", "UploadTarget"]
+__all__ = ["KEYPOINT_MIN_SCORE", "Item", "Prediction", "UploadTarget", "obb_corners"]
 
 # A keypoint scored under this is a disabled (hidden) node of its graph: Ultralytics draws keypoints from this score
 # on (`Annotator.kpts(conf_thres=0.25)`).
@@ -78,6 +78,10 @@ class Prediction:
         keypoint_names: the K keypoint names of a pose model (the graph nodes of its objects); None: "0".."K-1".
         skeleton: the pose model's edges as pairs of keypoint indices (drawn between graph nodes).
         track_ids: (N,) int64 track of each object in its video, -1 where it joined none; None for images.
+        obb: (N, 5) float32 oriented boxes `cx, cy, w, h, angle` (oriented-detection models, e.g. Ultralytics'
+            obb: the angle in radians, clockwise in image coordinates, as `Results.obb.xywhr`), else None;
+            `boxes` are then their enclosing axis-aligned boxes and each object is a 4-point polygon
+            (`obb_corners`).
         item: the `Item` this prediction is of. Its fields read through: `source` (a path, a URL, the array, or
             the platform id), `image_path` / `image_url` / `image` (set by input kind), `project_id`,
             `dataset_id`, `image_id`, `video_id`, `frame_idx`, `name`, `dataset` (the item's dataset path inside
@@ -98,6 +102,7 @@ class Prediction:
     keypoint_names: list[str] | None = None
     skeleton: list[tuple[int, int]] | None = None
     track_ids: np.ndarray | None = None
+    obb: np.ndarray | None = None
     item: Item = field(default_factory=lambda: Item(index=-1, key="", name=""), repr=False)
     error: str | None = None
     orig_size: tuple[int, int] | None = None
@@ -142,6 +147,12 @@ class Prediction:
             self.track_ids = np.asarray(self.track_ids, dtype=np.int64).reshape(-1)
             if len(self.track_ids) != n:
                 raise ValueError(f"track_ids must be ({n},); got {self.track_ids.shape}")
+        if self.obb is not None:
+            self.obb = np.asarray(self.obb, dtype=np.float32)
+            if self.obb.size == 0:
+                self.obb = self.obb.reshape(0, 5)
+            if self.obb.shape != (n, 5):
+                raise ValueError(f"obb must be (N, 5) with N={n}; got {self.obb.shape}")
 
     @classmethod
     def empty(cls, item: Item | None = None, error: str | None = None, orig_size: tuple[int, int] | None = None,
@@ -164,7 +175,8 @@ class Prediction:
 
         return replace(self, boxes=self.boxes[ids], scores=self.scores[ids], class_ids=self.class_ids[ids],
                        classes=[self.classes[i] for i in ids.tolist()], masks=take(self.masks),
-                       keypoints=take(self.keypoints), track_ids=take(self.track_ids), _annotation=None)
+                       keypoints=take(self.keypoints), track_ids=take(self.track_ids), obb=take(self.obb),
+                       _annotation=None)
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -191,8 +203,17 @@ class Prediction:
     # -- annotation -----------------------------------------------------------------------------------------
     @property
     def object_shape(self) -> str:
-        """The Supervisely shape of this prediction's objects: "graph" (keypoints), "bitmap" (masks), "rectangle"."""
-        return "graph" if self.keypoints is not None else "bitmap" if self.masks is not None else "rectangle"
+        """The Supervisely shape of this prediction's objects: "graph" (keypoints), "bitmap" (masks), "polygon"
+        (oriented boxes), "rectangle"."""
+        if self.keypoints is not None:
+            return "graph"
+        return "bitmap" if self.masks is not None else "polygon" if self.obb is not None else "rectangle"
+
+    @property
+    def obb_corners(self) -> np.ndarray | None:
+        """(N, 4, 2) float32 corners `x, y` of the oriented boxes (as Ultralytics' `Results.obb.xyxyxyxy`: from
+        the corner at +w/2, +h/2 in the box's frame, in turn), None without `obb`."""
+        return None if self.obb is None else obb_corners(self.obb)
 
     def obj_class(self, name: str):
         """The `ObjClass` an object of class `name` is written in: of `object_shape`; a graph class carries the
@@ -230,14 +251,16 @@ class Prediction:
 
     def to_annotation(self):
         """A new `Annotation`: per object a `Graph` of its keypoints (pose models; a keypoint scored under
-        `KEYPOINT_MIN_SCORE` is a disabled node), else a `Bitmap` when there are masks, else a `Rectangle`; each
-        label carries a `confidence` tag with its score. A classifier's top class is an image tag (`image_tags`)."""
-        from pipeline.annotation import CONFIDENCE_TAG, Annotation, Bitmap, Graph, Label, Rectangle, Tag
+        `KEYPOINT_MIN_SCORE` is a disabled node), else a `Bitmap` when there are masks, else a 4-point `Polygon`
+        of its oriented box, else a `Rectangle`; each label carries a `confidence` tag with its score. A
+        classifier's top class is an image tag (`image_tags`)."""
+        from pipeline.annotation import CONFIDENCE_TAG, Annotation, Bitmap, Graph, Label, Polygon, Rectangle, Tag
 
         h, w = self.orig_size or (0, 0)
         labels = []
         classes: dict[str, Any] = {}
         names = self._keypoint_names() if self.keypoints is not None else None
+        corners = self.obb_corners
         for i in range(len(self)):
             name = self.classes[i]
             if name not in classes:
@@ -249,6 +272,8 @@ class Prediction:
                 if not self.masks[i].any():
                     continue
                 geometry = Bitmap.from_mask(self.masks[i])
+            elif corners is not None:
+                geometry = Polygon([[float(x), float(y)] for x, y in corners[i]])
             else:
                 geometry = Rectangle.from_xyxy(*[float(v) for v in self.boxes[i]])
             labels.append(Label(geometry, cls, tags=[Tag(CONFIDENCE_TAG, round(float(self.scores[i]), 4))]))
@@ -273,13 +298,14 @@ class Prediction:
 
     def draw(self, image: np.ndarray | None = None, *, alpha: float = 0.45, show_scores: bool = True,
              line_width: int | None = None) -> np.ndarray:
-        """The image with boxes, translucent masks, class names and scores drawn on it (HWC RGB uint8)."""
+        """The image with boxes (oriented ones as their outlines), translucent masks, class names and scores drawn
+        on it (HWC RGB uint8)."""
         from pipeline.annotation import draw_boxes
 
         img = self.load_image() if image is None else image
         return draw_boxes(
             img, self.boxes, self.classes, self.scores if show_scores else None, masks=self.masks,
-            alpha=alpha, line_width=line_width,
+            alpha=alpha, line_width=line_width, polygons=self.obb_corners,
         )
 
     # -- serialisation --------------------------------------------------------------------------------------
@@ -313,6 +339,7 @@ class Prediction:
             "keypoint_names": self.keypoint_names,
             "skeleton": None if self.skeleton is None else [list(e) for e in self.skeleton],
             "track_ids": None if self.track_ids is None else self.track_ids.tolist(),
+            "obb": None if self.obb is None else self.obb.round(5).tolist(),
             "source": source,
             "image_path": self.image_path,
             "image_url": self.image_url,
@@ -365,11 +392,24 @@ class Prediction:
             keypoint_names=data.get("keypoint_names"),
             skeleton=data.get("skeleton"),
             track_ids=data.get("track_ids"),
+            obb=data.get("obb"),
             item=item,
             error=data.get("error"),
             orig_size=orig_size,
             target=UploadTarget(**target) if target else None,
         )
+
+
+def obb_corners(obb: np.ndarray) -> np.ndarray:
+    """(N, 4, 2) float32 corners of oriented boxes (N, 5) `cx, cy, w, h, angle`, in Ultralytics' order
+    (`ops.xywhr2xyxyxyxy`): centre + v1 + v2, centre + v1 - v2, centre - v1 - v2, centre - v1 + v2, where v1 is
+    half the width along the angle and v2 half the height across it."""
+    obb = np.asarray(obb, np.float64).reshape(-1, 5)
+    ctr = obb[:, :2]
+    cos, sin = np.cos(obb[:, 4:5]), np.sin(obb[:, 4:5])
+    v1 = np.concatenate([obb[:, 2:3] / 2 * cos, obb[:, 2:3] / 2 * sin], 1)
+    v2 = np.concatenate([-obb[:, 3:4] / 2 * sin, obb[:, 3:4] / 2 * cos], 1)
+    return np.stack([ctr + v1 + v2, ctr + v1 - v2, ctr - v1 - v2, ctr - v1 + v2], 1).astype(np.float32)
 
 
 def _item_field(name: str) -> property:

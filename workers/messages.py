@@ -79,6 +79,9 @@ class ModelOutput:
     masks: (N, H, W) bool at the original size, or None for box-only models.
     keypoints: (N, K, 3) float32 `x, y, score` per keypoint of each object (pose models), else None.
     probs: (C,) float32 class probabilities of the whole image (classification models; no boxes), else None.
+    obb: (N, 5) float32 oriented boxes `cx, cy, w, h, angle` (radians, clockwise in image coordinates, as
+    Ultralytics' `Results.obb.xywhr`) of oriented-detection models, else None; `boxes` are then their enclosing
+    axis-aligned boxes.
     """
 
     boxes: np.ndarray
@@ -88,6 +91,7 @@ class ModelOutput:
     error: str | None = None
     keypoints: np.ndarray | None = None
     probs: np.ndarray | None = None
+    obb: np.ndarray | None = None
 
     @classmethod
     def empty(cls, error: str | None = None, with_masks: bool = False, size: tuple[int, int] = (0, 0)) -> ModelOutput:

@@ -55,7 +55,7 @@ __all__ = [
 
 MIN_TILE = 32
 MAX_OVERLAP = 0.9
-TILED_TASKS = ("detection", "instance_segmentation")
+TILED_TASKS = ("detection", "instance_segmentation", "oriented_detection")
 # merge "nmm" with IOS 0.5 and class-aware: SAHI's defaults for sliced prediction. A box cut by a tile border lies
 # inside the object's whole box (IOS 1) but overlaps it little (IoU ~ the visible fraction), so IoU-based NMS keeps
 # such halves as extra objects (on benchmarks/tile_eval.py: 168 detections with nms, 136 with nmm, for 60 shapes at
@@ -106,6 +106,12 @@ def check_tiling(tiling: Any, task_type: str | None = None) -> dict[str, Any] | 
             raise InvalidArgumentError(f"unknown tiling key {key!r}" + (f" (did you mean {close[0]!r}?)" if close
                                        else "") + f"; the keys are {', '.join(DEFAULT_TILING)}")
     out = {k: DEFAULT_TILING[k] if tiling.get(k) is None else tiling[k] for k in DEFAULT_TILING}
+    if task_type == "oriented_detection":
+        if tiling.get("merge") not in (None, "nms"):
+            raise InvalidArgumentError(
+                f"tiling['merge'] {tiling['merge']!r} merges axis-aligned boxes; an oriented-box model's tiles merge "
+                "with rotated NMS: leave merge unset or use 'nms'")
+        out["merge"] = "nms"
     out["tile"] = _tile_hw(out["tile"])
     out["overlap"] = _check_overlap(out["overlap"])
     method, metric = out["merge"], out["merge_metric"]
@@ -126,8 +132,8 @@ def check_tiling(tiling: Any, task_type: str | None = None) -> dict[str, Any] | 
         if not isinstance(out[key], bool):
             raise InvalidArgumentError(f"tiling[{key!r}] must be True or False; got {out[key]!r}")
     if task_type is not None and task_type not in TILED_TASKS:
-        raise InvalidArgumentError(f"tiling works with detection and instance-segmentation models; this model's "
-                                   f"task is {task_type!r} (its outputs do not merge across tiles)")
+        raise InvalidArgumentError(f"tiling works with detection, instance-segmentation and oriented-box models; "
+                                   f"this model's task is {task_type!r} (its outputs do not merge across tiles)")
     return out
 
 
@@ -180,13 +186,14 @@ class MaskCrop:
 class Detections:
     """Detections in image pixels. boxes (N, 4) float32 xyxy; scores (N,) float32; class_ids (N,) int64; masks
     one `MaskCrop` each, or None for a box model; groups[i] lists the input indices merged into output i (by
-    `merge`; empty otherwise)."""
+    `merge`; empty otherwise); obb (N, 5) `cx, cy, w, h, angle` of an oriented-box model, else None."""
 
     boxes: np.ndarray
     scores: np.ndarray
     class_ids: np.ndarray
     masks: list[MaskCrop] | None = None
     groups: list[list[int]] = field(default_factory=list)
+    obb: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -206,14 +213,17 @@ def _crop(mask: np.ndarray, box: np.ndarray, dy: int, dx: int) -> MaskCrop:
 
 
 def shift_back(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, masks: np.ndarray | None,
-               window: tuple[int, int, int, int]) -> Detections:
-    """One tile's outputs (boxes (N, 4) xyxy in tile pixels, masks (N, th, tw) bool or None) in image pixels:
-    boxes moved by the window's origin, masks cut to their boxes (`MaskCrop`)."""
+               window: tuple[int, int, int, int], obb: np.ndarray | None = None) -> Detections:
+    """One tile's outputs (boxes (N, 4) xyxy in tile pixels, masks (N, th, tw) bool or None, oriented boxes (N, 5)
+    or None) in image pixels: boxes and oriented boxes' centres moved by the window's origin, masks cut to their
+    boxes (`MaskCrop`)."""
     y0, x0 = int(window[0]), int(window[1])
     b = np.asarray(boxes, np.float32).reshape(-1, 4)
     crops = None if masks is None else [_crop(m, box, y0, x0) for m, box in zip(masks, b)]
+    moved = None if obb is None else np.asarray(obb, np.float32).reshape(-1, 5) + np.array([x0, y0, 0, 0, 0],
+                                                                                          np.float32)
     return Detections(b + np.array([x0, y0, x0, y0], np.float32), np.asarray(scores, np.float32).reshape(-1),
-                      np.asarray(class_ids, np.int64).reshape(-1), crops)
+                      np.asarray(class_ids, np.int64).reshape(-1), crops, obb=moved)
 
 
 def concat(parts: Sequence[Detections]) -> Detections:
@@ -221,11 +231,13 @@ def concat(parts: Sequence[Detections]) -> Detections:
     if not parts:
         return Detections.empty()
     with_masks = all(p.masks is not None for p in parts)
+    with_obb = all(p.obb is not None for p in parts)
     return Detections(
         np.concatenate([p.boxes for p in parts]).astype(np.float32).reshape(-1, 4),
         np.concatenate([p.scores for p in parts]).astype(np.float32),
         np.concatenate([p.class_ids for p in parts]).astype(np.int64),
         [m for p in parts for m in p.masks] if with_masks else None,  # type: ignore[union-attr]
+        obb=np.concatenate([p.obb for p in parts]).astype(np.float32).reshape(-1, 5) if with_obb else None,
     )
 
 
@@ -345,7 +357,15 @@ def merge(boxes: np.ndarray | Detections, scores: np.ndarray | None = None, clas
                                    "(IOS or IOU)")
     groups_of = np.zeros(len(d), np.int64) if class_agnostic else d.class_ids
     if len(d) == 0:
-        return Detections.empty(d.masks is not None)
+        empty = Detections.empty(d.masks is not None)
+        empty.obb = None if d.obb is None else np.zeros((0, 5), np.float32)
+        return empty
+    if d.obb is not None:
+        if method != "nms":
+            raise InvalidArgumentError("merge: oriented boxes merge with method 'nms' (rotated NMS) only")
+        keep = _rotated_nms(d.obb, d.scores, groups_of, float(iou))
+        return Detections(d.boxes[keep], d.scores[keep], d.class_ids[keep], None, [[int(k)] for k in keep],
+                          obb=d.obb[keep])
     if method == "nmm":
         return _nmm(d, metric, float(iou), groups_of)
     import torch
@@ -355,6 +375,20 @@ def merge(boxes: np.ndarray | Detections, scores: np.ndarray | None = None, clas
                        float(iou)).numpy()
     return Detections(d.boxes[keep], d.scores[keep], d.class_ids[keep],
                       [d.masks[k] for k in keep] if d.masks is not None else None, [[int(k)] for k in keep])
+
+
+def _rotated_nms(obb: np.ndarray, scores: np.ndarray, groups_of: np.ndarray, iou: float) -> np.ndarray:
+    """Indices kept by rotated NMS, best first, as Ultralytics' own NMS of oriented boxes runs it: the boxes of
+    each group (class) moved apart by a large offset, then Fast-NMS with the probabilistic IoU of oriented boxes
+    (`batch_probiou`). Ultralytics is there: every oriented-box adapter runs its post-processing."""
+    import torch
+    from ultralytics.utils.metrics import batch_probiou
+    from ultralytics.utils.nms import TorchNMS
+
+    boxes = torch.from_numpy(np.asarray(obb, np.float32)).clone()
+    boxes[:, :2] += torch.from_numpy(np.asarray(groups_of, np.float32))[:, None] * 7680.0  # Ultralytics' max_wh
+    keep = TorchNMS.fast_nms(boxes, torch.from_numpy(np.asarray(scores, np.float32)), iou, iou_func=batch_probiou)
+    return keep.numpy().astype(np.int64)
 
 
 def paste_masks(dets: Detections, h: int, w: int) -> np.ndarray:
@@ -375,10 +409,10 @@ def predict_tiled(image: np.ndarray, predict: Callable[[list[np.ndarray]], Seque
     for batch in iter_tile_batches(image, tiling["tile"], tiling["overlap"], batch_size):
         outs = predict([view for _, view in batch])
         for (win, _), out in zip(batch, outs):
-            parts.append(shift_back(out.boxes, out.scores, out.class_ids, out.masks, win))
+            parts.append(shift_back(out.boxes, out.scores, out.class_ids, out.masks, win, out.obb))
     if tiling.get("full_image"):
         out = predict([image])[0]
-        parts.append(shift_back(out.boxes, out.scores, out.class_ids, out.masks, (0, 0, *image.shape[:2])))
+        parts.append(shift_back(out.boxes, out.scores, out.class_ids, out.masks, (0, 0, *image.shape[:2]), out.obb))
     return merge(concat(parts), method=tiling["merge"], iou=tiling["merge_iou"], metric=tiling["merge_metric"],
                  class_agnostic=tiling["class_agnostic"])
 
@@ -403,5 +437,6 @@ def run_tiled(run: Callable[[list[np.ndarray], list[tuple[int, int]]], tuple[lis
         dets = predict_tiled(image, predict, tiling, batch_size)
         h, w = image.shape[:2]
         outputs.append(ModelOutput(boxes=dets.boxes, scores=dets.scores, class_ids=dets.class_ids,
-                                   masks=paste_masks(dets, h, w) if dets.masks is not None else None))
+                                   masks=paste_masks(dets, h, w) if dets.masks is not None else None,
+                                   obb=dets.obb))
     return outputs, seconds

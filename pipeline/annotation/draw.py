@@ -50,6 +50,7 @@ def draw_boxes(
     *,
     alpha: float = 0.45,
     line_width: int | None = None,
+    polygons: np.ndarray | Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
     """A copy of `image` (H, W, 3) uint8 RGB with detections drawn.
 
@@ -60,6 +61,8 @@ def draw_boxes(
         masks: (N, H, W) bool, or a list of N (H, W) masks or Nones; filled with opacity `alpha`.
         colors: N colours, "#RRGGBB" or (r, g, b); None: a colour per class name (the class colour rule).
         line_width: box outline width in pixels; None: about 1/300 of the image's smaller side, at least 1.
+        polygons: N outlines (K, 2) of `x, y` pixels drawn instead of the boxes (oriented boxes: their corners);
+            the labels stay at the boxes' top left corners.
     """
     from PIL import Image, ImageDraw
 
@@ -72,6 +75,8 @@ def draw_boxes(
         raise InvalidArgumentError(f"draw_boxes: {n} boxes but {len(scores)} scores")
     if masks is not None and len(masks) != n:
         raise InvalidArgumentError(f"draw_boxes: {n} boxes but {len(masks)} masks")
+    if polygons is not None and len(polygons) != n:
+        raise InvalidArgumentError(f"draw_boxes: {n} boxes but {len(polygons)} polygons")
     rgb = [_rgb(c) for c in colors] if colors is not None else [hex_to_rgb(color_for_name(c)) for c in class_names]
     if len(rgb) != n:
         raise InvalidArgumentError(f"draw_boxes: {n} boxes but {len(rgb)} colors")
@@ -90,7 +95,11 @@ def draw_boxes(
     lw = line_width if line_width is not None else max(1, round(min(h, w) / 300))
     font = _font(max(10, round(min(h, w) / 40)))
     for i, ((x1, y1, x2, y2), name, color) in enumerate(zip(boxes, class_names, rgb)):
-        draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=tuple(color), width=lw)
+        if polygons is not None:
+            points = [(float(x), float(y)) for x, y in np.asarray(polygons[i], np.float64).reshape(-1, 2)]
+            draw.line([*points, points[0]], fill=tuple(color), width=lw, joint="curve")
+        else:
+            draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=tuple(color), width=lw)
         text = str(name)
         if scores is not None and scores[i] is not None:
             text = f"{text} {float(scores[i]):.2f}"

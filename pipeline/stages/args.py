@@ -119,11 +119,13 @@ def parse_img_size(value: Any) -> int | tuple[int, int] | None:
 
 
 def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None,
-              model_settings: Iterable[str] | None = None, open_vocabulary: bool = False) -> PredictArgs:
+              model_settings: Iterable[str] | None = None, open_vocabulary: bool = False,
+              task_type: str | None = None) -> PredictArgs:
     """Check and normalise predict() keyword arguments. Raises `InvalidArgumentError` (a ValueError).
 
     `model_classes` and `model_settings` (the setting keys the model's adapter declares) make unknown class names
-    and unknown settings errors. For an `open_vocabulary` model, `classes` are the prompts (what to find), not a
+    and unknown settings errors; `task_type` (the model's) decides whether and how its outputs merge across
+    tiles. For an `open_vocabulary` model, `classes` are the prompts (what to find), not a
     filter: they become `args.prompts` and `settings["prompts"]`, and are required."""
     kw, settings = _unalias(kwargs)
     args = PredictArgs(**kw)
@@ -145,7 +147,7 @@ def normalize(kwargs: dict[str, Any], model_classes: list[str] | None = None,
     if not isinstance(args.recursive, bool):
         raise InvalidArgumentError(f"recursive must be True or False; got {args.recursive!r}")
     args.video_params, args.tracking = _check_video(args)
-    args.tiling = check_tiling(args.tiling)
+    args.tiling = check_tiling(args.tiling, task_type)
     if args.tiling and settings.get("decode") in ("reduced", "gpu"):
         raise InvalidArgumentError(f"tiling decodes each image whole (its tiles are the model's input); "
                                    f"settings['decode']={settings['decode']!r} cannot apply: leave it out")

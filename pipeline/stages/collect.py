@@ -54,7 +54,7 @@ def build_prediction(item: Item, out: ModelOutput, orig_size: tuple[int, int] | 
             probs = None
     pred = Prediction(boxes=out.boxes, scores=out.scores, class_ids=out.class_ids, classes=names, masks=out.masks,
                       keypoints=out.keypoints, probs=probs, item=item, error=out.error, orig_size=orig_size,
-                      class_names=list(class_names) if probs is not None else None,
+                      obb=out.obb, class_names=list(class_names) if probs is not None else None,
                       keypoint_names=keypoints.names if keypoints is not None and out.keypoints is not None else None,
                       skeleton=keypoints.skeleton if keypoints is not None and out.keypoints is not None else None)
     if not len(pred):

@@ -23,7 +23,6 @@ from pipeline.stages.scheduler import DEFAULT_MAX_IN_FLIGHT, RayExecutor, Schedu
 from pipeline.stages.source import SourcePlan, resolve_source
 from pipeline.stages.tracking_stage import TrackingStage
 from pipeline.stages.upload import UploadStage, make_uploader
-from workers.tiling import check_tiling
 
 if TYPE_CHECKING:
     from pipeline.deploy.nn import Model
@@ -287,9 +286,9 @@ def _spec_size(size: Any) -> int | tuple[int, int] | None:
 def start_session(model: Model, input: Any = None, **kwargs: Any) -> PredictionSession:  # noqa: A002
     """Validate everything, then start the run. Raises `ValueError`s before any work."""
     args = _args.normalize({"input": input, **kwargs}, model_classes=model.classes,
-                           model_settings=model.settings_keys, open_vocabulary=model.open_vocabulary)
+                           model_settings=model.settings_keys, open_vocabulary=model.open_vocabulary,
+                           task_type=model.spec.task_type)  # the model's task: how (and whether) tiles merge
     model.validate_settings({**args.settings, "img_size": args.img_size})
-    check_tiling(args.tiling, model.spec.task_type)  # the model's task: tiles merge for detectors only
     platform = model.api.platform
     plan = resolve_source(args, platform)
     if args.tracking is not None and not plan.has_videos:

@@ -113,6 +113,30 @@ def test_segment_and_pose_labels_from_parquet_parts(task, tmp_path, ultralytics_
         np.testing.assert_array_equal(image, p.image)
 
 
+def test_obb_labels_from_parquet_parts(tmp_path, ultralytics_loader):
+    """An oriented-box run's dataset: `class x1 y1 ... x4 y4`, the corners Ultralytics reads back as the object."""
+    from pipeline.prediction import obb_corners
+
+    preds = _preds("detection")
+    for p in preds:
+        h, w = p.orig_size
+        p.obb = np.array([[w * 0.3, h * 0.4, w * 0.3, h * 0.2, 0.5], [w * 0.6, h * 0.7, w * 0.2, h * 0.1, 1.2]],
+                         np.float32)
+        p.boxes = np.concatenate([obb_corners(p.obb).min(1), obb_corners(p.obb).max(1)], 1)
+    parts = ParquetWriter(tmp_path / "parts", job_id="j")
+    yolo = YoloWriter(Location(tmp_path / "yolo", "output yolo"), ["a", "b"], "oriented_detection", parts)
+    yolo.add(preds)
+    parts.add(preds)
+    yolo.close()
+    labels = ultralytics_loader(tmp_path / "yolo", "obb")
+    for p in preds:
+        label = labels[f"d/{p.name}"]
+        h, w = p.orig_size
+        np.testing.assert_array_equal(label["cls"].ravel(), p.class_ids)
+        corners = np.stack(label["segments"]) * [w, h]
+        np.testing.assert_allclose(corners, obb_corners(p.obb), atol=1e-3)
+
+
 @pytest.mark.slow
 def test_platform_yolo_export_of_a_relabeled_demo_project(tiny_model, api, data_dir, tmp_path, ultralytics_loader):
     from pipeline.app import cli

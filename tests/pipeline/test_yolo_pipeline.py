@@ -19,18 +19,27 @@ from helpers import RunsShell
 pytest.importorskip("ultralytics")
 pytest.importorskip("onnxruntime")
 
-from yolo_models import KPT_PX, MASK_IOU, SCORE_TOL, assert_same_boxes, mask_ious, match  # noqa: E402
+from yolo_models import (  # noqa: E402
+    KPT_PX,
+    MASK_IOU,
+    SCORE_TOL,
+    _boxes_of,
+    assert_same_boxes,
+    mask_ious,
+    match,
+)
 
 # bundled YAML -> (task type, Ultralytics export options of its ONNX file)
 MODELS = {  # in the order the tests use them: the upload tests after the .pt parity reuse the last three
     "yolo11n": ("detection", {}),
     "yolo26n": ("detection", {"nms": False}),  # its end-to-end (one-to-one) head in the export too
+    "yolo11n-obb": ("oriented_detection", {}),
     "yolo11n-seg": ("instance_segmentation", {}),
     "yolo11n-pose": ("pose", {}),
     "yolo11n-cls": ("classification", {}),
 }
 ULTRA_TASKS = {"detection": "detect", "instance_segmentation": "segment", "pose": "pose",
-               "classification": "classify"}
+               "classification": "classify", "oriented_detection": "obb"}
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +153,11 @@ def assert_same_as_ultralytics(pred, res, task_type: str, file: Path, kind: str 
 
 
 def _record_boxes(pred, res, order, kind: str) -> None:
-    _record(f"{kind} boxes px", np.abs(pred.boxes - res.boxes.xyxy.numpy()[order]).max())
-    _record(f"{kind} scores", np.abs(pred.scores - res.boxes.conf.numpy()[order]).max())
+    boxes = _boxes_of(res)
+    _record(f"{kind} boxes px", np.abs(pred.boxes - boxes.xyxy.numpy()[order]).max())
+    _record(f"{kind} scores", np.abs(pred.scores - boxes.conf.numpy()[order]).max())
+    if pred.obb is not None:
+        _record(f"{kind} obb px", np.abs(pred.obb[:, :4] - res.obb.xywhr.numpy()[order][:, :4]).max())
 
 
 # ------------------------------------------------------------------------------------------------------ parity
@@ -214,6 +226,31 @@ def test_segment_relabel_create_then_iou_merge_exports_for_the_sdk(api, deployme
         assert len(masks) == len(p) and sum(np.array_equal(m, picked[p.image_id]) for m in masks) == 1
         assert [lab.obj_class.name for lab in ann.labels if lab.geometry.geometry_type == "rectangle"] == ["hand-drawn"]
     _export_checked(api, pid, tmp_path / "seg-export")
+
+
+def test_oriented_boxes_upload_as_polygons_merge_and_tile(api, deployments, image_dir, tmp_path):
+    """An obb model's objects are 4-point polygons (its corners) in the project, iou_merge finds them again (the
+    polygons compare as masks), the project exports for the SDK, and a tiled run merges tiles by rotated NMS."""
+    from pipeline.prediction import obb_corners
+
+    obb = deployments.get(api, ym.cached_pt("yolo11n-obb"))
+    created = obb.predict(input=str(image_dir), upload="create", progress=False)
+    pid = created[0].target.project_id
+    assert {c.shape for c in api.project.get_meta(pid).obj_classes} == {"polygon"}
+    for p in created:
+        ann = api.annotation.get(p.target.image_id)
+        assert len(ann.labels) == len(p) >= 10
+        for lab, corners in zip(ann.labels, obb_corners(p.obb)):
+            np.testing.assert_allclose(lab.geometry.exterior, corners, atol=0.006)  # 2 decimals
+    before = {p.target.image_id: api.annotation.get(p.target.image_id).to_json() for p in created}
+    merged = obb.predict(project_id=pid, upload="iou_merge", progress=False)
+    assert {p.image_id: api.annotation.get(p.image_id).to_json() for p in merged} == before  # nothing added twice
+    _export_checked(api, pid, tmp_path / "obb-export")
+    tiled = obb.predict(input=str(image_dir), tiling={"tile": 64, "overlap": 0.25}, progress=False)
+    for p in tiled:
+        assert p.error is None and p.obb.shape == (len(p), 5) and len(p) > 0
+        np.testing.assert_allclose(p.boxes, np.concatenate([obb_corners(p.obb).min(1), obb_corners(p.obb).max(1)],
+                                                           1), atol=1e-3)
 
 
 def test_pose_keypoints_and_a_classifiers_tags_upload_and_export_for_the_sdk(api, deployments, image_dir, tmp_path):
@@ -315,12 +352,13 @@ def test_its_onnx_export_through_the_pipeline_equals_yolo_predict(api, deploymen
             continue
         if task_type == "instance_segmentation":
             ref, _ = with_masks(ref, p.orig_size)
-        assert len(p) == len(ref.boxes) >= 5
-        order = match(p, ref.boxes)
-        np.testing.assert_allclose(p.boxes, ref.boxes.xyxy.numpy()[order], atol=1.0)
-        np.testing.assert_allclose(p.scores, ref.boxes.conf.numpy()[order], rtol=1e-2)
-        _record("onnx vs pt boxes px", np.abs(p.boxes - ref.boxes.xyxy.numpy()[order]).max())
-        _record("onnx vs pt scores rel", (np.abs(p.scores - ref.boxes.conf.numpy()[order]) / p.scores).max())
+        boxes = _boxes_of(ref)
+        assert len(p) == len(boxes) >= 5
+        order = match(p, boxes)
+        np.testing.assert_allclose(p.boxes, boxes.xyxy.numpy()[order], atol=1.0)
+        np.testing.assert_allclose(p.scores, boxes.conf.numpy()[order], rtol=1e-2)
+        _record("onnx vs pt boxes px", np.abs(p.boxes - boxes.xyxy.numpy()[order]).max())
+        _record("onnx vs pt scores rel", (np.abs(p.scores - boxes.conf.numpy()[order]) / p.scores).max())
 
 
 # ------------------------------------------------------------------------------------- refused before any replica

@@ -84,6 +84,19 @@ def test_export_parity_with_ultralytics(onnx_dir, name, kwargs):
             assert a.spec.arch_kwargs["kpt_names"][0] == [f"kp{j}" for j in range(17)]
 
 
+def test_obb_export_parity(onnx_dir):
+    """An oriented-box export: rotated NMS on its raw output (4 + classes + angle channels), against Ultralytics'
+    predictor on the export and on the .pt at the same square input."""
+    pt, onnx_path = export(onnx_dir, "yolo11n-obb")
+    a = adapter(onnx_path)
+    assert (a.spec.task_type, a.spec.architecture) == ("oriented_detection", "yolo")
+    for img, out in zip(ym.images(), run(a, ym.images())):
+        assert_same_boxes(out, predict(onnx_path, img, task="obb"), min_boxes=10)
+        ref = predict(pt, img, rect=False)
+        order = match(out, ref)
+        np.testing.assert_allclose(out.obb[:, :4], ref.obb.xywhr.numpy()[order][:, :4], atol=1.0)
+
+
 def test_classify_export_parity(onnx_dir):
     pt, onnx_path = export(onnx_dir, "yolo11n-cls")
     a = adapter(onnx_path)

@@ -114,6 +114,16 @@ def test_pose_parity_keypoints(yolo_dir):
         np.testing.assert_allclose(out.keypoints[..., 2], ref[..., 2], atol=SCORE_TOL)
 
 
+def test_obb_parity_oriented_boxes(yolo_dir):
+    """Oriented boxes: rotated NMS, the letterbox undone on centres and sides (not clipped), the angle kept; `boxes`
+    are their enclosing boxes, as `Results.obb.xyxy`."""
+    path = yolo_file(yolo_dir, "yolo11n-obb")
+    imgs = ym.images()
+    for img, out in zip(imgs, ours(path, imgs)):
+        assert out.masks is None and out.keypoints is None and out.obb.shape == (len(out.boxes), 5)
+        assert_same_boxes(out, theirs(path, img), min_boxes=10)
+
+
 def test_classify_parity_probs(yolo_dir):
     path = yolo_file(yolo_dir, "yolo11n-cls")
     imgs = ym.images()
@@ -308,8 +318,8 @@ def test_a_pt_that_is_neither_ours_nor_ultralytics(tmp_path):
 
 
 def test_unsupported_task_is_refused_before_any_replica(tmp_path):
-    path = ym.build_pt("yolo11n-obb.yaml", tmp_path)
-    with pytest.raises(ModelLoadError, match=r"yolo11n-obb\.pt is an Ultralytics 'obb' model"):
+    path = ym.build_pt("yolo26n-depth.yaml", tmp_path)
+    with pytest.raises(ModelLoadError, match=r"yolo26n-depth\.pt is an Ultralytics 'depth' model"):
         UltralyticsAdapter.from_file(str(path), path.read_bytes())
 
 

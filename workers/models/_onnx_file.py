@@ -6,7 +6,7 @@ What is read:
   * Any other file needs a sidecar `<model>.onnx.json`::
 
         {"classes": ["cat", "dog"], "img_size": 640 | [h, w], "layout": "yolo" | "yolo_end2end" |
-         "boxes_labels_scores", "task": "detect" | "segment" | "pose" | "classify" (yolo layouts),
+         "boxes_labels_scores", "task": "detect" | "segment" | "pose" | "classify" | "obb" (yolo layouts),
          "kpt_shape": [17, 3] (pose), "normalisation": {"scale": 0.00392} | {"mean": [...], "std": [...]},
          "resize": "letterbox" | "stretch", "box_format": "xyxy" | "xyxyn" | "cxcywh" | "cxcywhn",
          "label_offset": 0 | 1}
@@ -306,6 +306,8 @@ def _extra_channels(side: dict, outputs: list, fail) -> int:
         if not (isinstance(kpt, list) and len(kpt) == 2 and kpt[1] in (2, 3) and isinstance(kpt[0], int)):
             fail("a pose model needs 'kpt_shape': [keypoints, 2 or 3] in the sidecar")
         return kpt[0] * kpt[1]
+    if side["task"] == "obb":
+        return 1  # the angle
     return 0
 
 

@@ -4,7 +4,8 @@ What Ultralytics' `predict` does, step by step (`ultralytics/engine/predictor.py
 `check_imgsz(imgsz, stride)` -> `LetterBox(imgsz, auto=rect, stride)` per image (grey 114 padding, centred) ->
 uint8 NCHW -> float / 255 -> model -> `non_max_suppression(conf, iou, classes, agnostic, max_det, nc, end2end)` ->
 boxes `scale_boxes`'d back, masks by `process_mask` (prototypes x coefficients, upsampled to the input, cropped to
-the box; empty masks dropped), keypoints `scale_coords`'d. Classification: `classify_transforms` (resize the short
+the box; empty masks dropped), keypoints `scale_coords`'d; oriented boxes (obb) by rotated NMS and
+`scale_boxes(xywh=True)`. Classification: `classify_transforms` (resize the short
 side, centre crop) and the softmax the head returns.
 
 Batching. Ultralytics letterboxes a list of same-shape images to the minimal stride-aligned rectangle (`auto`) but a
@@ -45,6 +46,7 @@ YOLO_TASKS = {
     "segment": "instance_segmentation",
     "pose": "pose",
     "classify": "classification",
+    "obb": "oriented_detection",
 }
 
 
@@ -195,6 +197,7 @@ def detections(
         max_det=int(settings["max_det"]),
         nc=0 if task == "detect" else nc,
         end2end=end2end,
+        rotated=task == "obb",
         # Ultralytics stops NMS (leaving the batch's remaining images empty) after 2 s + 0.05 s per image; on a busy
         # CPU that silently loses detections, so the budget is wider here (results are otherwise identical).
         max_time_img=2.0,
@@ -211,6 +214,8 @@ def _one_image(pred, in_shape, size, task, settings, proto, kpt_shape) -> ModelO
     from ultralytics.utils import ops
 
     masks = keypoints = None
+    if task == "obb":
+        return _oriented(pred, in_shape, size)
     if task == "segment":
         pred, masks = _masks(pred, in_shape, size, proto, bool(settings.get("retina_masks")))
     else:
@@ -226,6 +231,25 @@ def _one_image(pred, in_shape, size, task, settings, proto, kpt_shape) -> ModelO
         class_ids=pred[:, 5].cpu().numpy().astype(np.int64),
         masks=masks,
         keypoints=keypoints,
+    )
+
+
+def _oriented(pred, in_shape, size) -> ModelOutput:
+    """`OBBPredictor.construct_result`: NMS rows (N, 7) `cx, cy, w, h, conf, class, angle` at the input -> oriented
+    boxes `cx, cy, w, h, angle` in image pixels (`scale_boxes(xywh=True)`: the letterbox undone, not clipped), and
+    their enclosing axis-aligned boxes as `Results.obb.xyxy` computes them (from the four corners)."""
+    import torch
+    from ultralytics.utils import ops
+
+    rboxes = torch.cat([pred[:, :4], pred[:, -1:]], dim=-1)
+    rboxes[:, :4] = ops.scale_boxes(in_shape, rboxes[:, :4], size, xywh=True)
+    corners = ops.xywhr2xyxyxyxy(rboxes)
+    boxes = torch.cat([corners.amin(1), corners.amax(1)], dim=-1) if len(rboxes) else torch.zeros((0, 4))
+    return ModelOutput(
+        boxes=boxes.float().cpu().numpy().astype(np.float32),
+        scores=pred[:, 4].float().cpu().numpy().astype(np.float32),
+        class_ids=pred[:, 5].cpu().numpy().astype(np.int64),
+        obb=rboxes.float().cpu().numpy().astype(np.float32),
     )
 
 

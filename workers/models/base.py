@@ -24,7 +24,7 @@ from pipeline.exceptions import ModelLoadError
 from workers.messages import ModelOutput
 
 __all__ = ["BUILTIN_ADAPTERS", "DEFAULT_SETTINGS", "FILE_FRAMEWORKS", "PRECISIONS", "to_device", "to_fp32", "TASK_ALIASES", "TASK_TYPES", "ModelAdapter", "ModelSpec",
-           "get_adapter", "list_frameworks", "normalize_task_type", "register_adapter", "rescale_output"]
+           "get_adapter", "list_frameworks", "normalize_task_type", "register_adapter", "rescale_output", "scale_obb"]
 
 # Batches arrive as read-only arrays mapped from Ray's object store; adapters only read them (copy to the device,
 # convert to float), so torch's warning about non-writable arrays is noise.
@@ -35,13 +35,16 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 # keeps the input size the model was saved with (the spec's), else the framework's own default.
 DEFAULT_SETTINGS: dict[str, Any] = {"conf": 0.25, "iou": None, "max_det": 100, "img_size": None}
 
-TASK_TYPES = ("detection", "instance_segmentation", "semantic_segmentation", "pose", "classification")
+TASK_TYPES = ("detection", "instance_segmentation", "semantic_segmentation", "pose", "classification",
+              "oriented_detection")
 # The Supervisely SDK's names of the same tasks (what checkpoints written by tools that follow it say).
 TASK_ALIASES = {
     "object detection": "detection",
     "instance segmentation": "instance_segmentation",
     "semantic segmentation": "semantic_segmentation",
     "pose estimation": "pose",
+    "obb": "oriented_detection",
+    "oriented object detection": "oriented_detection",
 }
 
 
@@ -285,6 +288,9 @@ def rescale_output(out: ModelOutput, size: tuple[int, int], orig: tuple[int, int
     keypoints = out.keypoints
     if keypoints is not None and len(keypoints):
         keypoints = keypoints * np.array([sx, sy, 1.0], np.float32)
+    obb = out.obb
+    if obb is not None and len(obb):
+        obb = scale_obb(obb, sx, sy)
     masks = out.masks
     if masks is not None:
         if len(masks):
@@ -294,7 +300,22 @@ def rescale_output(out: ModelOutput, size: tuple[int, int], orig: tuple[int, int
         else:
             masks = np.zeros((0, oh, ow), bool)
     return ModelOutput(boxes=boxes.astype(np.float32), scores=out.scores, class_ids=out.class_ids, masks=masks,
-                       error=out.error, keypoints=keypoints, probs=out.probs)
+                       error=out.error, keypoints=keypoints, probs=out.probs, obb=obb)
+
+
+def scale_obb(obb: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """Oriented boxes (N, 5) `cx, cy, w, h, angle` under the scaling x * sx, y * sy: centres scaled, each side the
+    length of its scaled direction vector, the angle that of the scaled width vector. Exact when sx == sy or the
+    angle is a multiple of 90 degrees; otherwise the scaled rectangle is a parallelogram and this is the rectangle
+    of its scaled sides (a reduced decode scales both axes by nearly the same factor)."""
+    obb = np.asarray(obb, np.float64)
+    cos, sin = np.cos(obb[:, 4]), np.sin(obb[:, 4])
+    out = np.empty_like(obb)
+    out[:, 0], out[:, 1] = obb[:, 0] * sx, obb[:, 1] * sy
+    out[:, 2] = obb[:, 2] * np.hypot(cos * sx, sin * sy)
+    out[:, 3] = obb[:, 3] * np.hypot(sin * sx, cos * sy)
+    out[:, 4] = np.arctan2(sin * sy, cos * sx)
+    return out.astype(np.float32)
 
 
 _ADAPTERS: dict[str, type[ModelAdapter]] = {}

@@ -1,5 +1,6 @@
 """COCO output: a detection / instance-segmentation / keypoint document (RLE masks; keypoints as `x, y, score`
-triplets, as Ultralytics writes its COCO results) assembled, when the run ends, from the run's Parquet parts
+triplets, as Ultralytics writes its COCO results; an oriented box as its 4-corner polygon `segmentation` and its
+area, with its enclosing box as `bbox`, as DOTA's COCO conversions write them, and `obb`: `cx, cy, w, h, angle`) assembled, when the run ends, from the run's Parquet parts
 (`export.py`), so it holds every item of the job, also across a crash and its resumed run. A classifier's rows (no
 box) have no COCO form: its images are listed without annotations.
 
@@ -45,6 +46,13 @@ def _annotation(row: dict[str, Any], image_id: int, size: tuple[int, int], masks
         mask = mask_from_row(row, size)
         ann["segmentation"] = mask_to_rle(mask)
         ann["area"] = int(mask.sum())
+    if row.get("obb") is not None:
+        from pipeline.prediction import obb_corners
+
+        cx, cy, w, h, angle = (float(v) for v in row["obb"])
+        ann["segmentation"] = [[round(float(v), 2) for v in obb_corners([[cx, cy, w, h, angle]])[0].reshape(-1)]]
+        ann["area"] = round(w * h, 2)
+        ann["obb"] = [round(cx, 2), round(cy, 2), round(w, 2), round(h, 2), round(angle, 5)]
     if row.get("keypoints") is not None:
         kpts = [round(float(v), 3) for v in row["keypoints"]]
         ann["keypoints"] = kpts

@@ -56,6 +56,7 @@ def _schema():
         ("x1", pa.float32()), ("y1", pa.float32()), ("x2", pa.float32()), ("y2", pa.float32()),
         ("mask_png", pa.binary()), ("mask_x", pa.int32()), ("mask_y", pa.int32()),
         ("keypoints", pa.list_(pa.float32())),  # pose: x, y, score per keypoint, in pixels
+        ("obb", pa.list_(pa.float32())),  # oriented boxes: cx, cy, w, h, angle (radians); x1..y2 enclose it
         ("error", pa.string()),
     ])
 
@@ -202,6 +203,8 @@ class ParquetWriter:
                 row["mask_png"], row["mask_x"], row["mask_y"] = _mask_png(p.masks[i])
             if p.keypoints is not None:
                 row["keypoints"] = p.keypoints[i].reshape(-1).tolist()
+            if p.obb is not None:
+                row["obb"] = p.obb[i].tolist()
             self._append(row)
         return len(p) + extra
 

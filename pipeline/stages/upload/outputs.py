@@ -74,7 +74,7 @@ def _check_yolo(loc: Location, plan: SourcePlan, model: Any) -> None:
     task = model.spec.task_type
     if task not in YOLO_TASKS:
         raise InvalidArgumentError(f"output yolo: a {task} model's predictions have no YOLO label format here "
-                                   f"(detect, segment and pose datasets are written: {', '.join(YOLO_TASKS)})")
+                                   f"(detect, segment, pose and obb datasets are written: {', '.join(YOLO_TASKS)})")
     if plan.has_videos:
         raise InvalidArgumentError("output yolo needs image files; a video's frames are not files: extract "
                                    "the frames you want first, or write output.parquet / output.coco")

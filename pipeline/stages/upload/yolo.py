@@ -6,6 +6,8 @@
         detect:  class cx cy w h
         segment: class x1 y1 x2 y2 ...      the outline of the object's mask (a polygon)
         pose:    class cx cy w h px1 py1 s1 ...   keypoints (x, y, score), as Ultralytics' `Results.save_txt`
+        obb:     class x1 y1 x2 y2 x3 y3 x4 y4    the oriented box's corners (clipped to the image: Ultralytics'
+                 loader refuses a label file with coordinates outside [0, 1])
 
 A prediction run writes it when it ends, from its Parquet parts (`export.py`), so it resumes with its job like
 COCO; `pipeline platform export --format yolo` writes one from a project's annotations
@@ -36,7 +38,7 @@ __all__ = ["YOLO_TASKS", "YoloDataset", "YoloWriter", "box_line", "check_yolo_fo
 
 # The model task types a YOLO dataset is written for, and Ultralytics' task of each.
 YOLO_TASKS = {"detection": "detect", "instance_segmentation": "segment", "semantic_segmentation": "segment",
-              "pose": "pose"}
+              "pose": "pose", "oriented_detection": "obb"}
 
 
 # --- label lines ---------------------------------------------------------------------------------------------
@@ -254,6 +256,10 @@ class YoloWriter:
                 polygon = mask_polygon(mask_from_row(row, size)) if row.get("mask_png") else None
                 if polygon is not None:
                     lines.append(polygon_line(row["class_id"], polygon, size))
+            elif self.task == "obb" and row.get("obb") is not None:
+                from pipeline.prediction import obb_corners
+
+                lines.append(polygon_line(row["class_id"], obb_corners([row["obb"]])[0], size))
             elif self.task == "pose" and row.get("keypoints") is not None:
                 kpts = np.asarray(row["keypoints"], np.float64).reshape(-1, 3)
                 self.dataset.kpt_shape = (len(kpts), 3)
