@@ -253,6 +253,30 @@ def test_oriented_boxes_upload_as_polygons_merge_and_tile(api, deployments, imag
                                                            1), atol=1e-3)
 
 
+def test_a_semantic_model_uploads_a_bitmap_per_class_equal_to_its_class_map(api, deployments, image_dir, tmp_path):
+    """YOLO26-sem through the pipeline: the classes' bitmaps read back from the platform make Ultralytics' class
+    map of each file (a converted checkpoint gives the same)."""
+    from pipeline.app.cli import main
+
+    path = ym.cached_pt("yolo26n-sem")
+    converted = tmp_path / "sem.pth"
+    assert main(["convert", path, str(converted)]) == 0
+    for source in (path, str(converted)):
+        sem = deployments.get(api, source)
+        assert sem.info()["task_type"] == "semantic_segmentation"
+        created = sem.predict(input=str(image_dir), upload="create", settings={"conf": 0.0}, progress=False)
+        pid = created[0].target.project_id
+        assert {c.shape for c in api.project.get_meta(pid).obj_classes} == {"bitmap"}
+        for p, f in zip(created, sorted(image_dir.iterdir())):
+            ref = theirs(path, f).semantic_mask.data.numpy().astype(np.int64)
+            h, w = p.orig_size
+            got = np.full((h, w), 255, np.int64)
+            for lab in api.annotation.get(p.target.image_id).labels:
+                got[lab.geometry.to_mask(h, w)] = ym.CLASSES.index(lab.obj_class.name)
+            assert (got == ref).mean() >= 0.999 and len(p) >= 3
+            _record("semantic class map agreement", (got == ref).mean(), min)
+
+
 def test_pose_keypoints_and_a_classifiers_tags_upload_and_export_for_the_sdk(api, deployments, image_dir, tmp_path):
     from pipeline.annotation import Tag, TagMeta
     from pipeline.annotation.graph import COCO_SKELETON

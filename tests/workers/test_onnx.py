@@ -97,6 +97,14 @@ def test_obb_export_parity(onnx_dir):
         np.testing.assert_allclose(out.obb[:, :4], ref.obb.xywhr.numpy()[order][:, :4], atol=1.0)
 
 
+def test_a_semantic_export_is_refused_naming_the_pt(onnx_dir):
+    """Ultralytics bakes the argmax into a semantic model's ONNX export: a class map without probabilities."""
+    _, onnx_path = export(onnx_dir, "yolo26n-sem")
+    with pytest.raises(ModelLoadError, match=r"semantic-segmentation export: it outputs a class map without "
+                                             r"probabilities.*Deploy the model's \.pt"):
+        adapter(onnx_path)
+
+
 def test_classify_export_parity(onnx_dir):
     pt, onnx_path = export(onnx_dir, "yolo11n-cls")
     a = adapter(onnx_path)

@@ -124,6 +124,49 @@ def test_obb_parity_oriented_boxes(yolo_dir):
         assert_same_boxes(out, theirs(path, img), min_boxes=10)
 
 
+def class_map(out, shape) -> np.ndarray:
+    """The (H, W) class map of a semantic model's objects (one mask per class); 255 where no object is."""
+    m = np.full(shape, 255, np.int64)
+    for mask, c in zip(out.masks, out.class_ids):
+        assert not (m[mask] != 255).any()  # the classes' masks do not overlap
+        m[mask] = c
+    return m
+
+
+def test_semantic_parity_class_map(yolo_dir):
+    """A semantic model (YOLO26-sem): one bitmap per class present whose union is Ultralytics' class map, scored by
+    the class's mean softmax probability over its pixels; conf and classes drop classes as they say."""
+    import torch
+    import torch.nn.functional as F
+    from ultralytics.utils import ops
+
+    path = yolo_file(yolo_dir, "yolo26n-sem")
+    imgs = ym.images()
+    outs = ours(path, imgs, {"conf": 0.0})
+    for img, out in zip(imgs, outs):
+        res = theirs(path, img)
+        ref = res.semantic_mask.data.numpy().astype(np.int64)
+        assert (class_map(out, img.shape[:2]) == ref).mean() >= 0.999  # a batch of several runs other kernels
+        assert len(out.class_ids) >= 3 and out.masks.shape == (len(out.class_ids), *img.shape[:2])
+        assert np.all(np.diff(out.scores) <= 0)
+    # the scores, from the model's own logits: softmax at the image size, mean over each class's pixels
+    img = imgs[0]
+    model = _YOLOS[path].model
+    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None].float() / 255  # 160 x 160: no padding
+    with torch.no_grad():
+        raw = model(x)
+    raw = raw[0] if isinstance(raw, tuple | list) else raw
+    logits = F.interpolate(raw.float(), (160, 160), mode="bilinear", align_corners=False)
+    probs = ops.scale_masks(logits, (160, 160))[0].softmax(0).numpy()
+    for mask, c, score in zip(outs[0].masks, outs[0].class_ids, outs[0].scores):
+        assert score == pytest.approx(probs[c][mask].mean(), abs=1e-4)
+    # conf drops a class whose mean probability is under it; classes keeps only those asked for
+    cut = float(np.median(outs[0].scores))
+    assert set(ours(path, imgs[:1], {"conf": cut})[0].class_ids) == set(outs[0].class_ids[outs[0].scores >= cut])
+    only = ours(path, imgs[:1], {"conf": 0.0, "classes": ["cat", "bird"]})[0]
+    assert set(only.class_ids) <= {0, 2} and len(only.class_ids)
+
+
 def test_classify_parity_probs(yolo_dir):
     path = yolo_file(yolo_dir, "yolo11n-cls")
     imgs = ym.images()

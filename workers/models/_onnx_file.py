@@ -29,6 +29,10 @@ from typing import Any
 from pipeline.exceptions import CheckpointError, ModelLoadError
 from workers.models._yolo_ops import YOLO_TASKS
 
+# The YOLO tasks an ONNX file is run for: Ultralytics bakes the argmax into a semantic model's export (a class map,
+# no probabilities), so such an export has no confidences to give; its .pt has.
+ONNX_YOLO_TASKS = tuple(t for t in YOLO_TASKS if t != "semantic")
+
 __all__ = [
     "ONNX_EXTRA",
     "LAYOUTS",
@@ -183,9 +187,15 @@ def ultralytics_metadata(model, uri: str) -> dict[str, Any] | None:
     names = meta["names"]
     if not isinstance(names, dict) or sorted(names) != list(range(len(names))):
         raise CheckpointError(f"{uri}: metadata 'names' must be a dict 0..n-1 -> name; got {props['names'][:80]!r}")
-    if meta["task"] not in YOLO_TASKS:
+    if meta["task"] == "semantic":
         raise ModelLoadError(
-            f"{uri} is an Ultralytics {meta['task']!r} export; the pipeline runs {', '.join(YOLO_TASKS)} models"
+            f"{uri} is an Ultralytics semantic-segmentation export: it outputs a class map without probabilities, "
+            "so its objects would have no confidence. Deploy the model's .pt (or a checkpoint made from it with "
+            "`pipeline convert best.pt best.pth`)"
+        )
+    if meta["task"] not in ONNX_YOLO_TASKS:
+        raise ModelLoadError(
+            f"{uri} is an Ultralytics {meta['task']!r} export; the pipeline runs {', '.join(ONNX_YOLO_TASKS)} models"
         )
     return meta
 
@@ -216,7 +226,7 @@ def check_sidecar(side: Any, model, uri: str, where: str) -> dict[str, Any]:
         raise CheckpointError(f"{uri} has {len(inputs)} inputs; the pipeline feeds one image tensor")
     out = dict(side, classes=list(classes))
     out["task"] = side.get("task", "detect")
-    if out["task"] not in YOLO_TASKS or (layout == "boxes_labels_scores" and out["task"] != "detect"):
+    if out["task"] not in ONNX_YOLO_TASKS or (layout == "boxes_labels_scores" and out["task"] != "detect"):
         raise CheckpointError(f"{where}: 'task' {out['task']!r} does not fit layout {layout!r}")
     out["img_size"] = _sidecar_img_size(side.get("img_size"), inputs[0], uri, where)
     out["normalisation"] = _normalisation(side.get("normalisation"), where)

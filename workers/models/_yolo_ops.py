@@ -47,6 +47,7 @@ YOLO_TASKS = {
     "pose": "pose",
     "classify": "classification",
     "obb": "oriented_detection",
+    "semantic": "semantic_segmentation",
 }
 
 
@@ -184,6 +185,8 @@ def detections(
     """
     from ultralytics.utils import nms
 
+    if task == "semantic":
+        return semantics(preds, in_shape, sizes, settings, nc)
     protos = None
     if task == "segment":
         protos = preds[0][1] if isinstance(preds[0], tuple | list) else preds[1]
@@ -287,6 +290,62 @@ def _scale_masks(masks, size):
     for i in range(0, masks.shape[0], step):
         out[i : i + step] = ops.scale_masks(masks[None, i : i + step].float(), size)[0] > 0.5
     return out
+
+
+def semantics(preds: Any, in_shape: tuple[int, int], sizes: Sequence[tuple[int, int]], settings: dict[str, Any],
+              nc: int) -> list[ModelOutput]:
+    """`SemanticSegmentationPredictor.postprocess`: each image's logits (nc, h, w) upsampled to the input, the
+    letterbox padding cut off and scaled to the image (`scale_masks`, bilinear), the class map their argmax (one
+    class: logit > 0). Then one bitmap object per class present, as the torchvision adapter gives a semantic model's
+    classes: scored by the mean, over its pixels, of the class's probability (softmax; one class: sigmoid); classes
+    under `conf` or outside `classes` dropped (Ultralytics marks the latter's pixels "ignore"), best `max_det` kept."""
+    import torch
+    import torch.nn.functional as F
+    from ultralytics.utils import ops
+
+    if isinstance(preds, tuple | list):
+        preds = preds[0]
+    keep = None if settings.get("classes") is None else set(settings["classes"])
+    out = []
+    for pred, size in zip(preds, sizes):
+        logits = pred[None].float()
+        if tuple(logits.shape[2:]) != tuple(in_shape):
+            logits = F.interpolate(logits, tuple(in_shape), mode="bilinear", align_corners=False)
+        logits = ops.scale_masks(logits, tuple(size))[0]  # (nc, H, W)
+        if logits.shape[0] > 1:  # as Ultralytics reduces it on each device
+            best, label = logits.max(0) if logits.device.type == "cpu" else (logits.amax(0), logits.argmax(0))
+            prob = torch.exp(best - torch.logsumexp(logits, 0))  # the softmax probability of the chosen class
+        else:
+            label = torch.zeros(logits.shape[1:], dtype=torch.int64, device=logits.device)
+            prob = torch.sigmoid(logits[0])
+            prob = torch.where(logits[0] > 0, prob, torch.zeros_like(prob))  # the class where its logit is > 0
+        out.append(_class_objects(label, prob, nc, keep, settings, tuple(size)))
+    return out
+
+
+def _class_objects(label, prob, nc: int, keep: set[int] | None, settings: dict[str, Any],
+                   size: tuple[int, int]) -> ModelOutput:
+    import torch
+
+    boxes, scores, ids, masks = [], [], [], []
+    present = torch.unique(label).tolist() if nc > 1 else ([0] if bool((prob > 0).any()) else [])
+    for c in present:
+        if keep is not None and c not in keep:
+            continue
+        mask = label == c if nc > 1 else prob > 0
+        score = float(prob[mask].mean())
+        if score < float(settings["conf"]):
+            continue
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        boxes.append([float(xs.min()), float(ys.min()), float(xs.max()) + 1, float(ys.max()) + 1])
+        scores.append(score)
+        ids.append(int(c))
+        masks.append(mask.cpu().numpy())
+    order = np.argsort(-np.asarray(scores, dtype=np.float32), kind="stable")[: int(settings["max_det"])]
+    if not len(order):
+        return ModelOutput.empty(with_masks=True, size=size)
+    return ModelOutput(boxes=np.asarray(boxes, np.float32)[order], scores=np.asarray(scores, np.float32)[order],
+                       class_ids=np.asarray(ids, np.int64)[order], masks=np.stack(masks)[order])
 
 
 def classifications(probs: Any) -> list[ModelOutput]:

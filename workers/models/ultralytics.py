@@ -1,4 +1,4 @@
-"""The `ultralytics` adapter: YOLO detect, segment, pose, classify and obb (oriented boxes) models, deployed from their own `.pt` file.
+"""The `ultralytics` adapter: YOLO detect, segment, pose, classify, obb (oriented boxes) and semantic models, deployed from their own `.pt` file.
 
 Everything is read from the file: the task, the class names, the input size (`train_args["imgsz"]`) and the model's
 YAML. The file is never unpickled with `weights_only=False` (see `_ultralytics_load`). Pre- and post-processing are
@@ -49,6 +49,7 @@ _MODEL_CLASSES = {
     "pose": "PoseModel",
     "classify": "ClassificationModel",
     "obb": "OBBModel",
+    "semantic": "SemanticSegmentationModel",
 }
 
 
@@ -120,8 +121,8 @@ def read_ultralytics(data: bytes, uri: str) -> tuple[ModelSpec, Any]:
     if task not in ops.YOLO_TASKS:
         raise ModelLoadError(
             f"{uri} is an Ultralytics {task!r} model; the pipeline runs {', '.join(ops.YOLO_TASKS)} models "
-            "(other tasks have no output type here yet). Deploy a detect, segment, pose, classify or obb model "
-            "instead."
+            "(other tasks have no output type here yet). Deploy a detect, segment, pose, classify, obb or semantic "
+            "model instead."
         )
     return _spec(model, ckpt, task, data, uri), model
 
@@ -185,7 +186,7 @@ def _is_ultralytics_pickle(pkl: bytes) -> bool:
 
 @register_adapter("ultralytics")
 class UltralyticsAdapter(ModelAdapter):
-    """Ultralytics YOLO (v3-v12, YOLO11, YOLO26, YOLOv10...) detect / segment / pose / classify / obb models."""
+    """Ultralytics YOLO (v3-v12, YOLO11, YOLO26, YOLOv10...) detect / segment / pose / classify / obb / semantic models."""
 
     default_settings: ClassVar[dict[str, Any]] = {
         "conf": 0.25,
