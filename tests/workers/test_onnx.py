@@ -105,6 +105,20 @@ def test_a_semantic_export_is_refused_naming_the_pt(onnx_dir):
         adapter(onnx_path)
 
 
+def test_rtdetr_export_parity(onnx_dir):
+    """Ultralytics' RT-DETR export (metadata head RTDETRDecoder): layout rtdetr, equal to `RTDETR(export)`'s
+    predictor and within 1 px of the .pt."""
+    from ultralytics import RTDETR
+
+    pt, onnx_path = export(onnx_dir, "rtdetr-l")
+    a = adapter(onnx_path)
+    assert (a.spec.architecture, a.spec.task_type, a.spec.arch_kwargs["resize"]) == ("rtdetr", "detection", "stretch")
+    for img, out in zip(ym.images(), run(a, ym.images())):
+        assert_same_boxes(out, RTDETR(onnx_path).predict(np.ascontiguousarray(img[..., ::-1]), verbose=False)[0],
+                          min_boxes=20)
+        assert_close_to_pt(out, predict(pt, img))
+
+
 def test_classify_export_parity(onnx_dir):
     pt, onnx_path = export(onnx_dir, "yolo11n-cls")
     a = adapter(onnx_path)

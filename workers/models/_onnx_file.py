@@ -6,7 +6,7 @@ What is read:
   * Any other file needs a sidecar `<model>.onnx.json`::
 
         {"classes": ["cat", "dog"], "img_size": 640 | [h, w], "layout": "yolo" | "yolo_end2end" |
-         "boxes_labels_scores", "task": "detect" | "segment" | "pose" | "classify" | "obb" (yolo layouts),
+         "rtdetr" (Ultralytics' RT-DETR: (B, queries, 6) cx cy w h score class, normalised) | "boxes_labels_scores", "task": "detect" | "segment" | "pose" | "classify" | "obb" (yolo layouts),
          "kpt_shape": [17, 3] (pose), "normalisation": {"scale": 0.00392} | {"mean": [...], "std": [...]},
          "resize": "letterbox" | "stretch", "box_format": "xyxy" | "xyxyn" | "cxcywh" | "cxcywhn",
          "label_offset": 0 | 1}
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 ONNX_EXTRA = "pip install 'cv-pipeline[onnx]' (or 'cv-pipeline[onnx-gpu]' for GPUs)"
-LAYOUTS = ("yolo", "yolo_end2end", "boxes_labels_scores")
+LAYOUTS = ("yolo", "yolo_end2end", "rtdetr", "boxes_labels_scores")
 # Operator domains ONNX Runtime implements itself; any other needs a custom-op library, which is never loaded.
 _BUILTIN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft", "com.microsoft.nchwc"}
 _MAX_PROTO = 2**31 - 1
@@ -226,11 +226,11 @@ def check_sidecar(side: Any, model, uri: str, where: str) -> dict[str, Any]:
         raise CheckpointError(f"{uri} has {len(inputs)} inputs; the pipeline feeds one image tensor")
     out = dict(side, classes=list(classes))
     out["task"] = side.get("task", "detect")
-    if out["task"] not in ONNX_YOLO_TASKS or (layout == "boxes_labels_scores" and out["task"] != "detect"):
+    if out["task"] not in ONNX_YOLO_TASKS or (layout in ("boxes_labels_scores", "rtdetr") and out["task"] != "detect"):
         raise CheckpointError(f"{where}: 'task' {out['task']!r} does not fit layout {layout!r}")
     out["img_size"] = _sidecar_img_size(side.get("img_size"), inputs[0], uri, where)
     out["normalisation"] = _normalisation(side.get("normalisation"), where)
-    out["resize"] = side.get("resize", "letterbox" if layout != "boxes_labels_scores" else "stretch")
+    out["resize"] = side.get("resize", "letterbox" if layout not in ("boxes_labels_scores", "rtdetr") else "stretch")
     out["box_format"] = side.get("box_format", "xyxy")
     out["label_offset"] = side.get("label_offset", 0)
     if out["resize"] not in ("letterbox", "stretch") or out["box_format"] not in _BOX_FORMATS:
@@ -295,6 +295,10 @@ def _check_outputs(side: dict, outputs: list, uri: str, where: str) -> None:
     if task == "classify":
         if first and first[-1] not in (None, nc):
             fail(f"{nc} classes listed, but output {first_name!r} has shape {first} ({first[-1]} classes)")
+        return
+    if layout == "rtdetr":
+        if len(first) != 3 or first[2] not in (None, 6):
+            fail(f"layout rtdetr needs output {first_name!r} of shape (B, queries, 6); got {first}")
         return
     extra = _extra_channels(side, outputs, fail)
     if layout == "yolo":

@@ -76,7 +76,7 @@ def yolo_imgsz(img_size: Any, default: Any, stride: int) -> list[int]:
     return check_imgsz(size, stride=stride, min_dim=2)
 
 
-def decode_hint(task: str, img_size: Any, own: Any, stride: int) -> tuple:
+def decode_hint(task: str, img_size: Any, own: Any, stride: int, stretch: bool = False) -> tuple:
     """What an Ultralytics model's own resize keeps of an image (`ModelAdapter.decode_hint`), computed without
     Ultralytics: the letterbox into `imgsz` rounded up to the stride ("contain"); a classifier's resize of the
     shorter side to the crop size (a square) or to exactly (h, w); an exact (h, w) `img_size` is resized to while
@@ -88,14 +88,16 @@ def decode_hint(task: str, img_size: Any, own: Any, stride: int) -> tuple:
     h, w = (max(math.ceil(v / stride) * stride, stride) for v in (h, w))
     if task == "classify":
         return ("fit", h, float("inf")) if h == w else ("cover", h, w)
-    return ("contain", h, w)
+    return ("cover", h, w) if stretch else ("contain", h, w)
 
 
-def letterbox(images: Sequence[np.ndarray], imgsz: list[int], stride: int, auto: bool) -> list[np.ndarray]:
-    """Ultralytics' `LetterBox` applied to each HWC uint8 image alone; returns the padded HWC uint8 arrays."""
+def letterbox(images: Sequence[np.ndarray], imgsz: list[int], stride: int, auto: bool,
+              stretch: bool = False) -> list[np.ndarray]:
+    """Ultralytics' `LetterBox` applied to each HWC uint8 image alone; returns the padded HWC uint8 arrays.
+    `stretch`: resized to exactly `imgsz`, no padding (`scale_fill`, what RT-DETR's predictor does)."""
     from ultralytics.data.augment import LetterBox
 
-    lb = LetterBox(imgsz, auto=auto, stride=stride)
+    lb = LetterBox(imgsz, auto=auto and not stretch, scale_fill=stretch, stride=stride)
     # LetterBox resizes and pads the three channels alike (pad value 114 on each), so RGB in = RGB out
     return [lb(image=np.ascontiguousarray(img)) for img in images]
 
@@ -209,6 +211,30 @@ def detections(
     for i, (pred, size) in enumerate(zip(kept, sizes)):
         proto = protos[i] if protos is not None else None
         out.append(_one_image(pred, in_shape, tuple(size), task, settings, proto, kpt_shape))
+    return out
+
+
+def rtdetr_detections(preds: Any, sizes: Sequence[tuple[int, int]], settings: dict[str, Any]) -> list[ModelOutput]:
+    """`RTDETRPredictor.postprocess`: the decoder's top queries (B, Q, 6) `cx, cy, w, h, score, class`, normalised
+    to the (stretched) input, so scaled by each image's own size; kept when score > conf (and of `classes`), the
+    first `max_det`, in the decoder's order (best first). No NMS, no clipping: as Ultralytics."""
+    import torch
+    from ultralytics.utils import ops
+
+    if isinstance(preds, tuple | list):
+        preds = preds[0]
+    out = []
+    for pred, (h, w) in zip(preds, sizes):
+        bbox, score, label = pred.float().split((4, 1, 1), dim=-1)
+        keep = score.squeeze(-1) > float(settings["conf"])
+        if settings.get("classes") is not None:
+            keep &= (label == torch.tensor(settings["classes"], device=label.device)).any(1)
+        kept = torch.cat([ops.xywh2xyxy(bbox), score, label], dim=-1)[keep][: int(settings["max_det"])]
+        kept[:, [0, 2]] *= w
+        kept[:, [1, 3]] *= h
+        out.append(ModelOutput(boxes=kept[:, :4].cpu().numpy().astype(np.float32),
+                               scores=kept[:, 4].cpu().numpy().astype(np.float32),
+                               class_ids=kept[:, 5].cpu().numpy().astype(np.int64)))
     return out
 
 

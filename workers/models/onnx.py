@@ -7,6 +7,8 @@ receives is the model with any external data packed in.
 Layouts:
     yolo                 output (B, 4 + classes + extra, anchors): Ultralytics' NMS and decoding (its own functions)
     yolo_end2end         output (B, max_det, 6 + extra) (YOLOv10/YOLO26 NMS-free heads): filtered as Ultralytics does
+    rtdetr               output (B, queries, 6) `cx cy w h score class`, normalised (Ultralytics' RT-DETR exports,
+                         metadata head "RTDETRDecoder"): inputs stretched to imgsz, kept by score, no NMS
     boxes_labels_scores  outputs boxes (N, 4), labels (N,), scores (N,) (torchvision / DETR-style exports), with or
                          without a batch dimension: kept by score, no NMS (the model did it)
 
@@ -42,9 +44,10 @@ def _spec_from_ultralytics(meta: dict[str, Any], model, uri: str) -> tuple[str, 
     inputs, _ = of.io_shapes(model)
     dims = inputs[0][1]
     imgsz = meta.get("imgsz")
+    rtdetr = meta.get("head") == "RTDETRDecoder"  # Ultralytics' RT-DETR: stretched input, no NMS
     kwargs = {
         "source": "ultralytics",
-        "layout": "yolo_end2end" if meta["end2end"] else "yolo",
+        "layout": "rtdetr" if rtdetr else "yolo_end2end" if meta["end2end"] else "yolo",
         "task": meta["task"],
         "stride": int(meta.get("stride", 32)),
         "kpt_shape": list(meta["kpt_shape"]) if meta.get("kpt_shape") else None,
@@ -53,7 +56,7 @@ def _spec_from_ultralytics(meta: dict[str, Any], model, uri: str) -> tuple[str, 
         "dynamic": bool(meta["dynamic"]) or not all(isinstance(d, int) for d in dims[-2:]),
         "batch": dims[0] if isinstance(dims[0], int) else None,
         "normalisation": {"scale": 1 / 255},
-        "resize": "letterbox",
+        "resize": "stretch" if rtdetr else "letterbox",
     }
     classes = [str(meta["names"][i]) for i in range(len(meta["names"]))]
     return kwargs["layout"], kwargs, classes, imgsz
@@ -187,8 +190,9 @@ class OnnxAdapter(ModelAdapter):
             return ("cover", *img_size)
         k = spec.arch_kwargs
         requested = img_size if k.get("dynamic") else None  # a fixed input takes only its own size
-        if k.get("layout") != "boxes_labels_scores":  # an Ultralytics export: its letterbox
-            return ops.decode_hint(k.get("task"), requested, k.get("imgsz"), int(k.get("stride") or 32))
+        if k.get("layout") != "boxes_labels_scores":  # an Ultralytics export: its letterbox (RT-DETR: stretch)
+            return ops.decode_hint(k.get("task"), requested, k.get("imgsz"), int(k.get("stride") or 32),
+                                   stretch=k.get("layout") == "rtdetr")
         size = requested if requested is not None else k.get("imgsz")
         if size is None:
             return None
@@ -277,6 +281,10 @@ class OnnxAdapter(ModelAdapter):
             return self._predict_bls(batch, imgsz)
         if self.kw["task"] == "classify":
             return [("classify", list(range(len(batch))), self._run(self._classify_input(batch, imgsz)))]
+        if self.kw["layout"] == "rtdetr":  # every image stretched to imgsz (RTDETRPredictor.scale_fill)
+            x = np.stack(ops.letterbox(batch, imgsz, self.kw["stride"], auto=False, stretch=True)).transpose(0, 3, 1, 2)
+            return [("rtdetr", list(range(len(batch))), self._run(_normalise(x, self.kw["normalisation"])),
+                     x.shape[2:])]
         boxed = ops.letterbox(batch, imgsz, self.kw["stride"], auto=self.kw["dynamic"])
         out = []
         for idx in ops.group_by_shape(boxed):
@@ -311,6 +319,9 @@ class OnnxAdapter(ModelAdapter):
         for kind, idx, outs, in_shape in _groups(raw):
             if kind == "classify":
                 res = ops.classifications(torch.from_numpy(np.asarray(outs[0], np.float32)))
+            elif kind == "rtdetr":
+                res = ops.rtdetr_detections(torch.from_numpy(np.asarray(outs[0], np.float32)),
+                                            [input_sizes[i] for i in idx], s)
             elif kind == "bls":
                 res = [_decode_bls(outs, j, in_shape, input_sizes[i], s, self.kw, len(self.spec.classes))
                        for j, i in enumerate(idx)]

@@ -159,6 +159,8 @@ def _spec(model: Any, ckpt: dict, task: str, data: bytes, uri: str) -> ModelSpec
         "kpt_shape": list(model.kpt_shape) if getattr(model, "kpt_shape", None) is not None else None,
         "kpt_names": ops.kpt_names_per_class(getattr(model, "kpt_names", None)),
         "end2end": bool(getattr(model, "end2end", False)),
+        # RT-DETR (Ultralytics' RTDETRDetectionModel, task detect): stretched input, the decoder's top queries
+        "rtdetr": type(model).__name__ == "RTDETRDetectionModel",
         "channels": int((yaml or {}).get("channels", 3)),
         "ultralytics_version": str(ckpt.get("version", "")),
     }
@@ -237,7 +239,8 @@ class UltralyticsAdapter(ModelAdapter):
     @classmethod
     def decode_hint(cls, spec: ModelSpec, img_size: int | tuple[int, int] | None) -> tuple | None:
         k = spec.arch_kwargs
-        return ops.decode_hint(k.get("task"), img_size, k.get("imgsz"), int(k.get("stride") or 32))
+        return ops.decode_hint(k.get("task"), img_size, k.get("imgsz"), int(k.get("stride") or 32),
+                               stretch=bool(k.get("rtdetr")))
 
     @classmethod
     def validate_spec(cls, spec: ModelSpec) -> None:
@@ -269,7 +272,7 @@ class UltralyticsAdapter(ModelAdapter):
         where = f"ultralytics checkpoint {self.spec.name or self.spec.architecture!r}"
         yaml = check_yaml(copy.deepcopy(kw.get("yaml")), where)
         tasks = import_ultralytics(where)
-        model_cls = getattr(tasks, _MODEL_CLASSES[kw["task"]])
+        model_cls = getattr(tasks, "RTDETRDetectionModel" if kw.get("rtdetr") else _MODEL_CLASSES[kw["task"]])
         extra = {"data_kpt_shape": tuple(kw["kpt_shape"])} if kw["task"] == "pose" and kw.get("kpt_shape") else {}
         try:
             with restricted_build():
@@ -305,6 +308,7 @@ class UltralyticsAdapter(ModelAdapter):
         self._base = model.eval()
         self._models: dict[Any, Any] = {}
         self.task = kw["task"]
+        self.rtdetr = bool(kw.get("rtdetr"))
         self.stride = max(int(model.stride.max()), 32)
         self.kpt_shape = list(getattr(model, "kpt_shape", None) or kw.get("kpt_shape") or []) or None
         self._cls_transforms: dict[tuple, Any] = {}
@@ -337,6 +341,9 @@ class UltralyticsAdapter(ModelAdapter):
         imgsz = ops.yolo_imgsz(s.get("img_size"), self.spec.arch_kwargs.get("imgsz"), self.stride)
         if self.task == "classify":
             return [("classify", list(range(len(batch))), model(self._classify_input(batch, model, imgsz, half)))]
+        if self.rtdetr:  # stretched to imgsz (RTDETRPredictor.scale_fill): every image has the same input shape
+            x = ops.to_batch(ops.letterbox(batch, imgsz, self.stride, auto=False, stretch=True), self.device, half)
+            return [("rtdetr", list(range(len(batch))), model(x), tuple(x.shape[2:]))]
         end2end = bool(getattr(model, "end2end", False))
         if end2end:  # Ultralytics sets the NMS-free head's top-k before each run
             model.set_head_attr(max_det=max(int(s["max_det"]), 300), agnostic_nms=bool(s.get("agnostic")))
@@ -370,6 +377,10 @@ class UltralyticsAdapter(ModelAdapter):
                 continue
             end2end, idx, preds, in_shape = group
             sizes = [input_sizes[i] for i in idx]
+            if end2end == "rtdetr":
+                for i, o in zip(idx, ops.rtdetr_detections(preds, sizes, s)):
+                    outputs[i] = o
+                continue
             res = ops.detections(preds, in_shape, sizes, self.task, s, len(self.spec.classes), end2end, self.kpt_shape)
             for i, o in zip(idx, res):
                 outputs[i] = o
