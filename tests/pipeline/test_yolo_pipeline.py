@@ -483,9 +483,12 @@ def test_bad_input_is_a_clear_error_before_any_replica(no_ray, tmp_path, monkeyp
     torch.save({"weights": torch.zeros(3)}, other)
     with pytest.raises(CheckpointError, match=r"weights\.pt is not a pipeline checkpoint .*save one with"):
         no_ray.nn.deploy(str(other))
-    obb = ym.build_pt("yolo11n-obb.yaml", tmp_path)  # a task the pipeline has no output for
-    with pytest.raises(ModelLoadError, match=r"yolo11n-obb\.pt is an Ultralytics 'obb' model.*Deploy a detect"):
-        no_ray.nn.deploy(str(obb))
+    depth = ym.build_pt("yolo26n-depth.yaml", tmp_path)  # a task the pipeline has no output for
+    with pytest.raises(ModelLoadError, match=r"yolo26n-depth\.pt is an Ultralytics 'depth' model.*Deploy a detect"):
+        no_ray.nn.deploy(str(depth))
+    _, sem_onnx = ym.cached_export("yolo26n-sem")  # a class map without probabilities
+    with pytest.raises(ModelLoadError, match=r"semantic-segmentation export.*Deploy the model's \.pt"):
+        no_ray.nn.deploy(sem_onnx)
     _, onnx_path = ym.cached_export("yolo11n")
     bare = _strip_metadata(onnx_path, tmp_path / "bare.onnx")  # no metadata, no sidecar
     with pytest.raises(CheckpointError, match=r"bare\.onnx has no Ultralytics metadata and no sidecar.*pipeline convert"):
