@@ -238,6 +238,21 @@ def test_create_from_a_video_file(tiny_model, api, clip, capfd):
     assert meta.get_tag_meta("confidence") is not None
 
 
+def test_a_mask_model_uploads_the_frames_where_it_found_nothing(ray_session, api, tiny_mask_checkpoint, clip):
+    """A frame without objects has masks of shape (0, H, W): its upload writes no figure (it used to fail the
+    whole run: `reshape(0, -1)`)."""
+    model = api.nn.deploy(str(tiny_mask_checkpoint), device="cpu")
+    try:
+        preds = model.predict(input=str(clip), video_params={"stride": 6}, upload="create", settings={"conf": 1.0},
+                              progress=False)
+    finally:
+        model.shutdown()
+    assert [p.frame_idx for p in preds] == [0, 6, 12, 18]
+    assert all(p.error is None and p.target is not None and p.masks.shape == (0, 48, 64) for p in preds)
+    ann = api.video.get_annotation(preds[0].target.video_id)
+    assert (len(ann.objects), len(ann.figures)) == (0, 0)
+
+
 def test_export_and_import_round_trip(tiny_model, api, clip, tmp_path):
     preds = tiny_model.predict(input=str(clip), video_params={"num_frames": 3}, upload="create", img_size=IMG,
                                settings=SETTINGS, progress=False)

@@ -130,7 +130,7 @@ class VideoTarget(Target):
         no label)."""
         labels = ann.labels
         n = len(p)
-        idx = np.flatnonzero(p.masks.reshape(n, -1).any(1)) if p.masks is not None else np.arange(n)
+        idx = np.flatnonzero(p.masks.any(axis=(1, 2))) if p.masks is not None else np.arange(n)
         tracks = p.track_ids[idx] if p.track_ids is not None else np.full(len(idx), -1)
         return [(lab, int(t), round(float(s), 4)) for lab, t, s in zip(labels, tracks, p.scores[idx], strict=True)]
 
