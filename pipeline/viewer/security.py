@@ -78,9 +78,12 @@ class ViewerGate:
             return
         start = time.perf_counter()
         started = False
+        head = scope["method"] == "HEAD"
 
         async def send_with_headers(message: MutableMapping[str, Any]) -> None:
             nonlocal started
+            if head and message["type"] == "http.response.body":  # HEAD: GET's answer without its body
+                message = {**message, "body": b""}
             if message["type"] == "http.response.start":
                 started = True
                 headers = list(message.get("headers", []))
@@ -98,6 +101,8 @@ class ViewerGate:
         if via_query is not None and self._is_page(scope):
             await self._redirect_without_token(scope, send_with_headers, via_query)
             return
+        if head:  # the routes are GET routes: HEAD is routed as GET (its headers, content-length included, stay)
+            scope = {**scope, "method": "GET"}
         try:
             await self.app(scope, receive, send_with_headers)
         except Exception as exc:

@@ -232,6 +232,15 @@ def test_read_only(client):
         assert r.status_code == 405 and "read-only" in r.json()["detail"]
 
 
+@pytest.mark.parametrize("url", ["/", "/runs", "/api/projects", "/api/images/1", "/api/images/1/file",
+                                 "/api/images/1/thumb", "/api/videos/1/file", "/static/common.js"])
+def test_head_answers_as_get_without_a_body(client, url):
+    get, head = client.get(url), client.head(url)
+    assert get.status_code == head.status_code == 200, (url, head.status_code)
+    assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
+    assert head.headers.get("content-length") == get.headers.get("content-length")
+
+
 @pytest.mark.parametrize("url", [
     "/static/../platform.db", "/static/%2e%2e/platform.db", "/static/..%2Fplatform.db", "/api/images/1%2F..%2Fplatform.db/file",
     "/api/images/..%2F..%2Fplatform.db/file", "/blobs/00/x.png", "/api/blobs/x", "/thumbs/", "/platform.db",
