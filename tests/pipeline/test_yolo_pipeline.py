@@ -389,6 +389,21 @@ def test_its_onnx_export_through_the_pipeline_equals_yolo_predict(api, deploymen
         _record("onnx vs pt scores rel", (np.abs(p.scores - boxes.conf.numpy()[order]) / p.scores).max())
 
 
+def test_settings_a_model_cannot_take_are_refused_before_any_work(api, deployments, image_dir):
+    """A fixed-shape export's other img_size and out-of-range values: raised by predict, not one error per item."""
+    from pipeline.exceptions import InvalidArgumentError
+
+    _, onnx_path = ym.cached_export("yolo11n")
+    onnx_model = deployments.get(api, onnx_path)
+    with pytest.raises(InvalidArgumentError, match=r"yolo11n\.onnx has a fixed \(160, 160\) input"):
+        onnx_model.predict(input=str(image_dir), img_size=320, progress=False)
+    pt_model = deployments.get(api, ym.cached_pt("yolo11n"))
+    with pytest.raises(InvalidArgumentError, match=r"setting 'agnostic' must be True or False; got 'yes'"):
+        pt_model.predict(input=str(image_dir), settings={"agnostic": "yes"}, progress=False)
+    with pytest.raises(InvalidArgumentError, match=r"setting 'classes' takes class indices .* 'zebra' is neither"):
+        pt_model.predict(input=str(image_dir), settings={"classes": ["zebra"]}, progress=False)
+
+
 # ------------------------------------------------------------------------------------- refused before any replica
 
 

@@ -159,8 +159,15 @@ def test_fixed_input_refuses_another_img_size(onnx_dir):
     from pipeline.exceptions import InvalidArgumentError
 
     _, onnx_path = export(onnx_dir, "yolo11n")
+    a = adapter(onnx_path)
     with pytest.raises(InvalidArgumentError, match="fixed"):
-        run(adapter(onnx_path), ym.images()[:1], {"img_size": 320})
+        run(a, ym.images()[:1], {"img_size": 320})
+    # and before any work, in the driver (with the other settings' values)
+    with pytest.raises(InvalidArgumentError, match=r"fixed \(160, 160\) input; img_size must be None or that size"):
+        OnnxAdapter.validate_settings(a.spec, {"img_size": 320})
+    with pytest.raises(InvalidArgumentError, match=r"setting 'conf' must be a number in \[0, 1\]; got 1.5"):
+        OnnxAdapter.validate_settings(a.spec, {"conf": 1.5})
+    OnnxAdapter.validate_settings(a.spec, {"img_size": 160, "conf": 0.5, "classes": ["dog"]})
 
 
 def _strip_metadata(src: str, dst: Path) -> Path:

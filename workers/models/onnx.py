@@ -180,6 +180,16 @@ class OnnxAdapter(ModelAdapter):
 
     # -- driver side ---------------------------------------------------------------------------------------
     @classmethod
+    def validate_settings(cls, spec: ModelSpec, settings: dict[str, Any]) -> None:
+        """The run's settings checked before any work: their values (conf, iou, max_det, classes, flags) and
+        `img_size` against a fixed-shape export's input."""
+        merged = {**cls.default_settings, **settings}
+        ops.check_settings(merged, spec.classes)
+        requested = merged.get("img_size")
+        if not spec.arch_kwargs["dynamic"]:  # (a dynamic one takes any size, rounded up to its stride)
+            _input_size(spec, tuple(requested) if isinstance(requested, list) else requested)
+
+    @classmethod
     def sniff(cls, path: str, head: bytes) -> bool:
         """An `.onnx` file whose first protobuf field is the model's IR version (tag 0x08)."""
         return path.lower().endswith(".onnx") and head[:1] == b"\x08"
@@ -246,15 +256,7 @@ class OnnxAdapter(ModelAdapter):
         return images  # the input size depends on the call's settings: `predict` resizes
 
     def _imgsz(self, settings: dict[str, Any]) -> list[int]:
-        requested, own = settings.get("img_size"), self.kw["imgsz"]
-        if self.kw["dynamic"]:
-            return ops.yolo_imgsz(requested, own, self.kw["stride"]) if self.kw["layout"] != "boxes_labels_scores" \
-                else list(_pair(requested if requested is not None else own))
-        if requested is not None and list(_pair(requested)) != list(_pair(own)):
-            raise InvalidArgumentError(
-                f"{self.spec.name} has a fixed {_pair(own)} input; img_size must be None or that size, got {requested!r}"
-            )
-        return list(_pair(own))
+        return _input_size(self.spec, settings.get("img_size"))
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         """Run the session on a (B, 3, H, W) float array, in chunks of the export's fixed batch size."""
@@ -344,6 +346,22 @@ def _require(uri: str, module: str, extra: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise ModelLoadError(f"{uri} needs the {module} package, which is not installed; run {extra}")
+
+
+def _input_size(spec: ModelSpec, requested: Any) -> list[int]:
+    """The model input's [h, w] for a requested `img_size` (None: the export's own); a fixed-shape export takes
+    only its own size (`InvalidArgumentError` naming it)."""
+    kw = spec.arch_kwargs
+    own = kw["imgsz"]
+    if kw["dynamic"]:
+        if kw["layout"] != "boxes_labels_scores":
+            return ops.yolo_imgsz(requested, own, kw["stride"])
+        return list(_pair(requested if requested is not None else own))
+    if requested is not None and list(_pair(requested)) != list(_pair(own)):
+        raise InvalidArgumentError(
+            f"{spec.name} has a fixed {_pair(own)} input; img_size must be None or that size, got {requested!r}"
+        )
+    return list(_pair(own))
 
 
 def _groups(raw):

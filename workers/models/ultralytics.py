@@ -237,6 +237,11 @@ class UltralyticsAdapter(ModelAdapter):
         return spec, data
 
     @classmethod
+    def validate_settings(cls, spec: ModelSpec, settings: dict[str, Any]) -> None:
+        """The run's settings values (conf, iou, max_det, classes, flags) checked before any work."""
+        ops.check_settings({**cls.default_settings, **settings}, spec.classes)
+
+    @classmethod
     def decode_hint(cls, spec: ModelSpec, img_size: int | tuple[int, int] | None) -> tuple | None:
         k = spec.arch_kwargs
         return ops.decode_hint(k.get("task"), img_size, k.get("imgsz"), int(k.get("stride") or 32),
