@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-replica", type=float, default=1.0, help="GPUs each replica holds (default 1)")
     p.add_argument("--reuse", action="store_true", help="return a running deployment of the same model instead")
     p.add_argument("--runtime", choices=["pytorch", "onnx", "tensorrt"], help="how a model file runs (default: the "
-                                                                             "file's own; tensorrt for an .onnx)")
+                                                                             "file's own: PyTorch for a .pt, ONNX "
+                                                                             "Runtime for an .onnx; tensorrt runs an "
+                                                                             ".onnx with TensorRT)")
     _add_cluster_address(p)
     p.set_defaults(func=cmd_deploy)
 
