@@ -222,8 +222,11 @@ class PredictSection(_Section):
             check_video_params_tracking(params, self.tracking)
         except InvalidArgumentError as exc:
             text = str(exc)
-            # blame the key the message names (or whose value it quotes), else the section
-            key = next((k for k, v in (params or {}).items() if f"{k!r}" in text or f"{v!r}" in text), None)
+            # blame the key the message names (a setting before `tracker`, which every setting's message names
+            # too), or whose value it quotes, else the section
+            items = list((params or {}).items())
+            key = next((k for k, _ in items if k != "tracker" and f"{k!r}" in text), None) or next(
+                (k for k, v in items if f"{k!r}" in text or f"{v!r}" in text), None)
             loc = ("predict", "video_params", key) if key else ("predict", "tracking" if params is None
                                                                else "video_params")
             raise LocatedError(loc, text) from None

@@ -49,7 +49,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,8 +180,11 @@ def _type_ok(value: Any, default: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def _check_value(tracker: str, key: str, value: Any, default: Any, given_as: str) -> None:
+def _check_value(tracker: str, key: str, value: Any, default: Any, given_as: str, given: Any = None) -> None:
+    """`value` (the library's, after an alias's conversion) checked; errors name the setting as given and quote the
+    value as given (`given`, e.g. match_thresh 1.5 for minimum_iou_threshold -0.5)."""
     where = f"tracker {tracker!r} setting {given_as!r}" + (f" (= {key!r})" if given_as != key else "")
+    shown = value if given_as == key else given
     if value is None and key in OWN_SETTINGS:  # ours may be switched off
         return
     if not _type_ok(value, default):
@@ -193,18 +196,20 @@ def _check_value(tracker: str, key: str, value: Any, default: Any, given_as: str
     if value is None or isinstance(value, bool | str):
         return
     if ("thresh" in key or key.endswith("iou")) and not 0.0 <= value <= 1.0:
-        raise InvalidArgumentError(f"{where} must lie in [0, 1]; got {value!r}")
+        raise InvalidArgumentError(f"{where} must lie in [0, 1]; got {shown!r}")
     if key in ("lost_track_buffer", "minimum_consecutive_frames", "delta_t", "cmc_downscale") and value < 0:
-        raise InvalidArgumentError(f"{where} must be >= 0; got {value!r}")
+        raise InvalidArgumentError(f"{where} must be >= 0; got {shown!r}")
     if key == "frame_rate" and value <= 0:
-        raise InvalidArgumentError(f"{where} must be > 0 (frames per second); got {value!r}")
+        raise InvalidArgumentError(f"{where} must be > 0 (frames per second); got {shown!r}")
 
 
-def check_tracker_settings(name: str, settings: Mapping[str, Any] | None) -> dict[str, Any]:
+def check_tracker_settings(name: str, settings: Mapping[str, Any] | None,
+                           other_keys: Sequence[str] = ()) -> dict[str, Any]:
     """Tracker `name`'s settings checked and mapped onto the library's names, defaults filled in: every key of
     `tracker_settings(name)` plus `frame_rate` when given. Unknown keys, keys another tool has but the library
     lacks, values of the wrong type or out of range, and an alias given together with its target are
-    `InvalidArgumentError`s naming the key."""
+    `InvalidArgumentError`s naming the key; an unknown key's did-you-mean also looks at `other_keys` (the frame
+    keys that sit beside the settings in `video_params`)."""
     accepted = tracker_settings(name)
     settings = dict(settings or {})
     out: dict[str, Any] = {}
@@ -214,12 +219,12 @@ def check_tracker_settings(name: str, settings: Mapping[str, Any] | None) -> dic
             if value != name:
                 raise InvalidArgumentError(f"tracker_type {value!r} contradicts tracker {name!r}")
             continue
-        target, mapped = _resolve(name, key, value, accepted)
+        target, mapped = _resolve(name, key, value, accepted, other_keys)
         if target in given_as:
             raise InvalidArgumentError(f"tracker {name!r}: {given_as[target]!r} and {key!r} both set {target!r}; "
                                        "give one of them")
         default = accepted.get(target, 30.0 if target == "frame_rate" else None)
-        _check_value(name, target, mapped, default, key)
+        _check_value(name, target, mapped, default, key, value)
         out[target] = float(mapped) if isinstance(default, float) and isinstance(mapped, int | float) else mapped
         given_as[target] = key
     if "track_thresh" in given_as.values() and "track_activation_threshold" in accepted \
@@ -228,7 +233,8 @@ def check_tracker_settings(name: str, settings: Mapping[str, Any] | None) -> dic
     return {**accepted, **out}
 
 
-def _resolve(name: str, key: Any, value: Any, accepted: Mapping[str, Any]) -> tuple[str, Any]:
+def _resolve(name: str, key: Any, value: Any, accepted: Mapping[str, Any],
+             other_keys: Sequence[str] = ()) -> tuple[str, Any]:
     """(library parameter, value in its units) for setting `key` of tracker `name`."""
     if key in accepted or key == "frame_rate":
         return key, value
@@ -247,7 +253,10 @@ def _resolve(name: str, key: Any, value: Any, accepted: Mapping[str, Any]) -> tu
         raise InvalidArgumentError(f"tracker setting {key!r} is not supported: {_UNSUPPORTED[key]}")
     aliases = [a for a, (targets, _) in SETTING_ALIASES.items() if any(t in accepted for t in targets)]
     names = [*accepted, "frame_rate", *aliases]
-    close = difflib.get_close_matches(str(key), names, n=1)
+    close = difflib.get_close_matches(str(key), [*names, *other_keys], n=1)
+    if close and close[0] in other_keys and close[0] not in names:
+        raise InvalidArgumentError(f"unknown video_params key {key!r} (did you mean {close[0]!r}?); the keys are "
+                                   f"{', '.join(other_keys)}, 'tracker' and tracker {name!r}'s settings")
     raise InvalidArgumentError(f"unknown setting {key!r} for tracker {name!r}"
                                + (f" (did you mean {close[0]!r}?)" if close else "")
                                + f"; its settings are {', '.join(sorted(set(names)))}")
@@ -493,7 +502,7 @@ def check_video_params_tracking(video_params: Any, tracking: Any = None, is_vide
         raise InvalidArgumentError(f"tracking links detections across the frames of a video; got {what}: give a "
                                    "video file, a video_id, or a directory with videos (or leave tracking out)")
     _tracker_class(name)
-    check_tracker_settings(name, extra)
+    check_tracker_settings(name, extra, frame_keys)
     return rest_or_none, TrackingConfig(name, extra)
 
 

@@ -285,6 +285,12 @@ def test_override_errors_name_the_override(tmp_path):
     assert "model.checkpoint" in msg and "not a section" in msg
     msg = error_of(p, ["predict.batchsize=1"])
     assert "unknown key" in msg and "batch_size" in msg
+    # a tracker setting given by --set is blamed, not the file's `tracker:` line that every such message names
+    tracked = ["predict.video_params.tracker=bytetrack"]
+    msg = error_of(p, [*tracked, "predict.video_params.track_buffer=6.5"])
+    assert "--set predict.video_params.track_buffer=6.5" in msg and "must be an int; got 6.5" in msg, msg
+    msg = error_of(p, [*tracked, "predict.video_params.strid=2"])
+    assert "--set predict.video_params.strid=2" in msg and "did you mean 'stride'?" in msg, msg
 
 
 # --- mistakes ----------------------------------------------------------------------------------------------

@@ -296,6 +296,8 @@ def test_common_bytetrack_names_map_onto_the_library():
     ("bytetrack", {"state_estimator_class": "XYXY"}, "unknown setting 'state_estimator_class'"),
     ("bytetrack", {"frame_rate": 0}, "must be > 0"),
     ("bytetrack", {"dedupe_iou": 2}, r"must lie in \[0, 1\]"),
+    # an alias's value is quoted as given, not as the library's (1 - match_thresh)
+    ("bytetrack", {"match_thresh": 1.5}, r"'match_thresh' \(= 'minimum_iou_threshold'\) must lie in \[0, 1\]; got 1.5$"),
 ])
 def test_bad_tracker_or_settings_are_refused(name, settings, message):
     with pytest.raises(InvalidArgumentError, match=message):
@@ -340,6 +342,9 @@ def test_video_params_tracking_split(params, tracking, rest, tracker, settings):
     (None, "yes", True, "tracking must be True or False"),
     (None, True, False, "got an input that is not a video: give a video file"),
     ({"strid": 2}, None, True, r"unknown video_params key 'strid' \(did you mean 'stride'\?\)"),
+    # a frame key's typo beside a tracker is still a frame key's typo
+    ({"tracker": "bytetrack", "strid": 2}, None, True, r"unknown video_params key 'strid' \(did you mean 'stride'\?\)"),
+    ({"tracker": "sort", "num_frame": 2}, None, True, r"did you mean 'num_frames'\?"),
     ({"tracker": "bytetrack", "track_buffer": 6.5}, None, True, "must be an int"),
     ([("tracker", "bytetrack")], None, True, "video_params must be a dict"),
 ])
