@@ -64,6 +64,19 @@ def test_garbage_is_refused(tmp_path, payload, message):
         load_checkpoint(tmp_path / "x.pth")
 
 
+@pytest.mark.parametrize("name, head, message", [
+    ("photo.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "is not a model file: it is a PNG image"),
+    ("photo.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF", "is not a model file: it is a JPEG image"),
+    ("clip.mp4", b"\x00\x00\x00\x20ftypisom\x00\x00", "it is an MP4 / MOV video"),
+    ("clip.mkv", b"\x1aE\xdf\xa3\x9fB\x86\x81", "it is a Matroska / WebM video"),
+    ("model.onnx", b"<html>404 Not Found</html>", "model.onnx is not a valid ONNX model"),
+])
+def test_a_file_that_is_no_model_says_what_it_is(tmp_path, name, head, message):
+    (tmp_path / name).write_bytes(head + bytes(64))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path / name)
+
+
 def test_a_plain_state_dict_is_not_a_pipeline_checkpoint(tmp_path):
     torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "sd.pth")
     with pytest.raises(CheckpointError, match="not a pipeline checkpoint"):

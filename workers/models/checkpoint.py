@@ -120,6 +120,30 @@ def _globals_in_pickle(data: bytes) -> str:
     return ", ".join(pickle_globals(data))
 
 
+# What a file that no framework claimed turns out to be, from its first bytes: (magic, offset, what it is).
+_NOT_MODELS = (
+    (b"\x89PNG\r\n\x1a\n", 0, "a PNG image"), (b"\xff\xd8\xff", 0, "a JPEG image"), (b"GIF8", 0, "a GIF image"),
+    (b"BM", 0, "a BMP image"), (b"II*\x00", 0, "a TIFF image"), (b"MM\x00*", 0, "a TIFF image"),
+    (b"ftyp", 4, "an MP4 / MOV video (or other ISO media)"), (b"\x1aE\xdf\xa3", 0, "a Matroska / WebM video"),
+    (b"RIFF", 0, "a RIFF file (AVI video, WAV sound or WebP image)"), (b"\x1f\x8b", 0, "a gzip archive"),
+    (b"%PDF", 0, "a PDF document"),
+)
+
+
+def not_a_model(data: bytes, uri: str) -> str | None:
+    """Why a file that no adapter recognised and that is no checkpoint is not a model, when its first bytes or
+    name say what it is instead (an image, a video, a broken .onnx); None when they do not."""
+    for magic, offset, what in _NOT_MODELS:
+        if data[offset:offset + len(magic)] == magic:
+            return (f"{uri} is not a model file: it is {what}. Deploy a pipeline checkpoint, an Ultralytics .pt, an "
+                    ".onnx or a transformers model folder")
+    name = uri.lower().rstrip("/")
+    if name.endswith(".onnx"):
+        return (f"{uri} is not a valid ONNX model: an ONNX file is a protobuf ModelProto that starts with its "
+                "ir_version field, and this one does not (a truncated download, or another file renamed?)")
+    return None
+
+
 def parse_checkpoint(data: bytes, uri: str = "<bytes>") -> Checkpoint:
     """Parse checkpoint bytes with `torch.load(weights_only=True)`; raise `CheckpointError` naming the problem."""
     import torch
@@ -137,6 +161,9 @@ def parse_checkpoint(data: bytes, uri: str = "<bytes>") -> Checkpoint:
                 f"{uri} was refused: it is not a plain-weights checkpoint; loading it would run code "
                 f"(it calls {called}), which is never allowed. Nothing in it was run"
             ) from None
+        other = not_a_model(data, uri)
+        if other:
+            raise CheckpointError(other) from None
         marker = "WeightsUnpickler error:"
         detail = text.split(marker, 1)[1].strip().splitlines()[0] if marker in text else _first_line(text)
         raise CheckpointError(f"{uri} is not a PyTorch checkpoint file (unreadable pickle: {detail})") from None
@@ -144,8 +171,8 @@ def parse_checkpoint(data: bytes, uri: str = "<bytes>") -> Checkpoint:
         # a file that is not a zip nor a pickle at all: torch's own exception (often a bare KeyError of the
         # first byte) says nothing useful
         raise CheckpointError(
-            f"{uri} is not a PyTorch checkpoint file (neither a torch.save zip archive nor a pickle; "
-            f"{type(exc).__name__})"
+            not_a_model(data, uri) or f"{uri} is not a PyTorch checkpoint file (neither a torch.save zip archive nor "
+            f"a pickle; {type(exc).__name__})"
         ) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         found = f"format={obj.get('format')!r}" if isinstance(obj, dict) else f"a {type(obj).__name__}"

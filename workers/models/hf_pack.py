@@ -224,11 +224,15 @@ def _load_bin(path: str) -> dict[str, Any]:
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0][:200]
+    except pickle.UnpicklingError:
+        try:  # the globals its pickle names, read without building anything
+            called = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:
+            called = ""
         raise CheckpointError(
-            f"{path} was refused: it is a pickle that is not plain weights (loading it would run code, which is "
-            f"never allowed: {reason}). Save the model with safetensors (model.save_pretrained(dir)) instead."
+            f"{path} was refused: it is a pickle that is not plain weights; loading it would run code"
+            + (f" (it calls {called})" if called else "") + ", which is never allowed. Nothing in it was run. "
+            "Save the model with safetensors (model.save_pretrained(dir)) instead."
         ) from None
     except Exception as exc:
         raise CheckpointError(f"{path} is not a PyTorch weights file ({type(exc).__name__}: {exc})") from None
