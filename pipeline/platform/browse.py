@@ -40,6 +40,7 @@ __all__ = [
     "page_videos",
     "project_classes",
     "run_errors",
+    "video_errors",
     "video_annotation_if_changed",
     "video_record",
 ]
@@ -392,16 +393,49 @@ def run_errors(conn: sqlite3.Connection, job_id: str, after: str = "",
     ).fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
-    out = [_error_dict(r) for r in rows]
+    # A job that created a video from a file keys its frames "frame:<path>:<i>"; they are frames of the one video
+    # it made (the target of its done items).
+    made = _created_video(conn, job_id) if any(r["item_key"].startswith("frame:") for r in rows) else None
+    out = [_error_dict(r, made) for r in rows]
     return out, (rows[-1]["item_key"] if more else None)
 
 
-def _error_dict(row: sqlite3.Row) -> dict[str, Any]:
+def _created_video(conn: sqlite3.Connection, job_id: str) -> int | None:
+    """The video a job made from a file (`create`), None when it made none: the target of its done frame items."""
+    row = conn.execute("SELECT target_id FROM upload_job_items WHERE job_id = ? AND item_key >= 'frame:' AND "
+                       "item_key < 'frame;' LIMIT 1", (job_id,)).fetchone()
+    return row[0] if row else None
+
+
+def video_errors(conn: sqlite3.Connection, video_id: int, project_id: int, limit: int = 20) -> list[dict[str, Any]]:
+    """The errors of a video's frames, newest first: those of jobs that predicted the platform video
+    ("video:<id>:<frame>") and those of the job that created it from a file ("frame:<path>:<frame>", found among
+    the jobs that uploaded into its project)."""
+    out = item_errors(conn, f"video:{video_id}:", prefix=True, limit=limit)
+    if not job_log_ready(conn) or not _has_table(conn, "upload_job_items"):
+        return out
+    makers = [r[0] for r in conn.execute("SELECT id FROM upload_jobs WHERE target_project_id = ? AND mode = 'create'",
+                                         (project_id,)) if _created_video(conn, r[0]) == video_id]
+    for job_id in makers:
+        rows = conn.execute(
+            "SELECT e.job_id, e.item_key, e.error, e.at FROM upload_job_errors e WHERE e.job_id = ? AND "
+            "e.item_key >= 'frame:' AND e.item_key < 'frame;' AND NOT EXISTS (SELECT 1 FROM upload_job_items d "
+            "WHERE d.job_id = e.job_id AND d.item_key = e.item_key) ORDER BY e.at DESC LIMIT ?", (job_id, limit),
+        ).fetchall()
+        out += [{"job_id": r["job_id"], **_error_dict(r, video_id)} for r in rows]
+    return sorted(out, key=lambda e: e["at"], reverse=True)[:limit]
+
+
+def _error_dict(row: sqlite3.Row, made_video: int | None = None) -> dict[str, Any]:
+    """An error record; `image_id` / `video_id` when its key names a platform item, or (`made_video`) when it is
+    a frame of the video its job created from a file."""
     out = {"item_key": row["item_key"], "error": row["error"], "at": row["at"]}
     kind, _, rest = row["item_key"].partition(":")
     ident = rest.split(":", 1)[0]
     if kind in ("image", "video") and ident.isdigit():
         out[f"{kind}_id"] = int(ident)
+    elif kind == "frame" and made_video is not None:
+        out["video_id"] = made_video
     return out
 
 

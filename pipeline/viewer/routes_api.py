@@ -225,7 +225,7 @@ def _video_routes(api: Any, viewer: Any) -> None:
         with viewer.store.read() as conn:
             rec = browse.video_record(conn, video_id)
             ds = browse.dataset_items(conn, rec["row"]["dataset_id"], count=False)
-            errors = browse.item_errors(conn, f"video:{video_id}:", prefix=True)
+            errors = browse.video_errors(conn, video_id, ds["project"]["id"])
         ann = viewer.video_annotation(video_id) or {}
         classes = ds["project"]["classes"]
         objects, frames = _video_objects(ann, class_colors(classes))

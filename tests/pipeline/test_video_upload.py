@@ -405,7 +405,7 @@ def test_resume_create_reuses_the_video_it_made(tiny_model, api, clip, monkeypat
     assert len(ann.figures) == 3 * 24
 
 
-def test_truncated_video_uploads_the_frames_before_the_break(tiny_model, api, tmp_path):
+def test_truncated_video_uploads_the_frames_before_the_break(tiny_model, api, data_dir, tmp_path):
     cut = truncate(write_video(tmp_path / "whole.mkv", 60, "mkv_mpeg4_bframes"), tmp_path / "cut.mkv", 0.6)
     preds = tiny_model.predict(input=str(cut), upload="create", img_size=IMG, settings=SETTINGS, progress=False)
     ok = [p for p in preds if p.error is None]
@@ -414,6 +414,20 @@ def test_truncated_video_uploads_the_frames_before_the_break(tiny_model, api, tm
     ann = api.video.get_annotation(ok[0].target.video_id)
     assert sorted(fr.index for fr in ann.frames) == [p.frame_idx for p in ok]
     assert np.all([p.target.frame_idx == p.frame_idx for p in ok])
+    # the viewer shows the failed frames on the video the job made (their keys name the file, not the video)
+    from fastapi.testclient import TestClient
+
+    from pipeline.viewer import create_app
+
+    client = TestClient(create_app(data_dir), base_url="http://127.0.0.1:8000")
+    video_id = ok[0].target.video_id
+    shown = client.get(f"/api/videos/{video_id}").json()["errors"]
+    keys = {f"frame:{cut}:{p.frame_idx}" for p in failed}
+    assert len(shown) == min(20, len(failed)) and {e["item_key"] for e in shown} <= keys  # the 20 newest
+    assert {e["video_id"] for e in shown} == {video_id}
+    (job,) = client.get("/api/runs").json()["runs"]
+    logged = client.get(f"/api/runs/{job['id']}/errors").json()["errors"]
+    assert len(logged) == len(failed) and {e["video_id"] for e in logged} == {video_id}
 
 
 # ------------------------------------------------------- the write itself, on a platform video (no model needed)
