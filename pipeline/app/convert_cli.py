@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import Any
 
-from pipeline.exceptions import PipelineError
+from pipeline.exceptions import CheckpointError, InvalidArgumentError, NotFoundError, PipelineError
 
 __all__ = ["CONVERTERS", "add_parser", "cmd_convert"]
 
@@ -52,7 +52,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
             module, _, name = CONVERTERS[framework].partition(":")
             try:
                 written = getattr(importlib.import_module(module), name)(args.src, args.out, **options)
-            except PipelineError as exc:
+            except (InvalidArgumentError, CheckpointError, NotFoundError) as exc:  # what was given is wrong
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            except PipelineError as exc:  # e.g. a framework that is not installed
                 print(f"error: {exc}", file=sys.stderr)
                 return EXIT_FAILED
             print(f"wrote {written}")

@@ -157,7 +157,7 @@ def test_pipeline_convert_of_a_pt_and_an_onnx(tmp_path, capsys):
     assert main(["convert", ym.cached_pt("yolo11n-seg"), str(out)]) == 0
     ckpt = parse_checkpoint(out.read_bytes(), str(out))
     assert (ckpt.framework, ckpt.task_type, ckpt.classes) == ("ultralytics", "instance_segmentation", ym.CLASSES)
-    assert main(["convert", ym.cached_pt("yolo11n"), str(out), "--classes", "a,b"]) == 1
+    assert main(["convert", ym.cached_pt("yolo11n"), str(out), "--classes", "a,b"]) == 2  # bad input: a usage error
     assert "apply to ONNX files only" in capsys.readouterr().err
     import onnx
 
@@ -169,5 +169,5 @@ def test_pipeline_convert_of_a_pt_and_an_onnx(tmp_path, capsys):
     assert main(["convert", str(bare), "--classes", ",".join(ym.CLASSES), "--layout", "yolo"]) == 0
     side = json.loads((tmp_path / "bare.onnx.json").read_text())
     assert side["classes"] == ym.CLASSES and side["img_size"] == [ym.IMGSZ, ym.IMGSZ]
-    assert main(["convert", str(bare), str(tmp_path / "x.json"), "--classes", "a", "--layout", "yolo"]) == 1
+    assert main(["convert", str(bare), str(tmp_path / "x.json"), "--classes", "a", "--layout", "yolo"]) == 2
     assert "contradicts" in capsys.readouterr().err
