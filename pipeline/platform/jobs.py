@@ -27,7 +27,7 @@ from typing import Any
 from pipeline.exceptions import InvalidArgumentError
 
 __all__ = ["JOB_LOG_NAMES", "JOB_TABLES", "RUN_STATES", "JobRow", "count_done", "done_keys", "ensure_tables",
-           "finish_run", "first_target", "get_job", "insert_job", "list_jobs", "record_done", "record_errors",
+           "finish_run", "first_target", "get_job", "insert_job", "job_identity", "list_jobs", "record_done", "record_errors",
            "set_run_total", "start_run", "TrackRow", "get_tracks", "put_tracks"]
 
 JOB_TABLES = """
@@ -77,6 +77,11 @@ CREATE TABLE IF NOT EXISTS upload_job_tracks (
     first_frame INTEGER NOT NULL,
     last_frame  INTEGER NOT NULL,
     PRIMARY KEY (job_id, video_id, track_id)
+) WITHOUT ROWID;
+-- what a job's input is (the run's `source_identity`): a job id given again on another input is refused
+CREATE TABLE IF NOT EXISTS upload_job_sources (
+    job_id   TEXT PRIMARY KEY REFERENCES upload_jobs(id) ON DELETE CASCADE,
+    identity TEXT NOT NULL
 ) WITHOUT ROWID
 """
 
@@ -114,13 +119,22 @@ def list_jobs(conn: sqlite3.Connection) -> list[JobRow]:
     return conn.execute("SELECT * FROM upload_jobs ORDER BY created_at, id").fetchall()
 
 
-def insert_job(conn: sqlite3.Connection, job_id: str, mode: str, source: str, target_project_id: int | None) -> None:
+def insert_job(conn: sqlite3.Connection, job_id: str, mode: str, source: str, target_project_id: int | None,
+               identity: str | None = None) -> None:
     now = time.time()
     conn.execute(
         "INSERT INTO upload_jobs (id, mode, source, target_project_id, created_at, updated_at) "
         "VALUES (?, ?, ?, ?, ?, ?)",
         (job_id, mode, source, target_project_id, now, now),
     )
+    if identity is not None:
+        conn.execute("INSERT INTO upload_job_sources (job_id, identity) VALUES (?, ?)", (job_id, identity))
+
+
+def job_identity(conn: sqlite3.Connection, job_id: str) -> str | None:
+    """The input identity job `job_id` recorded when it started (None: none recorded, e.g. arrays)."""
+    row = conn.execute("SELECT identity FROM upload_job_sources WHERE job_id = ?", (job_id,)).fetchone()
+    return row[0] if row else None
 
 
 def done_keys(conn: sqlite3.Connection, job_id: str) -> set[str]:

@@ -117,10 +117,12 @@ def test_draw_shows_the_objects(tiny_model, tmp_path):
 def test_parquet_resumes_with_its_job_and_a_new_run_replaces_it(tiny_model, api, tmp_path, capsys):
     project = api.project.create("exp")
     ds = api.dataset.create(project.id, "ds")
-    infos = [api.image.upload(ds.id, p.name, p) for p in write_images(tmp_path / "src", 4, size=(40, 60))]
+    files = write_images(tmp_path / "src", 4, size=(40, 60))
+    infos = [api.image.upload(ds.id, p.name, p) for p in files[:2]]
     out = str(tmp_path / "rows.parquet")
-    first = tiny_model.predict(image_ids=[i.id for i in infos[:2]], upload="append", job_id="exp-job", settings=S,
+    first = tiny_model.predict(project_id=project.id, upload="append", job_id="exp-job", settings=S,
                                output={"parquet": out}, progress=False)
+    infos += [api.image.upload(ds.id, p.name, p) for p in files[2:]]  # the project grew
     rest = tiny_model.predict(project_id=project.id, upload="append", job_id="exp-job", settings=S,
                               output={"parquet": out}, progress=False)
     assert len(rest) == 2  # resumed: the first two were done

@@ -116,6 +116,24 @@ def test_a_finished_file_job_rerun_does_nothing_and_a_new_job_replaces_it(tiny_m
     assert pq.read_table(out["parquet"]).num_rows == len(other[0]) and len(first) == 3
 
 
+def test_a_job_id_given_again_on_another_input_is_refused_and_its_parts_kept(tiny_model, tmp_path):
+    """Resuming skips by item key: on another input it would skip nothing, and its COCO would hold the earlier
+    input's images too. Refused before any work; the job's parts stay as they were."""
+    imgs = tmp_path / "imgs"
+    write_images(imgs, 3, size=(40, 50))
+    out = {"parquet": str(tmp_path / "p.parquet"), "coco": str(tmp_path / "c.json")}
+    tiny_model.predict(input=imgs / "img_0000.jpg", settings=S, job_id="mix", output=out, progress=False)
+    before = sorted(p.name for p in (tmp_path / "p.parquet").iterdir())
+    with pytest.raises(ValueError, match=r"job 'mix' was started on another input \(input='.*img_0000\.jpg'\); "
+                                         r"this run's is input='.*img_0001\.jpg'.*give a new job_id"):
+        tiny_model.predict(input=imgs / "img_0001.jpg", settings=S, job_id="mix", output=out, progress=False)
+    assert sorted(p.name for p in (tmp_path / "p.parquet").iterdir()) == before
+    # the same input (written another way) resumes
+    again = tiny_model.predict(input=str(imgs / "." / "img_0000.jpg"), settings=S, job_id="mix", output=out,
+                               progress=False)
+    assert again == []
+
+
 def test_a_coco_only_job_keeps_its_parts_until_it_is_done(tiny_model, tmp_path, monkeypatch):
     import pipeline.stages.upload.export as export
 

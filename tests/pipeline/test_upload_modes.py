@@ -134,6 +134,21 @@ def test_iou_merge_masks_and_custom_threshold(ray_session, api, tiny_mask_checkp
         model.shutdown()
 
 
+def test_an_upload_job_id_given_again_on_another_project_is_refused(tiny_model, api, tmp_path):
+    a, b = (api.project.create(name) for name in ("first", "second"))
+    for project, n in ((a, 1), (b, 2)):
+        ds = api.dataset.create(project.id, "ds")
+        write_images(tmp_path / project.name, n, size=(40, 50))
+        for f in sorted((tmp_path / project.name).iterdir()):
+            api.image.upload(ds.id, f.name, str(f))
+    tiny_model.predict(project_id=a.id, upload="append", job_id="jobX", settings=S, progress=False)
+    with pytest.raises(ValueError, match=rf"job 'jobX' was started on another input \(project_id={a.id}\); this "
+                                         rf"run's is project_id={b.id}"):
+        tiny_model.predict(project_id=b.id, upload="append", job_id="jobX", settings=S, progress=False)
+    assert tiny_model.predict(project_id=a.id, upload="append", job_id="jobX", settings=S,
+                              progress=False) == []  # its own input resumes: everything is done
+
+
 def test_create_from_a_directory_tree(tiny_model, api, tmp_path):
     root = tmp_path / "photos"
     top = write_images(root, 2, seed=1)

@@ -12,6 +12,7 @@ predicted while the walk goes on. `SourcePlan.count()` gives the total for progr
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -26,7 +27,7 @@ from pipeline.stages.source.video import VideoFrames, platform_video_plan, video
 from workers.formats import is_url, is_video_file
 from workers.objects import is_object_uri
 
-__all__ = ["SourcePlan", "VideoFrames", "resolve_source"]
+__all__ = ["SourcePlan", "VideoFrames", "check_same_source", "resolve_source", "source_identity"]
 
 
 def resolve_source(args: PredictArgs, platform: object) -> SourcePlan:
@@ -61,3 +62,50 @@ def resolve_source(args: PredictArgs, platform: object) -> SourcePlan:
     if isinstance(value, np.ndarray) and value.ndim == 4:
         return loose_plan(list(value), f"a batch of {len(value)} arrays")
     return loose_plan([value], f"a {type(value).__name__}")
+
+
+def source_identity(args: PredictArgs) -> str | None:
+    """What a run's input is, as a job records it, so that a job id given again on another input is refused
+    instead of "resuming" it (skipping nothing of the new input and mixing the two in the outputs). Paths as given
+    (normalised, not made absolute: a job submitted to a cluster runs in another working folder each time), URLs
+    and URIs, platform ids, `recursive` and the video frame selection. None for arrays and images given in memory,
+    which have no identity beyond their position."""
+    ident: dict[str, object] = {}
+    given = getattr(args, "input", None)
+    if given is not None:
+        values = list(given) if isinstance(given, list | tuple) else [given]
+        names = []
+        for v in values:
+            if not isinstance(v, str | os.PathLike):
+                return None
+            text = os.fspath(v)
+            names.append(text if "://" in text else os.path.normpath(text))
+        ident["input"] = names if isinstance(given, list | tuple) else names[0]
+        ident["recursive"] = bool(getattr(args, "recursive", False))
+    for key in ("project_id", "dataset_id", "image_ids", "video_id"):
+        value = getattr(args, key, None)
+        if value is not None:
+            ident[key] = [int(v) for v in value] if isinstance(value, list | tuple) else int(value)
+    frames = getattr(args, "video_params", None)
+    if frames:
+        ident["frames"] = {k: v for k, v in frames.items() if k != "tracker"}
+    return json.dumps(ident, sort_keys=True, default=str)
+
+
+def check_same_source(job_id: str, recorded: str | None, given: str | None) -> None:
+    """`InvalidArgumentError` when job `job_id` recorded another input than this run's (either unknown: no check,
+    as for jobs of earlier versions)."""
+    if recorded is None or given is None or recorded == given:
+        return
+    raise InvalidArgumentError(
+        f"job {job_id!r} was started on another input ({_shown(recorded)}); this run's is {_shown(given)}. A job "
+        "resumes only on its own input: give a new job_id (or none) for this one"
+    )
+
+
+def _shown(identity: str) -> str:
+    try:
+        ident = json.loads(identity)
+    except ValueError:
+        return identity
+    return ", ".join(f"{k}={v!r}" for k, v in ident.items() if k != "recursive" or v)

@@ -27,6 +27,7 @@ import numpy as np
 
 from pipeline.exceptions import InvalidArgumentError
 from pipeline.prediction import Prediction
+from pipeline.stages.source import check_same_source
 from pipeline.stages.upload.location import Location
 
 __all__ = ["MANIFEST_KEY", "OUTPUT_KEYS", "ParquetWriter", "check_output", "mask_from_row", "mask_to_rle",
@@ -137,10 +138,12 @@ class ParquetWriter:
     unless `keep_unmarked` (an upload job resuming output written before manifests existed).
     """
 
-    def __init__(self, target: str | Location, job_id: str, keep_unmarked: bool = False):
+    def __init__(self, target: str | Location, job_id: str, keep_unmarked: bool = False,
+                 identity: str | None = None):
         self.loc = target if isinstance(target, Location) else Location(target, "output parquet")
         self.path = self.loc.shown
         self.job_id = job_id
+        self.identity = identity  # the run's input (`source_identity`), recorded in each part's manifest
         if self.loc.kind() == "file":
             raise InvalidArgumentError(f"{self.loc.what} {self.loc} is a file; the Parquet output is a directory "
                                        "of part files: give a new path or a folder")
@@ -148,11 +151,16 @@ class ParquetWriter:
         self.done_keys: set[str] = set()
         self.replaced = 0
         kept = []
-        for name in self.loc.list_names():
+        names = self.loc.list_names()
+        manifests = {name: _manifest_of(self.loc, name) for name in names if _PART.fullmatch(name)}
+        for manifest in manifests.values():  # before anything is deleted
+            if manifest is not None and manifest["job_id"] == job_id:
+                check_same_source(job_id, manifest.get("source"), identity)
+        for name in names:
             if _TEMP.fullmatch(name):
                 self.loc.delete(self.loc.join(name))  # a part whose writer died before it was complete
             elif _PART.fullmatch(name):
-                manifest = _manifest_of(self.loc, name)
+                manifest = manifests[name]
                 if (manifest is None and keep_unmarked) or (manifest is not None and manifest["job_id"] == job_id):
                     kept.append(name)
                     self.done_keys.update(r["key"] for r in (manifest or {"items": []})["items"])
@@ -220,7 +228,8 @@ class ParquetWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        manifest = json.dumps({"job_id": self.job_id, "items": self._items}, separators=(",", ":"))
+        manifest = json.dumps({"job_id": self.job_id, "source": self.identity, "items": self._items},
+                              separators=(",", ":"))
         table = pa.table(self._rows, schema=_schema()).replace_schema_metadata({MANIFEST_KEY: manifest.encode()})
         self.loc.write(self.loc.join(f"part-{self._part:05d}.parquet"), lambda stream: pq.write_table(table, stream))
         self._part += 1

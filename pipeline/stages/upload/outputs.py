@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.exceptions import InvalidArgumentError
 from pipeline.stages.args import PredictArgs
 from pipeline.stages.collect import keypoint_layout
+from pipeline.stages.source import source_identity
 from pipeline.stages.source.plan import SourcePlan
 from pipeline.stages.upload.coco import CocoWriter
 from pipeline.stages.upload.export import ParquetWriter, check_output
@@ -109,7 +110,7 @@ def make_outputs(args: PredictArgs, plan: SourcePlan, model: Any, target: Target
                 "crash between an upload and its Parquet part loses that part's rows, so the file could miss them; "
                 f"export it from the platform (pipeline platform export PROJECT DIR --format {key})"
             )
-    parts = ParquetWriter(parts_loc, job_id, keep_unmarked=resumed_upload)
+    parts = ParquetWriter(parts_loc, job_id, keep_unmarked=resumed_upload, identity=source_identity(args))
     writers: list[Any] = []
     layout = keypoint_layout(model.spec)
     if "yolo" in locs:

@@ -22,6 +22,7 @@ from pipeline.exceptions import DiskFullError, InvalidArgumentError, NotFoundErr
 from pipeline.platform import jobs, ops
 from pipeline.prediction import Prediction, UploadTarget
 from pipeline.stages.args import DEFAULT_IOU_MERGE_THRESHOLD, PredictArgs
+from pipeline.stages.source import check_same_source, source_identity
 from pipeline.stages.source.plan import SourcePlan
 
 __all__ = ["DEFAULT_DATASET", "Target", "new_job_id", "resolve_class", "resolve_tag_meta"]
@@ -49,6 +50,7 @@ class Target:
         self.platform = platform
         self.store = platform.store
         self.plan = plan
+        self.identity = source_identity(args)
         self.threshold = float(args.settings.get("iou_merge_threshold", DEFAULT_IOU_MERGE_THRESHOLD))
         self.project_id: int | None = None
         self.project_name: str | None = None
@@ -74,12 +76,13 @@ class Target:
                     self.renamed_from = wanted
                 self.project_id = ops.insert_project(conn, name, self.project_type)
                 self.project_name = name
-            jobs.insert_job(conn, self.job_id, self.mode, self.plan.description, self.project_id)
+            jobs.insert_job(conn, self.job_id, self.mode, self.plan.description, self.project_id, self.identity)
 
     def _resume(self, conn: Any, row: Any) -> None:
         if row["mode"] != self.mode:
             raise InvalidArgumentError(f"job {self.job_id!r} was a {row['mode']!r} upload; it cannot resume as "
                                        f"{self.mode!r}")
+        check_same_source(self.job_id, jobs.job_identity(conn, self.job_id), self.identity)
         self.resumed = True
         self.project_id = row["target_project_id"]
         if self.mode == "create":
