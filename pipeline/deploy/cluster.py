@@ -41,7 +41,8 @@ def _check_reachable(address: str) -> None:
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Attach to Ray once per process. `address`: None -> `$RAY_ADDRESS`, else a new local Ray."""
+    """Attach to Ray once per process. `address`: None -> `$RAY_ADDRESS`, else a new local Ray (never a cluster
+    that `ray start` runs on this machine: give its address, e.g. "auto", to use one)."""
     import ray
 
     if ray.is_initialized():
@@ -51,11 +52,15 @@ def ensure_ray(address: str | None = None) -> None:
             return
         address = address or os.environ.get("RAY_ADDRESS") or None
         kwargs: dict = {"namespace": NAMESPACE, "log_to_driver": True}
-        if address:
+        if address and address != "local":
             _check_reachable(address)
             kwargs["address"] = address
         else:
-            # A local Ray for one user: the dashboard is left out to start in seconds (PIPELINE_DASHBOARD=1 keeps it).
+            # A local Ray of this process's own. Explicitly "local": without an address, ray.init attaches to the
+            # cluster a `ray start` on this machine left its address for (/tmp/ray/ray_current_cluster), even one
+            # long gone (it then retries for seconds) or another user's. The dashboard is left out to start in
+            # seconds (PIPELINE_DASHBOARD=1 keeps it).
+            kwargs["address"] = "local"
             kwargs["include_dashboard"] = os.environ.get("PIPELINE_DASHBOARD") == "1"
         try:
             ray.init(**kwargs)

@@ -93,3 +93,28 @@ def test_a_sigkilled_drivers_local_ray_is_gone_within_seconds(ray_session, tiny_
             proc.kill()
         for p in _session_processes("\0never\0", started):  # whatever a failed run left: never leak it
             p.kill()
+
+
+@pytest.mark.slow
+def test_without_an_address_a_local_ray_of_its_own_not_a_ray_start_clusters(tmp_path):
+    """`ray.init()` without an address attaches to the cluster whose address a `ray start` left in
+    <ray temp dir>/ray_current_cluster, even one long gone. The pipeline starts its own instead."""
+    import shutil
+    import tempfile
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")  # a cluster that is gone
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=str(ray_tmp), PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
+    code = ("import ray; from pipeline.deploy.cluster import ensure_ray; ensure_ray(); "
+            "print('GCS', ray.get_runtime_context().gcs_address); ray.shutdown()")
+    started = time.time()
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    gcs = next(ln.split()[1] for ln in out.stdout.splitlines() if ln.startswith("GCS"))
+    assert gcs != "127.0.0.1:1" and "Failed to connect to GCS" not in out.stderr
+    assert time.time() - started < 60
