@@ -85,7 +85,9 @@ def attach(address: str | None, timeout: float | None = None) -> None:
     ($PIPELINE_ATTACH_TIMEOUT_S, default ATTACH_TIMEOUT_S) for an address that does not answer like a Ray cluster.
     A local Ray (no address) is started without a limit."""
     from pipeline.deploy.cluster import ensure_ray
+    from pipeline.deploy.nn import DEPLOY_TIMEOUT_S
 
+    env_seconds("PIPELINE_DEPLOY_TIMEOUT_S", DEPLOY_TIMEOUT_S)  # a bad value is refused before Ray starts
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         ensure_ray(None)

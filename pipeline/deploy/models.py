@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pipeline.exceptions import ModelLoadError
+from pipeline.exceptions import InvalidArgumentError, ModelLoadError
 
 __all__ = ["PRETRAINED_PREFIXES", "bare_weights_name", "resolve_model"]
 
@@ -57,6 +57,7 @@ def resolve_model(model: str | os.PathLike, **options: Any) -> tuple[Any, bytes 
 
     text = os.fspath(model) if not isinstance(model, str) else model
     if _looks_pretrained(text) and text.split("/", 1)[0] in {*PRETRAINED_PREFIXES, *_known_frameworks()}:
+        _pytorch_only(text, options, "a pretrained model")
         return _pretrained(text)
     if os.path.isdir(os.path.expanduser(text)):
         path = os.path.abspath(os.path.expanduser(text))
@@ -67,6 +68,7 @@ def resolve_model(model: str | os.PathLike, **options: Any) -> tuple[Any, bytes 
         raise ModelLoadError(f"{text} is a directory that holds no model this package can deploy (a saved "
                              "transformers model has config.json and model.safetensors)")
     if _looks_pretrained(text):
+        _pytorch_only(text, options, "a pretrained model")
         return _pretrained(text)
     if bare_weights_name(text):  # "yolo11n.pt": a local weights folder, never a download
         from workers.models.ultralytics import resolve_weights
@@ -77,7 +79,19 @@ def resolve_model(model: str | os.PathLike, **options: Any) -> tuple[Any, bytes 
         adapter = get_adapter(framework)
         if adapter.sniff(text, data[:SNIFF_BYTES]):
             return _checked(adapter, *adapter.from_file(text, data, **options))
+    _pytorch_only(text, options, "a pipeline checkpoint")
     return _checkpoint(text, data)
+
+
+def _pytorch_only(text: str, options: dict[str, Any], what: str) -> None:
+    """`runtime` other than PyTorch for a model that only PyTorch runs: an error saying what to do instead."""
+    runtime = options.get("runtime")
+    if runtime not in (None, "pytorch"):
+        raise InvalidArgumentError(
+            f"{text} is {what}, which runs with PyTorch; runtime={runtime!r} runs ONNX files. Export the model to "
+            "ONNX (a YOLO model: YOLO('best.pt').export(format='onnx'); a torchvision one: torch.onnx.export) and "
+            f"deploy the .onnx with runtime={runtime!r}, or leave runtime out"
+        )
 
 
 def bare_weights_name(text: str) -> bool:

@@ -105,3 +105,17 @@ def test_env_seconds_reads_a_positive_finite_number_or_the_default(monkeypatch, 
 
     monkeypatch.setenv("PIPELINE_SOME_TIMEOUT_S", value)
     assert env_seconds("PIPELINE_SOME_TIMEOUT_S", 7.0) == expected
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "tensorrt"])
+def test_a_runtime_other_than_pytorch_is_refused_for_checkpoints_and_pretrained_names(tiny_checkpoint, runtime):
+    """Only ONNX files run on ONNX Runtime / TensorRT: a checkpoint or a pretrained name given one is refused
+    (it used to run with PyTorch on the CPU without a word)."""
+    from pipeline.deploy.models import resolve_model
+
+    with pytest.raises(InvalidArgumentError, match=rf"is a pipeline checkpoint, which runs with PyTorch; "
+                                                   rf"runtime='{runtime}' runs ONNX files\. Export the model"):
+        resolve_model(str(tiny_checkpoint), runtime=runtime)
+    with pytest.raises(InvalidArgumentError, match="is a pretrained model, which runs with PyTorch"):
+        resolve_model("torchvision/fasterrcnn_mobilenet_v3_large_320_fpn", runtime=runtime)
+    assert resolve_model(str(tiny_checkpoint), runtime="pytorch")[0].framework == "torchvision"
