@@ -143,6 +143,15 @@ def test_parquet_path_that_is_a_file_is_an_argument_error(tiny_model, tmp_path):
         tiny_model.predict(input=np.zeros((8, 8, 3), np.uint8), output={"parquet": str(tmp_path / "afile")})
 
 
+@pytest.mark.parametrize("path", ["/proc/x.parquet", "/proc/self/x/y.parquet"])
+def test_an_output_folder_that_cannot_be_created_is_refused_before_any_work(path):
+    """/proc passes `os.access(W_OK)` for root, and refuses only when a folder is made there: the check makes one."""
+    from pipeline.stages.upload.outputs import check_output
+
+    with pytest.raises(ValueError, match=rf"output parquet {path}: cannot write there"):
+        check_output({"parquet": path})
+
+
 def test_coco_path_that_is_a_directory_is_an_argument_error(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="is a directory; the COCO output is one JSON file"):
         tiny_model.predict(input=np.zeros((8, 8, 3), np.uint8), output={"coco": str(tmp_path)})

@@ -99,6 +99,13 @@ class Location:
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
             raise InvalidArgumentError(f"{self.what} {self.path}: cannot write there ({parent} is not a writable "
                                        "folder)")
+        try:  # access() says yes to root everywhere, and /proc, read-only mounts, full disks say no only when tried
+            import tempfile
+
+            os.rmdir(tempfile.mkdtemp(prefix=".cv-pipeline-probe-", dir=parent))
+        except OSError as exc:
+            raise InvalidArgumentError(f"{self.what} {self.path}: cannot write there (creating a folder in {parent} "
+                                       f"failed: {exc.strerror or exc})") from None
 
     def makedirs(self, path: str | None = None) -> None:
         """Create the folder `path` (this location by default) with its parents. Nothing on S3 and GCS, where a
