@@ -79,8 +79,7 @@ def main(args: argparse.Namespace | None = None) -> int:
     from pipeline.app.serve_cli import serve_hint
 
     out = sys.stdout
-    n_images = int(getattr(args, "images", None) or DEFAULT_IMAGES)
-    out_dir = Path(getattr(args, "out", None) or DEFAULT_OUT).resolve()
+    n_images, out_dir = _check_args(args)
     t_start = time.time()
     api = Api(getattr(args, "data_dir", None))
     out.write(f"pipeline demo: platform data dir {api.data_dir}\n")
@@ -99,6 +98,22 @@ def main(args: argparse.Namespace | None = None) -> int:
               f"`pipeline {dd}run configs/demo.yaml --set input.project_id={project_id}`\n")
     out.write(f"see the relabeled project in the web viewer: {serve_hint(data_dir, f'/projects/{project_id}')}\n")
     return 0
+
+
+def _check_args(args: argparse.Namespace | None) -> tuple[int, Path]:
+    """(images, output folder), checked before anything is made: `InvalidArgumentError` (exit code 2)."""
+    from pipeline.exceptions import InvalidArgumentError
+    from pipeline.stages.upload.location import Location
+
+    n_images = getattr(args, "images", None)
+    n_images = DEFAULT_IMAGES if n_images is None else n_images
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+        raise InvalidArgumentError(f"--images must be a whole number of images, at least 1; got {n_images!r}")
+    out_dir = Path(getattr(args, "out", None) or DEFAULT_OUT).resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidArgumentError(f"--out {out_dir} is a file; the demo writes a folder of pictures there")
+    Location(str(out_dir), "--out").check_writable()
+    return n_images, out_dir
 
 
 def _make_project(api: Any, n_images: int, out_dir: Path, out: Any) -> tuple[int, dict[str, int]]:

@@ -58,3 +58,18 @@ def _the_shapes_were_found(project, n: int) -> None:
                          for lab in ann.labels)
     assert predicted > 0
     assert found >= 0.8 * total, f"{found} of {total} shapes in the relabeled project"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--images", "-3"], "--images must be a whole number of images, at least 1; got -3"),
+    (["--images", "0"], "at least 1; got 0"),
+    (["--out", "{file}"], "is a file; the demo writes a folder of pictures there"),
+])
+def test_bad_demo_arguments_exit_2_before_anything_is_made(tmp_path, capsys, argv, words):
+    from pipeline.app.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    argv = [a.replace("{file}", str(tmp_path / "afile")) for a in argv]
+    assert main(["--data-dir", str(tmp_path / "platform"), "demo", *argv]) == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "platform").exists()  # no project was made
