@@ -30,7 +30,9 @@ class ItemError(Exception):
 
 
 def to_rgb_array(image: Any) -> np.ndarray:
-    """A PIL image or an ndarray (HW gray, HWC RGB or RGBA, uint8 or float in [0, 1]) -> HWC RGB uint8."""
+    """A PIL image or an ndarray (HW gray, HWC RGB or RGBA) -> HWC RGB uint8. uint8 as is; floats in [0, 1] are
+    scaled by 255 (other floats are read as 0..255 and clipped); other integer types must hold 0..255 (a 16-bit
+    image is refused rather than clipped to white: `ValueError` saying how to scale it)."""
     from PIL import Image
 
     if isinstance(image, Image.Image):
@@ -41,6 +43,12 @@ def to_rgb_array(image: Any) -> np.ndarray:
     if arr.dtype != np.uint8:
         if np.issubdtype(arr.dtype, np.floating) and arr.size and float(np.nanmax(arr)) <= 1.0:
             arr = (np.clip(arr, 0.0, 1.0) * 255.0).round()
+        elif np.issubdtype(arr.dtype, np.integer) and arr.size and (int(arr.max()) > 255 or int(arr.min()) < 0):
+            raise ValueError(
+                f"an integer image array must hold pixel values 0..255; this {arr.dtype} one holds "
+                f"{int(arr.min())}..{int(arr.max())}. Scale it to uint8 first (16-bit pixels: "
+                "(a // 257).astype(np.uint8)) or give floats in [0, 1]"
+            )
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     if arr.ndim == 2:
         return np.repeat(arr[:, :, None], 3, axis=2)

@@ -119,3 +119,19 @@ def test_a_url_body_over_the_size_limit_is_refused(tmp_path, http_server):
     assert fetch_url(url, timeout=5) == img.read_bytes()
     with pytest.raises(ItemError, match="over the limit of 100"):
         fetch_url(url, timeout=5, max_bytes=100)
+
+
+def test_an_array_of_16_bit_pixels_is_refused_not_clipped_to_white():
+    """A uint16 frame (thermal, scientific cameras) used to become a white image with no objects and no error."""
+    import numpy as np
+
+    from pipeline.stages.source.files import loose_plan
+    from workers.decode import to_rgb_array
+
+    frame = (np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 20)
+    with pytest.raises(InvalidArgumentError, match=r"input item 1: an integer image array must hold pixel values "
+                                                   r"0\.\.255; this uint16 one holds 0\.\.61420.*a // 257"):
+        loose_plan([np.zeros((8, 8, 3), np.uint8), frame], "a list of 2 inputs")
+    # integers within 0..255 are fine, whatever their type; floats in [0, 1] are scaled
+    np.testing.assert_array_equal(to_rgb_array(np.full((2, 2), 200, np.int64))[0, 0], [200, 200, 200])
+    np.testing.assert_array_equal(to_rgb_array(np.full((2, 2, 3), 0.5))[0, 0], [128, 128, 128])
