@@ -29,7 +29,7 @@ from pipeline.app.submit import (
     cmd_status,
     cmd_submit,
 )
-from pipeline.exceptions import InvalidArgumentError, NotFoundError, PipelineError
+from pipeline.exceptions import CheckpointError, FormatError, InvalidArgumentError, NotFoundError, PipelineError
 
 __all__ = ["build_parser", "main"]
 
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or EXIT_OK)
-    except (InvalidArgumentError, NotFoundError) as exc:
+    except (InvalidArgumentError, NotFoundError, FormatError, CheckpointError) as exc:  # what was given is wrong
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except PipelineError as exc:

@@ -46,6 +46,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     options = {k: v for k, v in (("classes", args.classes), ("layout", args.layout), ("img_size", args.img_size),
                                  ("task", args.task)) if v is not None}
+    import os
+
+    if "://" not in args.src and not os.path.exists(args.src):
+        print(f"error: {args.src} does not exist", file=sys.stderr)
+        return EXIT_USAGE
     head = _head(args.src)
     for framework in FILE_FRAMEWORKS:
         if framework in CONVERTERS and get_adapter(framework).sniff(args.src, head):

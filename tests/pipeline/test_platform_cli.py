@@ -60,7 +60,7 @@ def test_ls_empty_and_errors(data_dir, tmp_path, capsys):
     assert main(["--data-dir", data_dir, "platform", "export", "7", str(tmp_path / "x")]) == 2
     broken = tmp_path / "broken"
     broken.mkdir()
-    assert main(["--data-dir", data_dir, "platform", "import", str(broken)]) == 1
+    assert main(["--data-dir", data_dir, "platform", "import", str(broken)]) == 2  # not a project folder: bad input, as a missing folder is
     assert "meta.json" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--data-dir", data_dir, "platform"])
