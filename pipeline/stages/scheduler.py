@@ -115,9 +115,12 @@ class ReplicaPool:
         """A call failed on `replica`. Often the batch itself is the cause (an image that kills the process): a
         replica that still answers stays in the pool and only the batch is retried, `MAX_BATCH_ATTEMPTS` times at
         most; one that does not answer is gone for good. Returns whether the batch is resubmitted."""
-        if not answers:
+        if not answers and self.alive[replica]:  # said once per replica, not for each batch it held
             self.alive[replica] = False
-            log.warning("replica %d is gone; its batches go to the other replicas", replica)
+            if any(self.alive):
+                log.warning("replica %d is gone; its batches go to the other replicas", replica)
+            else:
+                log.warning("replica %d is gone, and it was the last one", replica)
         if batch.attempts < MAX_BATCH_ATTEMPTS and any(self.alive):
             self.pending.append(batch)
             return True

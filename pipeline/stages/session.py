@@ -64,7 +64,8 @@ class PredictionSession:
         self._failed = 0
         self._read_done = False
         self._error: BaseException | None = None
-        self._error_text: str | None = None
+        self._error_text: str | None = None  # "RunError: every replica ...": what status()["error"] says
+        self._traceback: str | None = None  # where it came from: status()["traceback"]
         self._raised = False
         self._message = "starting"
         self._total: int | None = None
@@ -148,7 +149,8 @@ class PredictionSession:
             self._message = "stopped" if self._stop.is_set() else "done"
         except BaseException as exc:  # reported to the reader and kept in status()
             error = exc
-            self._error_text = "".join(traceback.format_exception(exc)).strip()
+            self._error_text = f"{type(exc).__name__}: {exc}"
+            self._traceback = "".join(traceback.format_exception(exc)).strip()
             self._message = f"failed: {type(exc).__name__}: {exc}"
             if self.uploader is not None:
                 try:
@@ -222,7 +224,8 @@ class PredictionSession:
             self._thread.join(timeout=30)
 
     def status(self) -> dict[str, Any]:
-        """{"progress": 0-100, "done", "total", "failed", "message", "error", "context"} (and a few more)."""
+        """{"progress": 0-100, "done", "total", "failed", "message", "error" (the error that ended the run, as
+        "Type: message"; its traceback in "traceback"), "context"} (and a few more)."""
         with self._lock:
             done, failed, total = self._done, self._failed, self._total
         elapsed = (self._finished_at or time.time()) - self._started_at
@@ -241,6 +244,7 @@ class PredictionSession:
             "failed": failed,
             "message": self._message,
             "error": self._error_text,
+            "traceback": self._traceback,
             "context": context,
             "elapsed_s": round(elapsed, 3),
             "items_per_s": round(rate, 3),

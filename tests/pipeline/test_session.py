@@ -118,7 +118,8 @@ def test_an_error_that_ends_the_run_reaches_the_reader(ray_session, api, tiny_ch
         for _ in session:
             pass
     s = session.status()
-    assert session.is_done() and s["error"] and "RunError" in s["error"]
+    assert session.is_done() and s["error"].startswith("RunError: ") and "Traceback" not in s["error"]
+    assert s["traceback"].startswith("Traceback") and "RunError" in s["traceback"]
 
 
 def test_predict_returns_input_order_with_a_progress_bar(tiny_model, tmp_path, capsys):
