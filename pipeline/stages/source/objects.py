@@ -41,6 +41,8 @@ def _open(uri: str) -> tuple[Any, str]:
     try:
         return filesystem(uri)
     except ObjectError as exc:
+        if "a URI with a password is refused" in str(exc):  # the URI is fine but for its secret: no other hint
+            raise InvalidArgumentError(f"input {exc}") from None
         raise InvalidArgumentError(f"input {exc}; give an s3://, gs://, hdfs:// (or another pyarrow.fs) URI, a "
                                    "local path or an http(s) URL") from None
 
