@@ -98,7 +98,9 @@ def attach(address: str | None, timeout: float | None = None) -> None:
         lambda: ensure_ray(address), timeout, name="pipeline-attach", exit_on_hang=True,
         on_timeout=lambda: AttachTimeout(
             f"no Ray cluster answered at {address!r} within {timeout:g}s; is it the GCS address (host:6379 by "
-            "default, `ray status` on the head shows it), not the dashboard's (8265)?"
+            "default, `ray status` on the head shows it), not the dashboard's (8265)? If it is, the cluster may "
+            "refuse this process's Ray authentication token (Ray's token authentication: give this machine the "
+            "head's token, in ~/.ray/auth_token or $RAY_AUTH_TOKEN, or run both with RAY_AUTH_MODE=disabled)"
         ),
     )
 
