@@ -13,7 +13,13 @@ __all__ = ["serve", "viewer_url"]
 
 
 def viewer_url(host: str, port: int, token: str | None = None, path: str = "/") -> str:
-    """The address to open: `http://host:port/path`, with `?token=` when there is one (IPv6 hosts bracketed)."""
+    """The address to open: `http://host:port/path`, with `?token=` when there is one (IPv6 hosts bracketed). A
+    wildcard host (0.0.0.0, ::: every interface) is no address to open: this machine's name is shown instead."""
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        import socket
+
+        name = socket.getfqdn()
+        host = name if name and not name.startswith("localhost") else socket.gethostname() or "localhost"
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
     return f"http://{shown}:{port}{path}" + (f"?token={token}" if token else "")
 

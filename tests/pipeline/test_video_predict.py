@@ -186,7 +186,7 @@ def test_directory_with_videos_predicts_their_frames(tiny_model, tmp_path, capfd
     (root / "sub" / "broken.avi").write_text("not a video")
     preds = tiny_model.predict(input=str(root), recursive=True, img_size=IMG, progress=False)
     err = capfd.readouterr().err
-    assert "directory: 3 images and 3 videos (21 frames); 1 video(s) cannot be read" in err
+    assert "directory: 3 images and 3 videos (21 frames); 1 video cannot be read" in err
     assert [p.index for p in preds] == list(range(3 + 21 + 1))
     images = [p for p in preds if p.frame_idx is None]
     frames = [p for p in preds if p.frame_idx is not None]

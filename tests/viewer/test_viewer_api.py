@@ -339,7 +339,11 @@ def test_serve_refuses_a_bad_port_and_builds_the_address():
 
     with pytest.raises(InvalidArgumentError, match="port"):
         serve("/nonexistent", port=70000)
-    assert viewer_url("0.0.0.0", 8000, "abc") == "http://0.0.0.0:8000/?token=abc"
+    import socket
+
+    name = socket.getfqdn() if not socket.getfqdn().startswith("localhost") else socket.gethostname()
+    assert viewer_url("0.0.0.0", 8000, "abc") == f"http://{name}:8000/?token=abc"  # every interface: no address
+    assert viewer_url("10.1.2.3", 8000, "abc") == "http://10.1.2.3:8000/?token=abc"
     assert viewer_url("::1", 9000) == "http://[::1]:9000/"
 
 
@@ -350,13 +354,14 @@ def test_serve_generates_a_token_for_a_non_loopback_host(viewer_data, monkeypatc
     from fastapi.testclient import TestClient
 
     from pipeline.viewer import serve
+    from pipeline.viewer.server import viewer_url
 
     served = []
     monkeypatch.setattr(uvicorn.Server, "run", lambda self: served.append(self.config))
     out = io.StringIO()
     serve(viewer_data["data_dir"], host="0.0.0.0", port=8123, out=out)
     printed = out.getvalue()
-    assert "http://0.0.0.0:8123/?token=" in printed and "generated token" in printed
+    assert viewer_url("0.0.0.0", 8123) + "?token=" in printed and "generated token" in printed
     token = printed.split("?token=")[1].split()[0]
     assert len(token) >= 32 and (served[0].host, served[0].port) == ("0.0.0.0", 8123)
     with TestClient(served[0].app, base_url="http://192.168.1.5:8123") as c:

@@ -138,8 +138,11 @@ def directory_plan_with_videos(root: str, recursive: bool, name: str, walk: Walk
         bad += error is not None
     if not videos:
         return None
-    print(f"directory: {n_images} images and {videos} videos ({frames} frames)"
-          + (f"; {bad} video(s) cannot be read and will be reported as errors" if bad else ""), file=sys.stderr)
+    def n(count: int, word: str) -> str:
+        return f"{count} {word}" + ("" if count == 1 else "s")
+
+    print(f"directory: {n(n_images, 'image')} and {n(videos, 'video')} ({n(frames, 'frame')})"
+          + (f"; {n(bad, 'video')} cannot be read and will be reported as errors" if bad else ""), file=sys.stderr)
 
     def items() -> Iterator[Item | VideoFrames]:
         i = 0
