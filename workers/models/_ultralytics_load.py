@@ -24,6 +24,7 @@ import io
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 import threading
 import zipfile
@@ -80,13 +81,21 @@ def prepare_environment() -> None:
 def import_ultralytics(what: str = "this model"):
     """`ultralytics.nn.tasks`, imported offline; a `ModelLoadError` naming the extra when it is not installed."""
     prepare_environment()
+    import logging
+
+    quiet = "ultralytics" not in sys.modules  # its first import announces the private settings file it creates
     try:
+        if quiet:  # ("Creating new Ultralytics Settings ... file", three lines in every process): not news here
+            logging.disable(logging.INFO)
         from ultralytics.nn import tasks
     except ImportError as exc:
         raise ModelLoadError(
             f"{what} needs the Ultralytics package, which is not installed ({exc}). Install the extra: "
             f"{ULTRALYTICS_EXTRA} (Ultralytics is AGPL-3.0), or convert the model to ONNX on a machine that has it."
         ) from None
+    finally:
+        if quiet:
+            logging.disable(logging.NOTSET)
     undo_patches()
     return tasks
 
