@@ -30,6 +30,7 @@ from pydantic import (
     PositiveInt,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -208,18 +209,25 @@ class PredictSection(_Section):
         except InvalidArgumentError as exc:
             raise ValueError(str(exc)) from None
         return v
-    tracking: bool | None = None  # true: ByteTrack with its defaults unless video_params.tracker names another
+    # true: ByteTrack with its defaults unless video_params.tracker names another. Always validated (even left out):
+    # its validator checks the tracker and its settings with the section's other fields, so that their errors are
+    # reported together with the others (a model validator would run only once every field is valid).
+    tracking: bool | None = Field(default=None, validate_default=True)
 
-    @model_validator(mode="after")
-    def _tracking(self) -> PredictSection:
+    @field_validator("tracking")
+    @classmethod
+    def _tracking(cls, tracking: bool | None, info: ValidationInfo) -> bool | None:
         """The tracker and its settings as predict() checks them (the input's kind is checked at run time)."""
-        params = self.video_params.model_dump(exclude_unset=True) if self.video_params is not None else None
-        if not self.tracking and not (params and set(params) - set(DEFAULT_VIDEO_PARAMS)):
-            return self
+        if "video_params" not in info.data:  # it failed its own validation: that error says enough
+            return tracking
+        video_params = info.data["video_params"]
+        params = video_params.model_dump(exclude_unset=True) if video_params is not None else None
+        if not tracking and not (params and set(params) - set(DEFAULT_VIDEO_PARAMS)):
+            return tracking
         from pipeline.stages.tracking import check_video_params_tracking
 
         try:
-            check_video_params_tracking(params, self.tracking)
+            check_video_params_tracking(params, tracking)
         except InvalidArgumentError as exc:
             text = str(exc)
             # blame the key the message names (a setting before `tracker`, which every setting's message names
@@ -230,7 +238,7 @@ class PredictSection(_Section):
             loc = ("predict", "video_params", key) if key else ("predict", "tracking" if params is None
                                                                else "video_params")
             raise LocatedError(loc, text) from None
-        return self
+        return tracking
 
     @field_validator("img_size")
     @classmethod
@@ -311,6 +319,14 @@ def check_ray_address(address: str) -> str:
     return address
 
 
+# The first words of predict()'s argument errors -> the config key they are about (PipelineConfig.located).
+_ERROR_KEYS = (
+    ("classes", "predict.classes"), ("video_params", "predict.video_params"), ("tracking", "predict.tracking"),
+    ("tiling", "predict.tiling"), ("settings", "predict.settings"), ("img_size", "predict.img_size"),
+    ("batch_size", "predict.batch_size"), ("upload", "upload.mode"), ("output", "output"), ("input", "input"),
+)
+
+
 class PipelineConfig(_Section):
     """A whole YAML pipeline. Build it with `load_config`; `predict_kwargs()` feeds `model.predict_detached`."""
 
@@ -323,6 +339,7 @@ class PipelineConfig(_Section):
 
     _path: Path | None = PrivateAttr(default=None)
     _data: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _overridden: dict[str, str] = PrivateAttr(default_factory=dict)  # dotted key -> the --set that gave it
 
     @field_validator("predict", "ray", mode="before")
     @classmethod
@@ -416,6 +433,17 @@ class PipelineConfig(_Section):
                 rel = "" if os.path.isabs(local) else f" (relative paths are relative to the current directory, {os.getcwd()})"
                 raise ConfigError(f"{where}{key}: {p!r} does not exist{rel}")
 
+    def located(self, message: str) -> str:
+        """An argument error of predict() (found before the model is deployed, `runner.precheck`) with the place in
+        the file of the key it is about, when its first words name one ("classes must be ..." -> predict.classes)."""
+        for words, key in _ERROR_KEYS:
+            given = [text for dotted, text in self._overridden.items() if dotted.startswith(key)]
+            if message.startswith(words) and given:  # a value given by --set: blamed, as load_config does
+                return f"{self._path}: --set {given[0]}: {key}: {message}"
+            if message.startswith(words) and line_of(self._path, key) is not None:
+                return f"{self._where(key)}{key}: {message}"
+        return message
+
     def _where(self, key: str) -> str:
         """"FILE, line N: " of `key` (what an error about it starts with)."""
         line = line_of(self._path, key)
@@ -490,6 +518,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
         raise ConfigError(format_errors(exc, root, where, overridden, _allowed_keys())) from None
     cfg._path = p
     cfg._data = data
+    cfg._overridden = {".".join(parts): text for parts, text in overridden.items()}
     return cfg
 
 

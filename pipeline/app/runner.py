@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from pipeline.app.config import PipelineConfig, load_config
 from pipeline.env import env_seconds
-from pipeline.exceptions import DeploymentError, PipelineError
+from pipeline.exceptions import DeploymentError, InvalidArgumentError, PipelineError
 
 if TYPE_CHECKING:
     from pipeline.api import Api
@@ -277,7 +277,10 @@ def run_config(
     cfg.check_paths()  # before anything is deployed: a typo in a path costs no model start
 
     api = Api(data_dir, ray_address=cfg.ray.address)
-    precheck(api, cfg.predict_kwargs(job_id))
+    try:
+        precheck(api, cfg.predict_kwargs(job_id))
+    except InvalidArgumentError as exc:  # with the file and line of the key it is about
+        raise InvalidArgumentError(cfg.located(str(exc))) from None
     _terminate_cleanly()
     attach(cfg.ray.address)
     model, deployed = deploy_from_config(api, cfg, out=out)

@@ -433,3 +433,24 @@ def test_to_yaml_round_trips_and_can_drop_the_address(tmp_path):
     again = load_config(shipped)
     assert again.predict.batch_size == 9 and again.ray.address is None and again.ray.runtime_env == {"env_vars": {"A": "b"}}
     assert cfg.ray.address == "head:6379"  # the original is untouched
+
+
+def test_a_tracker_error_is_reported_with_the_sections_other_errors(tmp_path):
+    p = write(tmp_path, GOOD.replace("  batch_size: 4\n", "  batch_size: four\n  video_params: {tracker: bytetrak}\n"))
+    msg = error_of(p)
+    assert "2 problems" in msg and "line 7: predict.batch_size" in msg, msg
+    assert "line 8: predict.video_params.tracker: unknown tracker 'bytetrak' (did you mean 'bytetrack'?)" in msg
+
+
+def test_argument_errors_found_before_deploying_name_their_line(tmp_path, monkeypatch, capsys):
+    """predict()'s own argument checks (run before the model is deployed) are placed in the file too."""
+    from pipeline.app.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt.pth").write_bytes(b"x")
+    (tmp_path / "images").mkdir()
+    for extra, words in [('  classes: [circle, ""]\n', "line 8: predict.classes: classes must be non-empty names"),
+                         ("  video_params: {stride: 2}\n", "line 8: predict.video_params: video_params applies to")]:
+        p = write(tmp_path, GOOD + extra)
+        assert main(["--data-dir", str(tmp_path / "d"), "run", str(p)]) == 2
+        assert words in capsys.readouterr().err
