@@ -40,7 +40,9 @@ def test_pipeline_serve_on_another_host_needs_the_token(viewer_data, served, cap
 
     token = "a-token-of-the-user-1234"
     assert main(["--data-dir", str(viewer_data["data_dir"]), "serve", "--host", "0.0.0.0", "--token", token]) == 0
-    assert f"open http://0.0.0.0:8000/?token={token}\n" in capsys.readouterr().err
+    from pipeline.viewer.server import viewer_url
+
+    assert f"open {viewer_url('0.0.0.0', 8000, token)}\n" in capsys.readouterr().err  # this machine's name
     with _client(served[0], "192.168.1.5") as c:
         assert c.get("/api/runs").status_code == 401
         assert c.get("/api/runs", headers={"Authorization": f"Bearer {token}"}).status_code == 200
