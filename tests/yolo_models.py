@@ -169,6 +169,22 @@ def build_rtdetr(folder: Path, seed: int = 0) -> Path:
     return save_trainer_style(model, Path(folder) / "rtdetr-l.pt")
 
 
+def build_calibrated_only(yaml_name: str, folder: Path, seed: int = 0) -> Path:
+    """A bundled YAML built as it is (`YOLO(yaml)`, 80 classes), batch norms calibrated, head untouched: for models
+    whose heads `_tame_head` does not know (YOLO-World's contrastive head, whose random text embeddings are
+    built in). Saved trainer-style as `<folder>/<stem>.pt`."""
+    import torch
+    from ultralytics import YOLO
+
+    torch.manual_seed(seed)
+    yolo = YOLO(yaml_name)
+    model = yolo.model
+    _calibrate(model, seed)
+    model.names = {i: f"class{i}" for i in range(len(model.names))}
+    model.task = yolo.task
+    return save_trainer_style(model, Path(folder) / (Path(yaml_name).stem + ".pt"))
+
+
 def build_pt(yaml_name: str, folder: Path, **kwargs) -> Path:
     """Build a tiny model from a bundled YAML and save it trainer-style as `<folder>/<stem>.pt`."""
     yolo = build_model(yaml_name, **kwargs)

@@ -196,6 +196,22 @@ def test_rtdetr_parity(yolo_dir):
     assert_same_boxes(out, theirs(path, imgs[1], conf=0.5, classes=[1, 3], max_det=5), min_boxes=1)
 
 
+def test_yolo_world_parity(tmp_path):
+    """YOLO-World (`WorldModel`, task detect): its class embeddings are part of the saved model, so it runs as a
+    detect model; the same boxes as Ultralytics' predictor (random weights: scores are low, conf 0.001)."""
+    path = str(ym.build_calibrated_only("yolov8s-worldv2.yaml", tmp_path))
+    spec, _ = UltralyticsAdapter.from_file(path, open(path, "rb").read())
+    assert spec.task_type == "detection" and len(spec.classes) == 80
+    imgs = ym.images()
+    outs = ours(path, imgs, {"conf": 0.001})
+    assert sum(len(o.boxes) for o in outs) >= 50
+    for img, out in zip(imgs, outs):
+        if len(out.boxes):
+            assert_same_boxes(out, theirs(path, img, conf=0.001), min_boxes=1)
+        else:
+            assert len(theirs(path, img, conf=0.001).boxes) == 0
+
+
 @pytest.mark.parametrize("name", ["yolov10n", "yolo26n"])
 def test_end2end_head_parity(yolo_dir, name):
     """end2end=True runs the NMS-free one-to-one head, as Ultralytics' predict(nms=False)."""
