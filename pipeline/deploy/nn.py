@@ -114,7 +114,10 @@ class NnApi:
                                              placement))
         handle = Model(self._api, rec)
         try:
-            infos = ray.get([h.ready.remote() for h in handle._replicas()], timeout=timeout)
+            # Not retried: a model that fails to load fails the same way again (its error, e.g. weights missing
+            # from the cache, would otherwise come after two more attempts and their tracebacks)
+            infos = ray.get([h.ready.options(max_task_retries=0).remote() for h in handle._replicas()],
+                            timeout=timeout)
         except ray.exceptions.GetTimeoutError:
             ray.get(registry.remove.remote(rec["task_id"]))
             raise DeploymentError(
