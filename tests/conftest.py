@@ -27,11 +27,12 @@ TINY_KWARGS = {"min_size": 96, "max_size": 128}
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """The one Ray instance of the test session (2 CPUs, no dashboard)."""
+    """The one Ray instance of the test session (2 CPUs, no dashboard): a local one of its own, even when a
+    `ray start` cluster runs on the machine (ray.init would attach to it, and refuse num_cpus)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
