@@ -55,6 +55,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     for framework in FILE_FRAMEWORKS:
         if framework in CONVERTERS and get_adapter(framework).sniff(args.src, head):
             module, _, name = CONVERTERS[framework].partition(":")
+            existed = bool(args.out) and os.path.exists(args.out)
             try:
                 written = getattr(importlib.import_module(module), name)(args.src, args.out, **options)
             except (InvalidArgumentError, CheckpointError, NotFoundError) as exc:  # what was given is wrong
@@ -63,7 +64,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             except PipelineError as exc:  # e.g. a framework that is not installed
                 print(f"error: {exc}", file=sys.stderr)
                 return EXIT_FAILED
-            print(f"wrote {written}")
+            print(f"wrote {written}" + (" (it replaced the file that was there)" if existed else ""))
             return EXIT_OK
     print(f"error: {args.src} is not a model file this package converts (a YOLO .pt, an .onnx, a transformers "
           "folder); our own checkpoints need no conversion", file=sys.stderr)

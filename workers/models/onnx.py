@@ -166,7 +166,8 @@ def _session(payload: bytes, device: str, kw: dict[str, Any], identity: str):
 
 @register_adapter("onnx")
 class OnnxAdapter(ModelAdapter):
-    """ONNX Runtime: Ultralytics exports (detect / segment / pose / classify) and box/label/score detectors."""
+    """ONNX Runtime: Ultralytics exports (detect / segment / pose / classify / obb, RT-DETR) and box/label/score
+    detectors."""
 
     default_settings: ClassVar[dict[str, Any]] = {
         "conf": 0.25,

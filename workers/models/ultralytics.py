@@ -1,4 +1,5 @@
-"""The `ultralytics` adapter: YOLO detect, segment, pose, classify, obb (oriented boxes) and semantic models, deployed from their own `.pt` file.
+"""The `ultralytics` adapter: YOLO detect, segment, pose, classify, obb (oriented boxes) and semantic models, and
+RT-DETR, deployed from their own `.pt` file.
 
 Everything is read from the file: the task, the class names, the input size (`train_args["imgsz"]`) and the model's
 YAML. The file is never unpickled with `weights_only=False` (see `_ultralytics_load`). Pre- and post-processing are
