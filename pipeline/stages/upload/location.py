@@ -93,7 +93,9 @@ class Location:
                     raise InvalidArgumentError(f"{self.what} {self.shown}: the bucket {bucket!r} does not exist (or "
                                                "these credentials may not see it)")
             return
-        parent = os.path.dirname(self.path)
+        # the folder itself when it exists (a Parquet or YOLO folder written before), else its nearest existing
+        # parent, where it would be created
+        parent = self.path if os.path.isdir(self.path) else os.path.dirname(self.path)
         while parent and not os.path.exists(parent):
             parent = os.path.dirname(parent)
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
