@@ -91,3 +91,34 @@ def test_two_jobs_appending_to_one_project_at_once_lose_nothing(ray_session, tin
     expected = _expected(tiny_model, infos)
     for info in infos:
         assert _boxes(api, info.id) == sorted(expected[info.id] * 2), f"image {info.id}"
+
+
+def test_a_database_that_stays_locked_ends_the_run_at_the_first_failure(tiny_model, api, project, monkeypatch):
+    """The first group whose write fails (here: the database stayed locked) ends the run with `UploadError`; the
+    groups still queued are not tried (each would wait out the lock again) and no item is reported failed; the
+    job then resumes and finishes. (A group's write fails as a whole: its transaction is rolled back.)"""
+    from pipeline.exceptions import PipelineError, UploadError
+    from pipeline.stages.upload.target import Target
+
+    project_obj, infos = project
+    real, calls = Target.write, []
+
+    def write(self, preds):
+        calls.append(len(preds))
+        if len(calls) >= 2:
+            time.sleep(0.5)  # the lock's wait, shortened
+            raise PipelineError("the platform database stayed locked by another writer for 30 s (database is locked)")
+        return real(self, preds)
+
+    monkeypatch.setattr(Target, "write", write)
+    session = tiny_model.predict_detached(project_id=project_obj.id, upload="append", job_id="locked", settings=S,
+                                          batch_size=1, progress=False)
+    got = []
+    with pytest.raises(UploadError, match="stayed locked"):
+        for p in session:
+            got.append(p)
+    assert all(p.error is None and p.target is not None for p in got)  # only what was written reached the reader
+    assert session.status()["failed"] == 0 and len(calls) == 2  # nothing was tried after the failure
+    monkeypatch.setattr(Target, "write", real)
+    rest = tiny_model.predict(project_id=project_obj.id, upload="append", job_id="locked", settings=S, progress=False)
+    assert sorted(p.image_id for p in got + rest) == sorted(i.id for i in infos)

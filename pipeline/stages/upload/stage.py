@@ -8,7 +8,6 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any
 
 from pipeline.exceptions import DiskFullError, UploadError
@@ -151,15 +150,23 @@ class UploadStage:
                     stop = True
                     break
                 group = group + more
+            if self._error is not None:  # the run is ending: what is still queued is not written (not even
+                # tried: a locked database would make each group wait its 30 s) and not reported as failed
+                # items; the resumed job does them
+                with self._lock:
+                    self._queued -= len(group)
+                continue
             try:
                 if self.target is not None:
                     group = self.target.write(group)
                 for w in self.writers:
                     self._write(w, group)
             except BaseException as exc:  # the database or a file is unusable: the run must end
-                log.exception("upload failed")
+                log.error("upload failed: %s: %s", type(exc).__name__, exc)
                 self._error = exc
-                group = [p if p.error is not None else replace(p, error=f"upload failed: {exc}") for p in group]
+                with self._lock:
+                    self._queued -= len(group)
+                continue  # the group's transaction was rolled back: not written, not its items' errors
             with self._lock:
                 self._queued -= len(group)
             self._emit(group)
