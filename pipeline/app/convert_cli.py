@@ -34,7 +34,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("src", help="the model file or folder")
     p.add_argument("out", nargs="?", help="where to write (an .onnx writes <model>.onnx.json when left out)")
     p.add_argument("--classes", help="class names, comma-separated (ONNX files without metadata)")
-    p.add_argument("--layout", help="ONNX output layout: yolo | yolo_end2end | boxes_labels_scores")
+    p.add_argument("--layout", help="ONNX output layout: yolo | yolo_end2end | rtdetr | boxes_labels_scores")
     p.add_argument("--img-size", type=int, help="ONNX input size when the file does not state it")
     p.add_argument("--task", help="the task, when the file does not say it")
     p.set_defaults(func=cmd_convert)

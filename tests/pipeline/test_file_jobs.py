@@ -124,14 +124,29 @@ def test_a_job_id_given_again_on_another_input_is_refused_and_its_parts_kept(tin
     out = {"parquet": str(tmp_path / "p.parquet"), "coco": str(tmp_path / "c.json")}
     tiny_model.predict(input=imgs / "img_0000.jpg", settings=S, job_id="mix", output=out, progress=False)
     before = sorted(p.name for p in (tmp_path / "p.parquet").iterdir())
-    with pytest.raises(ValueError, match=r"job 'mix' was started on another input \(input='.*img_0000\.jpg'\); "
-                                         r"this run's is input='.*img_0001\.jpg'.*give a new job_id"):
+    with pytest.raises(ValueError, match=r"job 'mix' was started on another input \(where='.*img_0000\.jpg'\); "
+                                         r"this run's is where='.*img_0001\.jpg'.*give a new job_id"):
         tiny_model.predict(input=imgs / "img_0001.jpg", settings=S, job_id="mix", output=out, progress=False)
     assert sorted(p.name for p in (tmp_path / "p.parquet").iterdir()) == before
     # the same input (written another way) resumes
     again = tiny_model.predict(input=str(imgs / "." / "img_0000.jpg"), settings=S, job_id="mix", output=out,
                                progress=False)
     assert again == []
+
+
+def test_a_relative_path_matches_its_job_by_the_files_it_names(tiny_model, tmp_path, monkeypatch):
+    """The same folder given relative or absolute is the same input; the same relative path from another
+    folder is not."""
+    for name in ("a", "b"):
+        write_images(tmp_path / name / "imgs", 2, size=(40, 50), seed=ord(name))
+    out = {"parquet": str(tmp_path / "p.parquet")}
+    monkeypatch.chdir(tmp_path / "a")
+    tiny_model.predict(input="imgs", settings=S, job_id="rel", output=out, progress=False)
+    assert tiny_model.predict(input=str(tmp_path / "a" / "imgs"), settings=S, job_id="rel", output=out,
+                              progress=False) == []  # absolute: the same files, resumed (all done)
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(ValueError, match="was started on another input"):
+        tiny_model.predict(input="imgs", settings=S, job_id="rel", output=out, progress=False)
 
 
 def test_a_coco_only_job_keeps_its_parts_until_it_is_done(tiny_model, tmp_path, monkeypatch):

@@ -210,6 +210,13 @@ def test_yolo_world_parity(tmp_path):
             assert_same_boxes(out, theirs(path, img, conf=0.001), min_boxes=1)
         else:
             assert len(theirs(path, img, conf=0.001).boxes) == 0
+    # its embeddings are not in its state dict: a converted checkpoint would rebuild it with random ones
+    from pipeline.exceptions import InvalidArgumentError
+    from workers.models.convert import convert
+
+    with pytest.raises(InvalidArgumentError, match=r"is an Ultralytics WorldModel, which a converted checkpoint "
+                                                   r"cannot rebuild.*deploy the \.pt itself"):
+        convert(path, tmp_path / "world.pth")
 
 
 @pytest.mark.parametrize("name", ["yolov10n", "yolo26n"])

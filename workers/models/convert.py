@@ -21,6 +21,12 @@ from workers.models.checkpoint import read_bytes, save_checkpoint
 __all__ = ["cli_convert_onnx", "cli_convert_ultralytics", "convert", "convert_onnx", "convert_ultralytics"]
 
 
+# The Ultralytics model classes a converted checkpoint rebuilds from their YAML and weights alone (not YOLO-World /
+# YOLOE, whose text embeddings are attributes of the model object, not in its state dict).
+_REBUILDABLE = ("DetectionModel", "SegmentationModel", "PoseModel", "ClassificationModel", "OBBModel",
+                "SemanticSegmentationModel", "RTDETRDetectionModel", "YOLOv10DetectionModel")
+
+
 def convert_ultralytics(src: str | os.PathLike, out: str | os.PathLike, *, half: bool = True) -> dict[str, Any]:
     """Write the Ultralytics `.pt` at `src` as a pipeline checkpoint at `out`; returns its description.
 
@@ -33,6 +39,12 @@ def convert_ultralytics(src: str | os.PathLike, out: str | os.PathLike, *, half:
 
     src = os.fspath(src)
     spec, model = read_ultralytics(read_bytes(src), src)
+    kind = type(model).__name__
+    if kind not in _REBUILDABLE:
+        raise InvalidArgumentError(
+            f"{src} is an Ultralytics {kind}, which a converted checkpoint cannot rebuild (its class embeddings are "
+            "no weights: they live on the model object); deploy the .pt itself"
+        )
     if not spec.arch_kwargs.get("yaml"):
         raise InvalidArgumentError(
             f"{src} holds no model YAML, which the converted checkpoint needs to rebuild the model; deploy the .pt "

@@ -120,6 +120,11 @@ def write_sidecar(uri: str, out: str | None = None, **fields: Any) -> dict[str, 
     resize, box_format, label_offset) after checking them against the model. Returns the sidecar written."""
     model = of.parse_model(read_bytes(uri), uri)
     fields = {k: v for k, v in fields.items() if v is not None}
+    if not fields and {p.key for p in model.metadata_props} >= {"names", "task"}:
+        raise InvalidArgumentError(
+            f"{uri} is an Ultralytics export: its metadata says its classes, task and layout, so it needs no "
+            "sidecar; deploy it as it is"
+        )
     if isinstance(fields.get("classes"), str):
         fields["classes"] = [c.strip() for c in fields["classes"].split(",") if c.strip()]
     checked = of.check_sidecar(fields, model, uri, "the sidecar")

@@ -66,21 +66,25 @@ def resolve_source(args: PredictArgs, platform: object) -> SourcePlan:
 
 def source_identity(args: PredictArgs) -> str | None:
     """What a run's input is, as a job records it, so that a job id given again on another input is refused
-    instead of "resuming" it (skipping nothing of the new input and mixing the two in the outputs). Paths as given
-    (normalised, not made absolute: a job submitted to a cluster runs in another working folder each time), URLs
-    and URIs, platform ids, `recursive` and the video frame selection. None for arrays and images given in memory,
-    which have no identity beyond their position."""
+    instead of "resuming" it (skipping nothing of the new input and mixing the two in the outputs): local paths as
+    given ("input", normalised) and made absolute ("where"), URLs and URIs, platform ids, `recursive`, the video
+    frame selection and the tracker with its settings. None for arrays and images given in memory, which have no
+    identity beyond their position."""
     ident: dict[str, object] = {}
     given = getattr(args, "input", None)
     if given is not None:
         values = list(given) if isinstance(given, list | tuple) else [given]
-        names = []
+        names, where = [], []
         for v in values:
             if not isinstance(v, str | os.PathLike):
                 return None
             text = os.fspath(v)
-            names.append(text if "://" in text else os.path.normpath(text))
-        ident["input"] = names if isinstance(given, list | tuple) else names[0]
+            local = "://" not in text
+            names.append(os.path.normpath(text) if local else text)
+            where.append(os.path.realpath(os.path.expanduser(text)) if local else text)
+        many = isinstance(given, list | tuple)
+        ident["input"] = names if many else names[0]
+        ident["where"] = where if many else where[0]
         ident["recursive"] = bool(getattr(args, "recursive", False))
     for key in ("project_id", "dataset_id", "image_ids", "video_id"):
         value = getattr(args, key, None)
@@ -89,23 +93,43 @@ def source_identity(args: PredictArgs) -> str | None:
     frames = getattr(args, "video_params", None)
     if frames:
         ident["frames"] = {k: v for k, v in frames.items() if k != "tracker"}
+    tracking = getattr(args, "tracking", None)
+    if tracking is not None and hasattr(tracking, "tracker"):  # a resumed job re-tracks: with the same tracker
+        ident["tracker"] = {"name": tracking.tracker, "settings": dict(getattr(tracking, "settings", {}) or {})}
     return json.dumps(ident, sort_keys=True, default=str)
 
 
 def check_same_source(job_id: str, recorded: str | None, given: str | None) -> None:
     """`InvalidArgumentError` when job `job_id` recorded another input than this run's (either unknown: no check,
-    as for jobs of earlier versions)."""
+    as for jobs of earlier versions). Local paths match when they are the same files (`where`), or, in the folder
+    Ray unpacks a submitted job into, when written the same (each submission gets another such folder)."""
     if recorded is None or given is None or recorded == given:
         return
+    try:
+        old, new = json.loads(recorded), json.loads(given)
+    except ValueError:
+        old, new = {"input": recorded}, {"input": given}
+    rest_old = {k: v for k, v in old.items() if k not in ("input", "where")}
+    rest_new = {k: v for k, v in new.items() if k not in ("input", "where")}
+    same_files = "where" in old and old.get("where") == new.get("where")
+    same_input = same_files or (_in_job_folders(old) and _in_job_folders(new) and old.get("input") == new.get("input"))
+    if rest_old == rest_new and same_input:
+        return
     raise InvalidArgumentError(
-        f"job {job_id!r} was started on another input ({_shown(recorded)}); this run's is {_shown(given)}. A job "
-        "resumes only on its own input: give a new job_id (or none) for this one"
+        f"job {job_id!r} was started on another input ({_shown(old)}); this run's is {_shown(new)}. A job "
+        "resumes only on its own input (the same files, frame selection and tracker): give a new job_id (or none) "
+        "for this one"
     )
 
 
-def _shown(identity: str) -> str:
-    try:
-        ident = json.loads(identity)
-    except ValueError:
-        return identity
-    return ", ".join(f"{k}={v!r}" for k, v in ident.items() if k != "recursive" or v)
+def _in_job_folders(ident: dict) -> bool:
+    """Whether every local path of an identity lies in the working folder Ray unpacks a submitted job into (another
+    one each time it is submitted): there a relative path, written the same, names the same files."""
+    where = ident.get("where")
+    paths = where if isinstance(where, list) else [where] if where is not None else []
+    return bool(paths) and all("/runtime_resources/working_dir_files/" in str(p) for p in paths)
+
+
+def _shown(ident: dict) -> str:
+    shown = {k: v for k, v in ident.items() if k != "input" or "where" not in ident}
+    return ", ".join(f"{k}={v!r}" for k, v in shown.items() if k != "recursive" or v)
