@@ -266,7 +266,8 @@ def main() -> None:
     _images(f"{work}/warmup", args.batch * 2, (h, w), seed=1)
     ckpt = save_random_checkpoint(args.arch, f"{work}/{args.arch}.pth")
 
-    ray.init(include_dashboard=False, namespace=NAMESPACE, log_to_driver=False, num_cpus=args.cpus)
+    # a local Ray of its own, with exactly --cpus (never a cluster that `ray start` or $RAY_ADDRESS names)
+    ray.init(address="local", include_dashboard=False, namespace=NAMESPACE, log_to_driver=False, num_cpus=args.cpus)
     import pipeline
 
     api = pipeline.Api(data_dir=f"{work}/platform")

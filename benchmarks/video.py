@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-DEFAULT_VIDEO = Path("/tmp/pipeline-bench/video_720p_18000.mp4")
+BENCH_DIR = Path("/tmp/pipeline-bench")  # the generated video is cached there, named by its frame count
 FPS = 30
 HEIGHT, WIDTH = 720, 1280
 BLOCK = 40  # px: the index blocks in the top-left corner (two rows of eight)
@@ -151,7 +151,9 @@ def loading_stage(path: Path, frames: int, img_size: tuple[int, int], cpus: int,
         plan = video_source.video_file_plan(str(path), args)
         t0 = time.perf_counter()
         first = None
-        loader = make_loader(plan, img_size, {})
+        from workers.messages import DecodeOptions
+
+        loader = make_loader(plan, DecodeOptions(resize=tuple(img_size)))
         batches = loader.batches(loader.items(plan.iter_items()), batch_size)
         window = IN_FLIGHT_PER_READER * cpus
         in_flight: list = []
@@ -252,7 +254,9 @@ def predict_memory(path: Path, img_size: int, data_dir: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
+    ap.add_argument("--video", type=Path, default=None,
+                    help="a 1280x720 video to use (default: one generated with --frames frames, cached in "
+                         f"{BENCH_DIR})")
     ap.add_argument("--frames", type=int, default=18_000, help="frames of the generated video (30 fps)")
     ap.add_argument("--decode-frames", type=int, default=1800, help="frames decoded by the throughput runs")
     ap.add_argument("--img-size", type=int, default=64)
@@ -261,6 +265,8 @@ def main() -> None:
     ap.add_argument("--skip-predict", action="store_true")
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/pipeline-bench/home"))
     opts = ap.parse_args()
+    if opts.video is None:
+        opts.video = BENCH_DIR / f"video_720p_{opts.frames}.mp4"
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}; "
           f"python {platform.python_version()}; load average {os.getloadavg()[0]:.1f}")

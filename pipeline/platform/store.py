@@ -421,7 +421,22 @@ def _translate(exc: sqlite3.Error, db_path: Path) -> PipelineError:
         return PipelineError(
             f"the platform database {db_path} stayed locked by another writer for {BUSY_TIMEOUT_S:.0f} s ({text})"
         )
+    if "unable to open" in text or "readonly" in text or "read-only" in text:
+        folder = db_path.parent
+        if not os.access(folder, os.W_OK) or _read_only_mount(folder):
+            return PipelineError(
+                f"platform database {db_path}: {text}: its folder is not writable (a read-only file system or "
+                "permissions). SQLite writes its journal files next to the database even to read it (WAL mode): "
+                "give the data dir a writable place, or copy it to one"
+            )
     return PipelineError(f"platform database {db_path}: {text}")
+
+
+def _read_only_mount(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def translate(exc: sqlite3.Error, store: Store) -> PipelineError:

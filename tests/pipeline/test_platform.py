@@ -693,3 +693,17 @@ def test_gc_restores_a_blob_an_upload_refreshed_while_it_was_being_removed(platf
     monkeypatch.setattr(gc.os, "rename", upload_then_rename)
     assert platform.collect_garbage().blobs == 0
     assert blob.read_bytes() == png_bytes(value=6) and not list(blob.parent.glob(".gc-*"))
+
+
+def test_a_read_only_data_dir_is_named_as_such(tmp_path, monkeypatch):
+    """SQLite says only "unable to open database file" when the folder cannot take its journal files."""
+    import sqlite3
+
+    from pipeline.platform import store
+
+    monkeypatch.setattr(store.os, "access", lambda path, mode: False)
+    err = store._translate(sqlite3.OperationalError("unable to open database file"), tmp_path / "platform.db")
+    assert "its folder is not writable (a read-only file system or permissions)" in str(err)
+    monkeypatch.undo()
+    err = store._translate(sqlite3.OperationalError("unable to open database file"), tmp_path / "platform.db")
+    assert "not writable" not in str(err)  # a writable folder: no such guess
