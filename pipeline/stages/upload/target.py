@@ -81,7 +81,8 @@ class Target:
     def _resume(self, conn: Any, row: Any) -> None:
         if row["mode"] != self.mode:
             raise InvalidArgumentError(f"job {self.job_id!r} was a {row['mode']!r} upload; it cannot resume as "
-                                       f"{self.mode!r}")
+                                       f"{self.mode!r}: resume it with upload={row['mode']!r}, or give a new job_id "
+                                       "(or none) for this run")
         check_same_source(self.job_id, jobs.job_identity(conn, self.job_id), self.identity)
         self.resumed = True
         self.project_id = row["target_project_id"]
