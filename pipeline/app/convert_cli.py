@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -46,8 +47,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     options = {k: v for k, v in (("classes", args.classes), ("layout", args.layout), ("img_size", args.img_size),
                                  ("task", args.task)) if v is not None}
-    import os
-
     if "://" not in args.src and not os.path.exists(args.src):
         print(f"error: {args.src} does not exist", file=sys.stderr)
         return EXIT_USAGE
@@ -72,8 +71,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _head(path: str) -> bytes:
-    import os
-
     if os.path.isdir(path):
         return b""
     try:

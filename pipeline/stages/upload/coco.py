@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline.prediction import KEYPOINT_MIN_SCORE
+from pipeline.prediction import KEYPOINT_MIN_SCORE, obb_corners
 from pipeline.stages.upload.export import ParquetWriter, mask_from_row, mask_to_rle, read_parts
 from pipeline.stages.upload.location import Location
 
@@ -47,8 +47,6 @@ def _annotation(row: dict[str, Any], image_id: int, size: tuple[int, int], masks
         ann["segmentation"] = mask_to_rle(mask)
         ann["area"] = int(mask.sum())
     if row.get("obb") is not None:
-        from pipeline.prediction import obb_corners
-
         cx, cy, w, h, angle = (float(v) for v in row["obb"])
         ann["segmentation"] = [[round(float(v), 2) for v in obb_corners([[cx, cy, w, h, angle]])[0].reshape(-1)]]
         ann["area"] = round(w * h, 2)

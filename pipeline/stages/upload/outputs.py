@@ -110,7 +110,8 @@ def make_outputs(args: PredictArgs, plan: SourcePlan, model: Any, target: Target
                 "crash between an upload and its Parquet part loses that part's rows, so the file could miss them; "
                 f"export it from the platform (pipeline platform export PROJECT DIR --format {key})"
             )
-    parts = ParquetWriter(parts_loc, job_id, keep_unmarked=resumed_upload, identity=source_identity(args))
+    identity = target.identity if target is not None else source_identity(args)  # what the job was started on
+    parts = ParquetWriter(parts_loc, job_id, keep_unmarked=resumed_upload, identity=identity)
     writers: list[Any] = []
     layout = keypoint_layout(model.spec)
     if "yolo" in locs:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.exceptions import InvalidArgumentError
+from pipeline.prediction import obb_corners
 from pipeline.stages.upload.export import ParquetWriter, mask_from_row, read_parts
 from pipeline.stages.upload.location import Location
 
@@ -257,8 +258,6 @@ class YoloWriter:
                 if polygon is not None:
                     lines.append(polygon_line(row["class_id"], polygon, size))
             elif self.task == "obb" and row.get("obb") is not None:
-                from pipeline.prediction import obb_corners
-
                 lines.append(polygon_line(row["class_id"], obb_corners([row["obb"]])[0], size))
             elif self.task == "pose" and row.get("keypoints") is not None:
                 kpts = np.asarray(row["keypoints"], np.float64).reshape(-1, 3)
